@@ -1,0 +1,1 @@
+//! Sluice operator (work in progress: see the operator issue).

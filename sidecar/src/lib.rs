@@ -1,0 +1,1 @@
+//! Sluice sidecar data plane (work in progress: see the sidecar issue).

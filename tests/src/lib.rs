@@ -1,0 +1,1 @@
+//! Sluice test rig (work in progress).
