@@ -1,1 +1,4 @@
-//! Sluice sidecar data plane (work in progress: see the sidecar issue).
+//! Sluice sidecar: the OpenAI-compatible data plane every application
+//! request passes through.
+
+pub mod openai;
