@@ -110,9 +110,11 @@ pub struct BudgetLimits {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("has(self.requestsPerMinute) || has(self.tokensPerMinute)").message("rateLimits needs requestsPerMinute, tokensPerMinute or both"))]
 pub struct RateLimits {
+    /// Requests per minute; bursts up to this many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub requests_per_minute: Option<u32>,
+    /// Estimated tokens per minute, corrected by actual usage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_minute: Option<u64>,

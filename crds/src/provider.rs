@@ -177,14 +177,22 @@ pub struct SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AzureSettings {
-    /// The `api-version` query parameter sent with every call.
-    #[serde(default = "default_azure_api_version")]
+    /// The `api-version` query parameter sent with every call. Default
+    /// `2024-10-21` (the current GA version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$"))]
-    pub api_version: String,
+    pub api_version: Option<String>,
 }
 
-fn default_azure_api_version() -> String {
-    "2024-10-21".into()
+impl AzureSettings {
+    /// The version used when `apiVersion` is not set.
+    pub const DEFAULT_API_VERSION: &'static str = "2024-10-21";
+
+    pub fn api_version(&self) -> &str {
+        self.api_version
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_API_VERSION)
+    }
 }
 
 /// AWS Bedrock settings.

@@ -457,6 +457,53 @@ pub fn check_provider(provider: &Provider, namespace: &str) -> Vec<Problem> {
     p.done()
 }
 
+/// What looking up a Secret key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretLookup {
+    Found,
+    NoSecret,
+    NoKey,
+}
+
+/// Whether a provider's credentials can be resolved: `secret` looks up a
+/// Secret key in the provider's namespace (cluster), `env` whether an
+/// environment variable is set (standalone). Values are never read here.
+pub fn check_credentials(
+    provider: &Provider,
+    namespace: &str,
+    secret: impl Fn(&str, &str) -> SecretLookup,
+    env: impl Fn(&str) -> bool,
+) -> Vec<Problem> {
+    let mut p = Sink::new("Provider", namespace, &provider.name_any());
+    if let Some(c) = &provider.spec.credentials {
+        if let Some(r) = &c.secret_ref {
+            match secret(&r.name, &r.key) {
+                SecretLookup::Found => {}
+                SecretLookup::NoSecret => p.error(
+                    "spec.credentials.secretRef.name",
+                    Reason::SecretNotFound,
+                    format!("Secret {:?} does not exist in this namespace", r.name),
+                ),
+                SecretLookup::NoKey => p.error(
+                    "spec.credentials.secretRef.key",
+                    Reason::SecretKeyNotFound,
+                    format!("Secret {:?} has no key {:?}", r.name, r.key),
+                ),
+            }
+        }
+        if let Some(var) = &c.env
+            && !env(var)
+        {
+            p.error(
+                "spec.credentials.env",
+                Reason::CredentialsNotFound,
+                format!("environment variable {var} is not set"),
+            );
+        }
+    }
+    p.done()
+}
+
 /// Targets that no request can ever reach under the route's fallback settings.
 fn unreachable_targets(
     p: &mut Sink,
