@@ -78,7 +78,7 @@ pub struct ProviderSpec {
     /// The models this provider serves, with their context windows, prices
     /// and capabilities. Routes may only target models listed here.
     #[schemars(length(min = 1, max = 64))]
-    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("model names must be unique"))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub models: Vec<ModelSpec>,
 
     /// Client-side limits that keep traffic under the provider's quota and

@@ -54,7 +54,7 @@ pub struct LLMRouteSpec {
             regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
         )
     )]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b == a))").message("aliases must be unique"))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub aliases: Vec<String>,
 
     /// Which pods' sidecars serve this route. Empty: every injected pod in

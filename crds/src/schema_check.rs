@@ -125,6 +125,7 @@ impl Checker {
                         format!("Too many: {}: must have at most {max} items", items.len()),
                     );
                 }
+                self.check_list_type(schema, items, path, out);
                 if let Some(item_schema) = schema.get("items") {
                     for (i, item) in items.iter().enumerate() {
                         self.walk(item_schema, item, &format!("{path}[{i}]"), out);
@@ -240,6 +241,51 @@ impl Checker {
                     field: join(key),
                     message: format!("unknown field \"{}\"", join(key)),
                 });
+            }
+        }
+    }
+
+    /// `x-kubernetes-list-type: set` items and `map` keys are unique, as the
+    /// API server enforces.
+    fn check_list_type(
+        &mut self,
+        schema: &Map<String, Value>,
+        items: &[Value],
+        path: &str,
+        out: &mut Vec<FieldError>,
+    ) {
+        let keys: Vec<&str> = match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("set") => Vec::new(),
+            Some("map") => schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+            _ => return,
+        };
+        let mut seen: Vec<Value> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let key = if keys.is_empty() {
+                item.clone()
+            } else {
+                Value::Object(
+                    keys.iter()
+                        .map(|k| {
+                            (
+                                (*k).to_owned(),
+                                item.get(*k).cloned().unwrap_or(Value::Null),
+                            )
+                        })
+                        .collect(),
+                )
+            };
+            if seen.contains(&key) {
+                out.push(FieldError {
+                    field: format!("{path}[{i}]"),
+                    message: format!("Duplicate value: {key}"),
+                });
+            } else {
+                seen.push(key);
             }
         }
     }
