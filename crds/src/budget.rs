@@ -87,6 +87,52 @@ pub enum Window {
     Month,
 }
 
+impl Window {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Hour => "hour",
+            Window::Day => "day",
+            Window::Month => "month",
+        }
+    }
+
+    /// The calendar window (UTC) that contains `now`: `[start, end)`.
+    pub fn bounds(self, now: jiff::Timestamp) -> (jiff::Timestamp, jiff::Timestamp) {
+        use jiff::{ToSpan, tz::TimeZone};
+        let dt = now.to_zoned(TimeZone::UTC).datetime();
+        let date = dt.date();
+        let (start, end) = match self {
+            Window::Hour => {
+                let start = date.at(dt.hour(), 0, 0, 0);
+                (start, start.saturating_add(1.hour()))
+            }
+            Window::Day => {
+                let start = date.at(0, 0, 0, 0);
+                (start, start.saturating_add(1.day()))
+            }
+            Window::Month => {
+                let start = date.first_of_month().at(0, 0, 0, 0);
+                (start, start.saturating_add(1.month()))
+            }
+        };
+        let utc = |d: jiff::civil::DateTime| {
+            d.to_zoned(TimeZone::UTC)
+                .map(|z| z.timestamp())
+                .unwrap_or(now)
+        };
+        (utc(start), utc(end))
+    }
+
+    /// [`Window::bounds`] as RFC 3339 strings, as status and snapshots carry them.
+    pub fn bounds_rfc3339(self, now: jiff::Timestamp) -> WindowBounds {
+        let (start, end) = self.bounds(now);
+        WindowBounds {
+            start: start.to_string(),
+            end: end.to_string(),
+        }
+    }
+}
+
 /// Hard limits per window.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -249,4 +295,45 @@ pub struct BudgetStatus {
     /// Workloads (pod owners) with the highest spend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_workloads: Vec<SpendEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn windows_are_calendar_windows_in_utc() {
+        let now = at("2026-02-28T23:59:59.5Z");
+        assert_eq!(
+            Window::Hour.bounds(now),
+            (at("2026-02-28T23:00:00Z"), at("2026-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            Window::Day.bounds(now),
+            (at("2026-02-28T00:00:00Z"), at("2026-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            Window::Month.bounds(now),
+            (at("2026-02-01T00:00:00Z"), at("2026-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            Window::Month.bounds(at("2026-12-31T12:00:00Z")),
+            (at("2026-12-01T00:00:00Z"), at("2027-01-01T00:00:00Z"))
+        );
+        let b = Window::Day.bounds_rfc3339(now);
+        assert_eq!(
+            (b.start.as_str(), b.end.as_str()),
+            ("2026-02-28T00:00:00Z", "2026-03-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn the_end_of_a_window_is_the_start_of_the_next() {
+        let (_, end) = Window::Hour.bounds(at("2026-11-21T13:59:59Z"));
+        assert_eq!(Window::Hour.bounds(end).0, end);
+    }
 }

@@ -83,6 +83,11 @@ pub struct Snapshot {
     pub routes: Vec<RouteEntry>,
     pub providers: Vec<ProviderEntry>,
     pub budgets: Vec<BudgetEntry>,
+    /// Routes that select this pod but whose current spec is invalid or
+    /// unresolved: the sidecar keeps serving the version of these it
+    /// already has, and drops routes not listed anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_routes: Vec<String>,
 }
 
 /// One LLMRoute as the sidecar receives it.
@@ -249,6 +254,7 @@ mod tests {
                     new_tenant: Some(Amounts::default()),
                 },
             }],
+            held_routes: vec!["broken".into()],
         }
         .seal()
     }
