@@ -1,0 +1,1 @@
+//! Reports from sidecars folded into status (work in progress).

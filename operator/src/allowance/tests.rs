@@ -1,0 +1,117 @@
+use super::*;
+use proptest::prelude::*;
+
+fn v(cost_nanos: u64, tokens: u64, requests: u64) -> Vector {
+    Vector {
+        cost_nanos,
+        tokens,
+        requests,
+    }
+}
+
+fn requests(n: u64) -> Vector {
+    v(UNLIMITED, UNLIMITED, n)
+}
+
+#[test]
+fn a_first_sidecar_gets_a_share_and_the_reserve_stays() {
+    let p = Policy::default();
+    let mut l = Ledger::new(requests(1000), Vector::ZERO);
+    let a = l.grant("a", 0, &p);
+    // Alone: half the pool by equal split plus half by (equal) use, minus the 10 % reserve.
+    assert_eq!(a.requests, 900);
+    assert_eq!(a.tokens, UNLIMITED, "unlimited dimensions stay unlimited");
+    assert_eq!(l.free().requests, 100);
+    // A newcomer may use the reserve; nothing is taken from `a`.
+    let b = l.grant("b", 0, &p);
+    assert_eq!(b.requests, 100);
+    assert_eq!(l.allowance("a").requests, 900);
+    assert_eq!(l.free().requests, 0);
+}
+
+#[test]
+fn usage_moves_from_allowance_to_spend_and_shares_follow_use() {
+    let p = Policy::default();
+    let mut l = Ledger::new(requests(1000), Vector::ZERO);
+    l.grant("a", 0, &p);
+    l.grant("b", 0, &p);
+    l.fold("a", requests(600), 1);
+    assert_eq!(l.spent().requests, 600);
+    assert_eq!(l.allowance("a").requests, 300);
+    assert_eq!(l.remaining().requests, 400);
+    // 400 remain, 300 + 100 are held: nothing is free, so no top-up yet.
+    assert_eq!(l.grant("a", 2, &p).requests, 300);
+    l.fold("b", requests(100), 3);
+    l.fold("a", requests(250), 3);
+    // 50 remain: a holds 50, b holds 0.
+    assert_eq!(l.remaining().requests, 50);
+    assert!(l.committed().fits_in(l.remaining()));
+}
+
+#[test]
+fn silent_sidecars_are_reclaimed() {
+    let p = Policy {
+        reclaim_after_ms: 10,
+        ..Policy::default()
+    };
+    let mut l = Ledger::new(requests(100), Vector::ZERO);
+    l.grant("gone", 0, &p);
+    l.grant("here", 15, &p);
+    assert_eq!(l.reclaim(15, &p), vec!["gone".to_string()]);
+    assert_eq!(l.allowance("gone"), Vector::ZERO);
+    let here = l.grant("here", 16, &p);
+    assert_eq!(here.requests, 90, "the reclaimed share is available again");
+}
+
+#[test]
+fn money_converts_exactly() {
+    let m: Money = "12.345678901".parse().unwrap_or(Money::ZERO);
+    assert_eq!(
+        money_to_nanos("12.345678901".parse().expect("money")),
+        12_345_678_901
+    );
+    assert_eq!(nanos_to_money(12_345_678_901).to_string(), "12.345678901");
+    assert_eq!(m, nanos_to_money(money_to_nanos(m)));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Grant(usize),
+    Spend(usize, u64),
+    Reclaim,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0usize..5).prop_map(Op::Grant),
+        (0usize..5, 0u64..50).prop_map(|(s, n)| Op::Spend(s, n)),
+        Just(Op::Reclaim),
+    ]
+}
+
+proptest! {
+    /// Whatever order grants, usage and reclaims come in, and however the
+    /// sidecars spend within what they hold, the allowances outstanding
+    /// never exceed what remains, so spend never exceeds the limit.
+    #[test]
+    fn outstanding_never_exceeds_what_remains(ops in proptest::collection::vec(op(), 1..200), limit in 1u64..2000) {
+        let p = Policy { reclaim_after_ms: 5, ..Policy::default() };
+        let mut l = Ledger::new(v(limit * 1000, UNLIMITED, limit), Vector::ZERO);
+        let names = ["a", "b", "c", "d", "e"];
+        for (t, op) in ops.into_iter().enumerate() {
+            let t = t as u64;
+            match op {
+                Op::Grant(s) => { l.grant(names[s], t, &p); }
+                Op::Spend(s, n) => {
+                    // A well-behaved sidecar spends only what it holds.
+                    let held = l.allowance(names[s]);
+                    let n = n.min(held.requests).min(held.cost_nanos / 1000).min(held.tokens / 10);
+                    l.fold(names[s], v(n * 1000, n * 10, n), t);
+                }
+                Op::Reclaim => { l.reclaim(t, &p); }
+            }
+            prop_assert!(l.committed().fits_in(l.remaining()), "committed {:?} > remaining {:?}", l.committed(), l.remaining());
+        }
+        prop_assert!(l.spent().requests <= limit);
+    }
+}

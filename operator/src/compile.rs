@@ -1,0 +1,495 @@
+//! Cluster state in, per-pod snapshots and per-object verdicts out.
+//!
+//! A pure function: the controllers gather the objects, Secrets and pods,
+//! call [`compile`], push the snapshots whose version changed and write the
+//! verdicts into status. Everything here is deterministic, so the same
+//! cluster state always gives the same snapshot versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::ResourceExt;
+use sluice_crds::budget::{Spend, WindowBounds};
+use sluice_crds::semantic::{
+    ConditionType, Namespace, Problem, Reason, SecretLookup, Severity, check_credentials,
+};
+use sluice_crds::snapshot::{
+    Allowance, BudgetEntry, Credential, PodIdentity, ProviderEntry, RouteEntry, Snapshot,
+};
+use sluice_crds::{Budget, Duration, LLMRoute, Provider, selector};
+
+/// A pod that carries a Sluice sidecar.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// `Kind/name` of the owning workload, for cost attribution.
+    pub workload: Option<String>,
+}
+
+/// The Secret keys Providers may reference: `(namespace, name) → key → value`.
+pub type Secrets = BTreeMap<(String, String), BTreeMap<String, Credential>>;
+
+/// Everything compile looks at.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub providers: Vec<Provider>,
+    pub routes: Vec<LLMRoute>,
+    pub budgets: Vec<Budget>,
+    pub secrets: Secrets,
+    pub pods: Vec<PodInfo>,
+}
+
+/// `(namespace, name)` of an object or pod.
+pub type Key = (String, String);
+
+/// One condition's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub ok: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Cond {
+    fn ok(reason: &str, message: &str) -> Self {
+        Self {
+            ok: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// False with the first error's reason; every error in the message.
+    fn from_problems(problems: &[&Problem], ok_reason: &str, ok_message: &str) -> Self {
+        match problems.first() {
+            None => Self::ok(ok_reason, ok_message),
+            Some(first) => Self {
+                ok: false,
+                reason: first.reason.as_str().into(),
+                message: problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.field, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        }
+    }
+}
+
+/// What compile concluded about a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteVerdict {
+    pub generation: Option<i64>,
+    pub accepted: Cond,
+    pub resolved_refs: Cond,
+    /// Whether the current spec goes to sidecars.
+    pub usable: bool,
+    /// Pods whose sidecars serve it.
+    pub selected_pods: Vec<Key>,
+    pub target_count: u32,
+    /// Warnings that do not stop the route.
+    pub warnings: Vec<String>,
+}
+
+/// What compile concluded about a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderVerdict {
+    pub generation: Option<i64>,
+    pub credentials_resolved: Cond,
+    pub accepted: Cond,
+    pub usable: bool,
+}
+
+/// What compile concluded about a budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetVerdict {
+    pub generation: Option<i64>,
+    pub accepted: Cond,
+    pub resolved_refs: Cond,
+    pub usable: bool,
+    /// Routes whose traffic counts against it.
+    pub routes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The output of [`compile`].
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub snapshots: BTreeMap<Key, Snapshot>,
+    pub routes: BTreeMap<Key, RouteVerdict>,
+    pub providers: BTreeMap<Key, ProviderVerdict>,
+    pub budgets: BTreeMap<Key, BudgetVerdict>,
+}
+
+/// What a budget has spent and what one sidecar may still spend; supplied
+/// by the caller, which keeps the ledgers.
+pub trait Allowances {
+    /// `budget` is `(namespace, name)`; `pod` the sidecar's pod.
+    fn for_pod(
+        &mut self,
+        budget: &Budget,
+        window: &WindowBounds,
+        pod: &PodInfo,
+    ) -> (Spend, Allowance);
+}
+
+/// Builds every pod's snapshot and every object's verdict.
+pub fn compile(
+    state: &ClusterState,
+    now: jiff::Timestamp,
+    report_interval: Duration,
+    allowances: &mut dyn Allowances,
+) -> Compiled {
+    let mut out = Compiled::default();
+    let grouped = Namespace::group(&state.providers, &state.routes, &state.budgets);
+    for (ns, objects) in &grouped {
+        let mut problems = objects.check(ns);
+        for p in objects.providers.values() {
+            problems.extend(check_credentials(
+                p,
+                ns,
+                |name, key| lookup(&state.secrets, ns, name, key),
+                // In a cluster, `env` credentials come from the sidecar's own
+                // environment; the operator cannot see them.
+                |_| true,
+            ));
+        }
+        judge_namespace(ns, objects, &problems, &mut out);
+    }
+    for pod in &state.pods {
+        let Some(objects) = grouped.get(&pod.namespace) else {
+            out.snapshots.insert(
+                (pod.namespace.clone(), pod.name.clone()),
+                empty_snapshot(pod, report_interval),
+            );
+            continue;
+        };
+        let snapshot = snapshot_for(
+            pod,
+            objects,
+            state,
+            &mut out,
+            now,
+            report_interval,
+            allowances,
+        );
+        out.snapshots
+            .insert((pod.namespace.clone(), pod.name.clone()), snapshot);
+    }
+    for v in out.routes.values_mut() {
+        v.selected_pods.sort();
+    }
+    out
+}
+
+fn lookup(secrets: &Secrets, ns: &str, name: &str, key: &str) -> SecretLookup {
+    match secrets.get(&(ns.to_owned(), name.to_owned())) {
+        None => SecretLookup::NoSecret,
+        Some(data) if data.contains_key(key) => SecretLookup::Found,
+        Some(_) => SecretLookup::NoKey,
+    }
+}
+
+fn errors_of<'a>(
+    problems: &'a [Problem],
+    kind: &str,
+    name: &str,
+    cond: ConditionType,
+) -> Vec<&'a Problem> {
+    problems
+        .iter()
+        .filter(|p| {
+            p.kind == kind
+                && p.name == name
+                && p.severity == Severity::Error
+                && p.reason.condition() == cond
+        })
+        .collect()
+}
+
+fn warnings_of(problems: &[Problem], kind: &str, name: &str) -> Vec<String> {
+    problems
+        .iter()
+        .filter(|p| p.kind == kind && p.name == name && p.severity == Severity::Warning)
+        .map(|p| format!("{}: {}", p.field, p.message))
+        .collect()
+}
+
+/// Conditions of every object of one namespace.
+fn judge_namespace(ns: &str, objects: &Namespace<'_>, problems: &[Problem], out: &mut Compiled) {
+    for (name, p) in &objects.providers {
+        let credential_errors: Vec<&Problem> =
+            errors_of(problems, "Provider", name, ConditionType::ResolvedRefs);
+        let spec_errors = errors_of(problems, "Provider", name, ConditionType::Accepted);
+        let credentials_resolved =
+            Cond::from_problems(&credential_errors, "Resolved", "credentials found");
+        let accepted = Cond::from_problems(&spec_errors, "Accepted", "spec is valid");
+        out.providers.insert(
+            (ns.to_owned(), name.clone()),
+            ProviderVerdict {
+                generation: p.metadata.generation,
+                usable: credentials_resolved.ok && accepted.ok,
+                credentials_resolved,
+                accepted,
+            },
+        );
+    }
+    let provider_usable = |name: &str| {
+        out.providers
+            .get(&(ns.to_owned(), name.to_owned()))
+            .is_some_and(|v| v.usable)
+    };
+    let mut route_verdicts = Vec::new();
+    for (name, r) in &objects.routes {
+        let accepted_errors = errors_of(problems, "LLMRoute", name, ConditionType::Accepted);
+        let mut resolved_errors: Vec<Problem> =
+            errors_of(problems, "LLMRoute", name, ConditionType::ResolvedRefs)
+                .into_iter()
+                .cloned()
+                .collect();
+        // A provider that exists but cannot be used (bad spec, missing
+        // Secret) leaves the route unresolved too.
+        let mut seen = BTreeSet::new();
+        for t in r
+            .spec
+            .targets
+            .iter()
+            .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
+        {
+            let pname = &t.provider_ref.name;
+            if objects.providers.contains_key(pname)
+                && !provider_usable(pname)
+                && seen.insert(pname.clone())
+            {
+                resolved_errors.push(Problem {
+                    kind: "LLMRoute",
+                    namespace: ns.to_owned(),
+                    name: name.clone(),
+                    field: "spec.targets".into(),
+                    reason: Reason::ProviderNotFound,
+                    severity: Severity::Error,
+                    message: format!("Provider {pname:?} is not ready (see its conditions)"),
+                });
+            }
+        }
+        let resolved_refs: Vec<&Problem> = resolved_errors.iter().collect();
+        let accepted = Cond::from_problems(&accepted_errors, "Accepted", "spec is valid");
+        let mut resolved =
+            Cond::from_problems(&resolved_refs, "ResolvedRefs", "all references resolved");
+        if !resolved.ok
+            && resolved.message.contains("is not ready")
+            && resolved.reason == "ProviderNotFound"
+        {
+            resolved.reason = "ProviderNotReady".into();
+        }
+        route_verdicts.push((
+            (ns.to_owned(), name.clone()),
+            RouteVerdict {
+                generation: r.metadata.generation,
+                usable: accepted.ok && resolved.ok,
+                accepted,
+                resolved_refs: resolved,
+                selected_pods: Vec::new(),
+                target_count: u32::try_from(r.spec.targets.len()).unwrap_or(u32::MAX),
+                warnings: warnings_of(problems, "LLMRoute", name),
+            },
+        ));
+    }
+    out.routes.extend(route_verdicts);
+    for (name, b) in &objects.budgets {
+        let accepted_errors = errors_of(problems, "Budget", name, ConditionType::Accepted);
+        let resolved_errors = errors_of(problems, "Budget", name, ConditionType::ResolvedRefs);
+        let accepted = Cond::from_problems(&accepted_errors, "Accepted", "spec is valid");
+        let resolved_refs =
+            Cond::from_problems(&resolved_errors, "ResolvedRefs", "all references resolved");
+        let mut routes: Vec<String> = objects.routes_of(b).iter().map(|r| r.name_any()).collect();
+        routes.sort();
+        out.budgets.insert(
+            (ns.to_owned(), name.clone()),
+            BudgetVerdict {
+                generation: b.metadata.generation,
+                usable: accepted.ok && resolved_refs.ok,
+                accepted,
+                resolved_refs,
+                routes,
+                warnings: warnings_of(problems, "Budget", name),
+            },
+        );
+    }
+}
+
+fn empty_snapshot(pod: &PodInfo, report_interval: Duration) -> Snapshot {
+    Snapshot {
+        version: String::new(),
+        pod: identity(pod),
+        report_interval,
+        routes: Vec::new(),
+        providers: Vec::new(),
+        budgets: Vec::new(),
+        held_routes: Vec::new(),
+    }
+    .seal()
+}
+
+fn identity(pod: &PodInfo) -> PodIdentity {
+    PodIdentity {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        service_account: pod.service_account.clone(),
+        labels: pod.labels.clone(),
+        workload: pod.workload.clone(),
+    }
+}
+
+fn snapshot_for(
+    pod: &PodInfo,
+    objects: &Namespace<'_>,
+    state: &ClusterState,
+    out: &mut Compiled,
+    now: jiff::Timestamp,
+    report_interval: Duration,
+    allowances: &mut dyn Allowances,
+) -> Snapshot {
+    let ns = &pod.namespace;
+    let mut routes = Vec::new();
+    let mut held = Vec::new();
+    let mut claimed: BTreeMap<&str, &LLMRoute> = BTreeMap::new();
+    // Older routes first, so a newer route claiming the same name loses.
+    let mut selected: Vec<&LLMRoute> = objects
+        .routes
+        .values()
+        .copied()
+        .filter(|r| selector::matches_opt(r.spec.pod_selector.as_ref(), Some(&pod.labels)))
+        .collect();
+    selected.sort_by_key(|r| (r.metadata.creation_timestamp.clone(), r.name_any()));
+    for r in selected {
+        let key = (ns.clone(), r.name_any());
+        let Some(verdict) = out.routes.get_mut(&key) else {
+            continue;
+        };
+        verdict.selected_pods.push((ns.clone(), pod.name.clone()));
+        if !verdict.usable {
+            held.push(r.name_any());
+            continue;
+        }
+        let names: Vec<&str> = std::iter::once(r.spec.model.as_str())
+            .chain(r.spec.aliases.iter().map(String::as_str))
+            .collect();
+        if let Some(owner) = names.iter().find_map(|n| claimed.get(n)) {
+            verdict.warnings.push(format!(
+                "not served on pod {}: LLMRoute {:?} claims the same model name there",
+                pod.name,
+                owner.name_any()
+            ));
+            continue;
+        }
+        for n in names {
+            claimed.insert(n, r);
+        }
+        routes.push(r);
+    }
+    let route_names: BTreeSet<String> = routes.iter().map(|r| r.name_any()).collect();
+
+    let mut budgets = Vec::new();
+    for (name, b) in &objects.budgets {
+        let key = (ns.clone(), name.clone());
+        let Some(verdict) = out.budgets.get(&key).filter(|v| v.usable) else {
+            continue;
+        };
+        let covered: Vec<String> = verdict
+            .routes
+            .iter()
+            .filter(|r| route_names.contains(*r))
+            .cloned()
+            .collect();
+        if covered.is_empty() {
+            continue;
+        }
+        let window = b.spec.window.bounds_rfc3339(now);
+        let (spent, allowance) = allowances.for_pod(b, &window, pod);
+        budgets.push(BudgetEntry {
+            name: name.clone(),
+            namespace: ns.clone(),
+            spec: b.spec.clone(),
+            routes: covered,
+            applies_to_pod: selector::matches_opt(b.spec.pod_selector.as_ref(), Some(&pod.labels)),
+            window,
+            spent,
+            allowance,
+        });
+    }
+
+    let mut provider_names = BTreeSet::new();
+    for r in &routes {
+        for t in r
+            .spec
+            .targets
+            .iter()
+            .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
+        {
+            provider_names.insert(t.provider_ref.name.clone());
+        }
+        if let Some(e) = r.spec.cache.as_ref().and_then(|c| c.embedding.as_ref()) {
+            provider_names.insert(e.provider_ref.name.clone());
+        }
+    }
+    for b in &budgets {
+        for step in &b.spec.degrade {
+            provider_names.insert(step.to.provider_ref.name.clone());
+        }
+        if let Some(to) = &b.spec.on_exceeded.to {
+            provider_names.insert(to.provider_ref.name.clone());
+        }
+    }
+    let providers = provider_names
+        .into_iter()
+        .filter_map(|name| {
+            let p = objects.providers.get(&name)?;
+            let usable = out
+                .providers
+                .get(&(ns.clone(), name.clone()))
+                .is_some_and(|v| v.usable);
+            usable.then(|| ProviderEntry {
+                name: name.clone(),
+                namespace: ns.clone(),
+                spec: p.spec.clone(),
+                credential: p
+                    .spec
+                    .credentials
+                    .as_ref()
+                    .and_then(|c| c.secret_ref.as_ref())
+                    .and_then(|r| {
+                        state
+                            .secrets
+                            .get(&(ns.clone(), r.name.clone()))?
+                            .get(&r.key)
+                            .cloned()
+                    }),
+            })
+        })
+        .collect();
+
+    Snapshot {
+        version: String::new(),
+        pod: identity(pod),
+        report_interval,
+        routes: routes
+            .into_iter()
+            .map(|r| RouteEntry {
+                name: r.name_any(),
+                namespace: ns.clone(),
+                generation: r.metadata.generation.unwrap_or(0),
+                spec: r.spec.clone(),
+            })
+            .collect(),
+        providers,
+        budgets,
+        held_routes: held,
+    }
+    .seal()
+}
+
+#[cfg(test)]
+mod tests;
