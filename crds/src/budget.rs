@@ -1,6 +1,8 @@
 //! `Budget`: limits on cost, tokens and requests per calendar window, rate
 //! limits, and what happens when they are reached.
 
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -295,6 +297,11 @@ pub struct BudgetStatus {
     /// Workloads (pod owners) with the highest spend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_workloads: Vec<SpendEntry>,
+    /// The highest usage sequence folded into `spent`, per sidecar
+    /// instance, so usage a sidecar resends after an operator restart or a
+    /// leader change is never counted twice.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub folded: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]

@@ -1,1 +1,742 @@
-//! Reports from sidecars folded into status (work in progress).
+//! What hundreds of sidecars report, folded into the three kinds' status.
+//!
+//! Health is kept per sidecar as its latest report (each covers one report
+//! interval). Usage is folded exactly once: every delta carries a sequence
+//! number per sidecar instance, and the highest folded per budget is kept
+//! with the budget's totals (and persisted in its status), so a delta
+//! resent after a reconnect, an operator restart or a leader change is
+//! skipped.
+
+use std::collections::BTreeMap;
+
+use sluice_crds::budget::{BudgetState, BudgetStatus, Spend, SpendEntry, WindowBounds};
+use sluice_crds::common::conditions;
+use sluice_crds::provider::{BreakerCounts, ModelStatus, ProviderState, ProviderStatus};
+use sluice_crds::report::{BreakerState, Report, ReportAck};
+use sluice_crds::route::{LLMRouteStatus, SidecarSync, TargetStatus};
+use sluice_crds::snapshot::{Allowance, Snapshot};
+use sluice_crds::{Budget, FailureClass};
+
+use crate::allowance::{Ledger, Policy, UNLIMITED, Vector, nanos_to_money};
+use crate::compile::{
+    Allowances, BudgetVerdict, Cond, Key, PodInfo, ProviderVerdict, RouteVerdict,
+};
+
+/// The latest report of one sidecar.
+#[derive(Clone, Debug)]
+struct Sidecar {
+    report: Report,
+    received_ms: u64,
+}
+
+/// Spend of one budget in one window.
+#[derive(Clone, Debug)]
+struct BudgetBook {
+    window_start: String,
+    total: Ledger,
+    tenants: BTreeMap<String, Ledger>,
+    by_workload: BTreeMap<String, Spend>,
+    by_tenant: BTreeMap<String, Spend>,
+    folded: BTreeMap<String, u64>,
+}
+
+/// Folds reports; answers status and allowances.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    sidecars: BTreeMap<Key, Sidecar>,
+    books: BTreeMap<Key, BudgetBook>,
+    policy: Policy,
+    /// Reports older than this (milliseconds) no longer count for health.
+    pub stale_after_ms: u64,
+}
+
+/// What a report changed: the budgets whose totals must be persisted before
+/// the report is acknowledged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ingested {
+    pub ack: ReportAck,
+    pub budgets_touched: Vec<Key>,
+}
+
+impl Aggregator {
+    pub fn new(policy: Policy, stale_after_ms: u64) -> Self {
+        Self {
+            policy,
+            stale_after_ms,
+            ..Self::default()
+        }
+    }
+
+    fn book(&mut self, key: &Key, budget: &Budget, window: &WindowBounds) -> &mut BudgetBook {
+        let limit = limit_of(budget);
+        let fresh = |spent: Vector, folded: BTreeMap<String, u64>| BudgetBook {
+            window_start: window.start.clone(),
+            total: Ledger::new(
+                if budget.spec.tenant_header.is_some() {
+                    unlimited()
+                } else {
+                    limit
+                },
+                spent,
+            ),
+            tenants: BTreeMap::new(),
+            by_workload: BTreeMap::new(),
+            by_tenant: BTreeMap::new(),
+            folded,
+        };
+        let book = self.books.entry(key.clone()).or_insert_with(|| {
+            // Resume from what the status persisted, if it is this window's.
+            let status = budget.status.as_ref();
+            let same_window = status
+                .and_then(|s| s.window.as_ref())
+                .is_some_and(|w| w.start == window.start);
+            if same_window {
+                let s = status.cloned().unwrap_or_default();
+                let mut book = fresh(Vector::from_spend(&s.spent), s.folded.clone());
+                for t in s.top_tenants {
+                    book.by_tenant.insert(t.name.clone(), t.spent.clone());
+                }
+                for w in s.top_workloads {
+                    book.by_workload.insert(w.name.clone(), w.spent.clone());
+                }
+                book
+            } else {
+                fresh(Vector::ZERO, BTreeMap::new())
+            }
+        });
+        if book.window_start != window.start {
+            // The window rolled over: start from zero.
+            *book = fresh(Vector::ZERO, BTreeMap::new());
+        }
+        book.total
+            .set_limit(if budget.spec.tenant_header.is_some() {
+                unlimited()
+            } else {
+                limit
+            });
+        book
+    }
+
+    /// Folds a report. `budgets` are the pod's namespace's Budgets (by
+    /// name) with their current windows; deltas for other windows are
+    /// dropped, deltas already folded are skipped.
+    pub fn ingest(
+        &mut self,
+        report: Report,
+        workload: Option<String>,
+        budgets: &BTreeMap<String, (&Budget, WindowBounds)>,
+        now_ms: u64,
+    ) -> Ingested {
+        let pod: Key = (report.namespace.clone(), report.pod.clone());
+        let holder = holder_id(&pod);
+        let mut touched = Vec::new();
+        let mut acked = 0;
+        for delta in &report.usage {
+            acked = acked.max(delta.seq);
+            let Some((budget, window)) = budgets.get(&delta.budget) else {
+                continue;
+            };
+            if delta.window_start != window.start {
+                continue; // spend of a window that has closed
+            }
+            let key: Key = (report.namespace.clone(), delta.budget.clone());
+            let per_tenant = budget.spec.tenant_header.is_some();
+            let limit = limit_of(budget);
+            let book = self.book(&key, budget, window);
+            let mark = book.folded.entry(report.instance.clone()).or_insert(0);
+            if delta.seq <= *mark {
+                continue;
+            }
+            *mark = delta.seq;
+            let usage = Vector::from_spend(&delta.spent);
+            book.total.fold(&holder, usage, now_ms);
+            if let Some(t) = &delta.tenant {
+                if per_tenant {
+                    book.tenants
+                        .entry(t.clone())
+                        .or_insert_with(|| Ledger::new(limit, Vector::ZERO))
+                        .fold(&holder, usage, now_ms);
+                }
+                book.by_tenant
+                    .entry(t.clone())
+                    .or_default()
+                    .add(&delta.spent);
+            }
+            if let Some(w) = &workload {
+                book.by_workload
+                    .entry(w.clone())
+                    .or_default()
+                    .add(&delta.spent);
+            }
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        self.sidecars.insert(
+            pod,
+            Sidecar {
+                report,
+                received_ms: now_ms,
+            },
+        );
+        Ingested {
+            ack: ReportAck {
+                usage_acked_through: acked,
+            },
+            budgets_touched: touched,
+        }
+    }
+
+    /// Returns allowances of sidecars silent too long to the pool.
+    pub fn reclaim(&mut self, now_ms: u64) {
+        for book in self.books.values_mut() {
+            book.total.reclaim(now_ms, &self.policy);
+            for l in book.tenants.values_mut() {
+                l.reclaim(now_ms, &self.policy);
+            }
+        }
+        let stale = self.stale_after_ms;
+        self.sidecars
+            .retain(|_, s| now_ms.saturating_sub(s.received_ms) <= stale.max(1).saturating_mul(10));
+    }
+
+    fn fresh_reports<'a>(
+        &'a self,
+        ns: &'a str,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (&'a Key, &'a Sidecar)> + 'a {
+        self.sidecars.iter().filter(move |(k, s)| {
+            k.0 == ns && now_ms.saturating_sub(s.received_ms) <= self.stale_after_ms
+        })
+    }
+
+    /// The status of a route.
+    pub fn route_status(
+        &self,
+        key: &Key,
+        verdict: &RouteVerdict,
+        snapshots: &BTreeMap<Key, Snapshot>,
+        previous: Option<&LLMRouteStatus>,
+        now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+        now_ms: u64,
+    ) -> LLMRouteStatus {
+        let mut st = previous.cloned().unwrap_or_default();
+        st.observed_generation = verdict.generation;
+        let selected = verdict.selected_pods.len() as u32;
+        let mut synced = 0;
+        let mut rejected = None;
+        for pod in &verdict.selected_pods {
+            let want = snapshots.get(pod).map(|s| s.version.as_str());
+            let Some(s) = self.sidecars.get(pod) else {
+                continue;
+            };
+            if want.is_some() && s.report.config.applied.as_deref() == want {
+                synced += 1;
+            } else if let Some(r) = &s.report.config.rejected
+                && Some(r.version.as_str()) == want
+            {
+                rejected = Some(format!(
+                    "sidecar {} rejected the configuration: {}",
+                    pod.1, r.reason
+                ));
+            }
+        }
+        st.sidecars = SidecarSync { selected, synced };
+        st.synced = Some(format!("{synced}/{selected}"));
+        st.target_count = verdict.target_count;
+        st.config_version = None;
+        let programmed = if !verdict.usable {
+            Cond {
+                ok: false,
+                reason: "Invalid".into(),
+                message:
+                    "the current spec is not sent to sidecars; they keep the last good version"
+                        .into(),
+            }
+        } else if let Some(msg) = rejected {
+            Cond {
+                ok: false,
+                reason: "Rejected".into(),
+                message: msg,
+            }
+        } else if selected == 0 {
+            Cond {
+                ok: false,
+                reason: "NoSidecars".into(),
+                message: "no pod with a Sluice sidecar is selected by this route".into(),
+            }
+        } else if synced < selected {
+            Cond {
+                ok: false,
+                reason: "Pending".into(),
+                message: format!("{synced} of {selected} sidecars run the current configuration"),
+            }
+        } else {
+            Cond {
+                ok: true,
+                reason: "Programmed".into(),
+                message: format!("all {selected} sidecars run the current configuration"),
+            }
+        };
+        let mut accepted = verdict.accepted.clone();
+        if accepted.ok && !verdict.warnings.is_empty() {
+            accepted.message = format!("spec is valid; warnings: {}", verdict.warnings.join("; "));
+        }
+        for (t, c) in [
+            ("Accepted", &accepted),
+            ("ResolvedRefs", &verdict.resolved_refs),
+            ("Programmed", &programmed),
+        ] {
+            conditions::set(
+                &mut st.conditions,
+                t,
+                c.ok,
+                &c.reason,
+                &c.message,
+                verdict.generation,
+                now.clone(),
+            );
+        }
+
+        // Per target figures over the latest reports of the route's sidecars.
+        #[derive(Default)]
+        struct T {
+            requests: u64,
+            errors: u64,
+            p95: Option<u64>,
+            reporting: u32,
+            open: u32,
+        }
+        let mut per_target: BTreeMap<(String, String), T> = BTreeMap::new();
+        for (_, s) in self.fresh_reports(&key.0, now_ms) {
+            for h in s.report.targets.iter().filter(|h| h.route == key.1) {
+                let e = per_target
+                    .entry((h.provider.clone(), h.model.clone()))
+                    .or_default();
+                e.requests += h.requests;
+                e.errors += failures(&h.errors);
+                e.p95 = e.p95.max(h.latency_p95_ms);
+                e.reporting += 1;
+                if h.breaker == BreakerState::Open {
+                    e.open += 1;
+                }
+            }
+        }
+        let total: u64 = per_target.values().map(|v| v.requests).sum();
+        st.targets = per_target
+            .into_iter()
+            .map(|((provider, model), t)| TargetStatus {
+                provider,
+                model,
+                healthy: t.open * 2 <= t.reporting,
+                share_percent: percent(t.requests, total),
+                latency_p95_ms: t.p95,
+                error_percent: one_decimal(t.errors, t.requests),
+            })
+            .collect();
+        let healthy = st.targets.iter().filter(|t| t.healthy).count();
+        st.healthy = Some(if st.targets.is_empty() {
+            format!("{}/{}", verdict.target_count, verdict.target_count)
+        } else {
+            format!("{healthy}/{}", st.targets.len())
+        });
+        let latest = self
+            .fresh_reports(&key.0, now_ms)
+            .filter_map(|(_, s)| s.report.fallbacks.get(&key.1))
+            .max_by(|a, b| a.time.cmp(&b.time));
+        if let Some(f) = latest {
+            st.last_fallback = Some(f.clone());
+        }
+        st
+    }
+
+    /// The status of a provider.
+    pub fn provider_status(
+        &self,
+        key: &Key,
+        verdict: &ProviderVerdict,
+        previous: Option<&ProviderStatus>,
+        report_interval_secs: u64,
+        now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+        now_ms: u64,
+    ) -> ProviderStatus {
+        let mut st = previous.cloned().unwrap_or_default();
+        st.observed_generation = verdict.generation;
+        #[derive(Default)]
+        struct M {
+            req: u64,
+            err: u64,
+            p50: Option<u64>,
+            p95: Option<u64>,
+            ttft: Option<u64>,
+            breakers: BreakerCounts,
+        }
+        let mut models: BTreeMap<String, M> = BTreeMap::new();
+        let mut reporting = 0u32;
+        for (_, s) in self.fresh_reports(&key.0, now_ms) {
+            let mut seen_here = false;
+            // One breaker per (provider, model) per sidecar, even if several routes use it.
+            let mut counted: Vec<&str> = Vec::new();
+            for h in s.report.targets.iter().filter(|h| h.provider == key.1) {
+                seen_here = true;
+                let m = models.entry(h.model.clone()).or_default();
+                m.req += h.requests;
+                m.err += failures(&h.errors);
+                m.p50 = m.p50.max(h.latency_p50_ms);
+                m.p95 = m.p95.max(h.latency_p95_ms);
+                m.ttft = m.ttft.max(h.ttft_p95_ms);
+                if !counted.contains(&h.model.as_str()) {
+                    counted.push(&h.model);
+                    match h.breaker {
+                        BreakerState::Closed => m.breakers.closed += 1,
+                        BreakerState::Open => m.breakers.open += 1,
+                        BreakerState::HalfOpen => m.breakers.half_open += 1,
+                    }
+                }
+            }
+            if seen_here {
+                reporting += 1;
+            }
+        }
+        let per_minute = |n: u64| n.saturating_mul(60) / report_interval_secs.max(1);
+        st.sidecars = reporting;
+        st.models = models
+            .iter()
+            .map(|(name, m)| ModelStatus {
+                name: name.clone(),
+                requests_per_minute: per_minute(m.req),
+                error_percent: one_decimal(m.err, m.req),
+                latency_p50_ms: m.p50,
+                latency_p95_ms: m.p95,
+                ttft_p95_ms: m.ttft,
+                breakers: m.breakers,
+            })
+            .collect();
+        let req: u64 = models.values().map(|m| m.req).sum();
+        let err: u64 = models.values().map(|m| m.err).sum();
+        let open: u32 = models.values().map(|m| m.breakers.open).sum();
+        let breakers: u32 = models
+            .values()
+            .map(|m| m.breakers.closed + m.breakers.open + m.breakers.half_open)
+            .sum();
+        let state = if reporting == 0 {
+            ProviderState::Unknown
+        } else if breakers > 0 && open == breakers {
+            ProviderState::Down
+        } else if open > 0 || err * 100 > req * 5 {
+            ProviderState::Degraded
+        } else {
+            ProviderState::Healthy
+        };
+        st.state = Some(state);
+        st.error_percent = Some(one_decimal(err, req));
+        st.latency_p95 = models
+            .values()
+            .filter_map(|m| m.p95)
+            .max()
+            .map(|ms| format!("{ms}ms"));
+        st.ttft_p95 = models
+            .values()
+            .filter_map(|m| m.ttft)
+            .max()
+            .map(|ms| format!("{ms}ms"));
+        st.breakers_open = Some(format!("{open}/{reporting}"));
+        let healthy = match state {
+            ProviderState::Healthy => Cond {
+                ok: true,
+                reason: "Healthy".into(),
+                message: format!("{reporting} sidecars report it healthy"),
+            },
+            ProviderState::Unknown => Cond {
+                ok: false,
+                reason: "NoReports".into(),
+                message: "no sidecar has reported on this provider recently".into(),
+            },
+            ProviderState::Degraded => Cond {
+                ok: false,
+                reason: "Degraded".into(),
+                message: format!("{open} breakers open, {}% errors", one_decimal(err, req)),
+            },
+            ProviderState::Down => Cond {
+                ok: false,
+                reason: "Down".into(),
+                message: "every sidecar has its breaker open".into(),
+            },
+        };
+        let ready = if verdict.usable {
+            Cond {
+                ok: true,
+                reason: "Ready".into(),
+                message: "sent to the sidecars of routes that use it".into(),
+            }
+        } else if !verdict.accepted.ok {
+            verdict.accepted.clone()
+        } else {
+            verdict.credentials_resolved.clone()
+        };
+        for (t, c) in [
+            ("CredentialsResolved", &verdict.credentials_resolved),
+            ("Ready", &ready),
+            ("Healthy", &healthy),
+        ] {
+            conditions::set(
+                &mut st.conditions,
+                t,
+                c.ok,
+                &c.reason,
+                &c.message,
+                verdict.generation,
+                now.clone(),
+            );
+        }
+        st
+    }
+
+    /// The status of a budget in its current window.
+    pub fn budget_status(
+        &mut self,
+        key: &Key,
+        budget: &Budget,
+        verdict: &BudgetVerdict,
+        window: &WindowBounds,
+        now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    ) -> BudgetStatus {
+        let mut st = budget.status.clone().unwrap_or_default();
+        st.observed_generation = verdict.generation;
+        let limit = limit_of(budget);
+        let book = self.book(key, budget, window).clone();
+        let spent = book.total.spent();
+        st.window = Some(window.clone());
+        st.spent = Spend {
+            cost_usd: nanos_to_money(spent.cost_nanos),
+            tokens: spent.tokens,
+            requests: spent.requests,
+        };
+        let used = if budget.spec.tenant_header.is_some() {
+            // Per tenant: the most used tenant decides.
+            book.tenants
+                .values()
+                .map(|l| percent_used(l.spent(), limit))
+                .max()
+                .unwrap_or(0)
+        } else {
+            percent_used(spent, limit)
+        };
+        st.percent_used = used;
+        st.used = Some(format!("{used}%"));
+        st.limit = Some(limit_display(budget));
+        let step = budget
+            .spec
+            .degrade
+            .iter()
+            .rposition(|s| used >= s.at_percent)
+            .map(|i| i as u32);
+        st.degrade_step = step;
+        st.state = if used >= 100 {
+            BudgetState::Exhausted
+        } else if step.is_some() {
+            BudgetState::Degraded
+        } else if used >= budget.spec.soft_limit_percent {
+            BudgetState::SoftLimit
+        } else {
+            BudgetState::Ok
+        };
+        st.top_tenants = top(&book.by_tenant);
+        st.top_workloads = top(&book.by_workload);
+        st.folded = book.folded.clone();
+        let ready = match st.state {
+            BudgetState::Exhausted => Cond {
+                ok: false,
+                reason: "Exhausted".into(),
+                message: format!("limit reached; resets at {}", window.end),
+            },
+            _ => Cond {
+                ok: true,
+                reason: "WithinLimit".into(),
+                message: format!("{used}% used"),
+            },
+        };
+        for (t, c) in [
+            ("Accepted", &verdict.accepted),
+            ("ResolvedRefs", &verdict.resolved_refs),
+            ("Ready", &ready),
+        ] {
+            conditions::set(
+                &mut st.conditions,
+                t,
+                c.ok,
+                &c.reason,
+                &c.message,
+                verdict.generation,
+                now.clone(),
+            );
+        }
+        st
+    }
+}
+
+impl Allowances for Aggregator {
+    fn for_pod(
+        &mut self,
+        budget: &Budget,
+        window: &WindowBounds,
+        pod: &PodInfo,
+    ) -> (Spend, Allowance) {
+        let key: Key = (pod.namespace.clone(), kube::ResourceExt::name_any(budget));
+        let holder = holder_id(&(pod.namespace.clone(), pod.name.clone()));
+        let policy = self.policy;
+        let now_ms = self
+            .sidecars
+            .values()
+            .map(|s| s.received_ms)
+            .max()
+            .unwrap_or(0);
+        let acked = self
+            .sidecars
+            .get(&(pod.namespace.clone(), pod.name.clone()))
+            .map_or(0, |s| s.report.sequence);
+        let per_tenant = budget.spec.tenant_header.is_some();
+        let limit = limit_of(budget);
+        let book = self.book(&key, budget, window);
+        let spent = book.total.spent();
+        let total = book.total.grant(&holder, now_ms, &policy);
+        let mut allowance = Allowance {
+            as_of_sequence: acked,
+            total: total.to_amounts(),
+            ..Allowance::default()
+        };
+        if per_tenant {
+            for (t, ledger) in book.tenants.iter_mut() {
+                allowance.tenants.insert(
+                    t.clone(),
+                    ledger.grant(&holder, now_ms, &policy).to_amounts(),
+                );
+            }
+            // A tenant no sidecar has reported yet: a small slice of its
+            // limit per sidecar, so all sidecars together stay within it.
+            let sidecars = self
+                .sidecars
+                .keys()
+                .filter(|k| k.0 == pod.namespace)
+                .count()
+                .max(1) as u64;
+            let slice = |v: u64| {
+                if v == UNLIMITED {
+                    UNLIMITED
+                } else {
+                    v / 10 / sidecars
+                }
+            };
+            allowance.new_tenant = Some(
+                Vector {
+                    cost_nanos: slice(limit.cost_nanos),
+                    tokens: slice(limit.tokens),
+                    requests: slice(limit.requests),
+                }
+                .to_amounts(),
+            );
+        }
+        (
+            Spend {
+                cost_usd: nanos_to_money(spent.cost_nanos),
+                tokens: spent.tokens,
+                requests: spent.requests,
+            },
+            allowance,
+        )
+    }
+}
+
+fn holder_id(pod: &Key) -> String {
+    format!("{}/{}", pod.0, pod.1)
+}
+
+fn unlimited() -> Vector {
+    Vector {
+        cost_nanos: UNLIMITED,
+        tokens: UNLIMITED,
+        requests: UNLIMITED,
+    }
+}
+
+fn limit_of(budget: &Budget) -> Vector {
+    Vector::from_limits(budget.spec.limits.as_ref())
+}
+
+fn failures(errors: &BTreeMap<FailureClass, u64>) -> u64 {
+    errors
+        .iter()
+        .filter(|(c, _)| **c != FailureClass::ClientCancelled)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn percent(part: u64, whole: u64) -> u32 {
+    if whole == 0 {
+        0
+    } else {
+        u32::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(100)
+    }
+}
+
+fn one_decimal(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "0.0".into();
+    }
+    let tenths = u128::from(part) * 1000 / u128::from(whole);
+    format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+fn percent_used(spent: Vector, limit: Vector) -> u32 {
+    let dim = |s: u64, l: u64| {
+        if l == UNLIMITED || l == 0 {
+            0
+        } else {
+            percent(s, l)
+        }
+    };
+    dim(spent.cost_nanos, limit.cost_nanos)
+        .max(dim(spent.tokens, limit.tokens))
+        .max(dim(spent.requests, limit.requests))
+}
+
+fn limit_display(budget: &Budget) -> String {
+    let l = budget.spec.limits.clone().unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(c) = l.cost_usd {
+        parts.push(format!("${c}"));
+    }
+    if let Some(t) = l.tokens {
+        parts.push(format!("{t} tokens"));
+    }
+    if let Some(r) = l.requests {
+        parts.push(format!("{r} requests"));
+    }
+    if parts.is_empty() {
+        "rate limits only".into()
+    } else {
+        format!("{}/{}", parts.join(", "), budget.spec.window.as_str())
+    }
+}
+
+fn top(by: &BTreeMap<String, Spend>) -> Vec<SpendEntry> {
+    let mut v: Vec<SpendEntry> = by
+        .iter()
+        .map(|(name, spent)| SpendEntry {
+            name: name.clone(),
+            spent: spent.clone(),
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        (b.spent.cost_usd, b.spent.tokens, b.spent.requests).cmp(&(
+            a.spent.cost_usd,
+            a.spent.tokens,
+            a.spent.requests,
+        ))
+    });
+    v.truncate(5);
+    v
+}
+
+#[cfg(test)]
+mod tests;
