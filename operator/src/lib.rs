@@ -10,3 +10,4 @@
 pub mod aggregate;
 pub mod allowance;
 pub mod compile;
+pub mod webhook;
