@@ -1,4 +1,5 @@
 //! Sluice sidecar: the OpenAI-compatible data plane every application
 //! request passes through.
 
+pub mod cluster;
 pub mod openai;
