@@ -196,8 +196,8 @@ fn a_bad_snapshot_is_refused_and_the_good_one_survives_a_restart() {
     let s2 = Session::new(options(&dir), runtime2.clone(), || "i-2".into());
     assert!(s2.has_config());
     assert_eq!(
-        runtime2.0.lock().expect("lock").as_slice(),
-        [good.version.clone()]
+        *runtime2.0.lock().expect("lock"),
+        vec![good.version.clone()]
     );
     let report = s2.next_report();
     assert_eq!(report.instance, "i-1");
