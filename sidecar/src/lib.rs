@@ -2,4 +2,5 @@
 //! request passes through.
 
 pub mod cluster;
+pub mod complexity;
 pub mod openai;
