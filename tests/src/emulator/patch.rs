@@ -191,6 +191,7 @@ struct Manager {
     operation: String,
     subresource: String,
     api_version: String,
+    time: String,
     fields: BTreeSet<FieldPath>,
 }
 
@@ -209,6 +210,7 @@ fn read_managers(object: &Value) -> Vec<Manager> {
                 operation: e["operation"].as_str().unwrap_or("Update").to_string(),
                 subresource: e["subresource"].as_str().unwrap_or("").to_string(),
                 api_version: e["apiVersion"].as_str().unwrap_or("").to_string(),
+                time: e["time"].as_str().unwrap_or("").to_string(),
                 fields,
             }
         })
@@ -256,7 +258,7 @@ fn write_managers(object: &mut Value, managers: &[Manager]) {
                 "manager": m.manager,
                 "operation": m.operation,
                 "apiVersion": m.api_version,
-                "time": now(),
+                "time": m.time,
                 "fieldsType": "FieldsV1",
                 "fieldsV1": encode_fields(&m.fields),
             });
@@ -273,6 +275,14 @@ fn write_managers(object: &mut Value, managers: &[Manager]) {
     } else {
         object["metadata"]["managedFields"] = Value::Array(entries);
     }
+}
+
+fn without_managed_fields(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(meta) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    copy
 }
 
 fn subresource_name(part: WritePart) -> &'static str {
@@ -371,8 +381,16 @@ pub fn server_side_apply(
         operation: "Apply".to_string(),
         subresource: subresource.to_string(),
         api_version: applied["apiVersion"].as_str().unwrap_or("").to_string(),
-        fields: applied_fields,
+        time: now(),
+        fields: applied_fields.clone(),
     });
+    // A repeated identical apply is a no-op, as on the real server: no new
+    // resourceVersion, so controllers applying every reconcile do not loop.
+    if without_managed_fields(&next) == without_managed_fields(current)
+        && previously == applied_fields
+    {
+        return Ok(current.clone());
+    }
     write_managers(&mut next, &managers);
     Ok(next)
 }
@@ -398,7 +416,7 @@ pub fn record_update(
         .cloned()
         .collect();
     if changed.is_empty() {
-        write_managers(new, &managers);
+        // Keep whatever managedFields the write carried over from `old`.
         return;
     }
     let subresource = subresource_name(part);
@@ -410,12 +428,16 @@ pub fn record_update(
         .iter_mut()
         .find(|m| m.manager == manager && m.operation == "Update" && m.subresource == subresource)
     {
-        Some(mine) => mine.fields.extend(present),
+        Some(mine) => {
+            mine.fields.extend(present);
+            mine.time = now();
+        }
         None => managers.push(Manager {
             manager: manager.to_string(),
             operation: "Update".to_string(),
             subresource: subresource.to_string(),
             api_version: new["apiVersion"].as_str().unwrap_or("").to_string(),
+            time: now(),
             fields: present,
         }),
     }

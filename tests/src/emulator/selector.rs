@@ -152,6 +152,39 @@ impl FieldSelector {
     }
 }
 
+/// Whether labels satisfy a `metav1.LabelSelector` object (`matchLabels`
+/// and `matchExpressions`), as webhook namespace and object selectors use.
+/// An absent or empty selector matches everything.
+pub fn selector_object_matches(selector: &Value, labels: &Value) -> bool {
+    let get = |key: &str| labels.get(key).and_then(Value::as_str);
+    let match_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| get(k) == v.as_str());
+    let match_expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e["operator"].as_str() {
+                Some("In") => get(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => get(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => get(key).is_some(),
+                Some("DoesNotExist") => get(key).is_none(),
+                _ => false,
+            }
+        });
+    match_labels && match_expressions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +212,20 @@ mod tests {
         assert!(matches("missing notin (x)", labels.clone()));
         assert!(!matches("missing in (x)", labels));
         assert!(matches("", json!({})));
+    }
+
+    #[test]
+    fn selector_objects() {
+        let labels = json!({"sluice.dev/inject": "enabled"});
+        assert!(selector_object_matches(&json!({}), &labels));
+        assert!(selector_object_matches(
+            &json!({"matchLabels": {"sluice.dev/inject": "enabled"}}),
+            &labels
+        ));
+        let expr = json!({"matchExpressions": [{"key": "sluice.dev/inject", "operator": "NotIn", "values": ["enabled"]}]});
+        assert!(!selector_object_matches(&expr, &labels));
+        let exists = json!({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]});
+        assert!(selector_object_matches(&exists, &labels));
     }
 
     #[test]

@@ -75,8 +75,11 @@ pub struct WatchEvent {
     pub kind: EventType,
     /// Which object.
     pub key: ObjectKey,
-    /// The object after the change (before removal, for deletions).
+    /// The object after the change (its last state, for deletions).
     pub object: Value,
+    /// The object before the change (modifications only), so a filtered
+    /// watch can tell an object that stopped matching from one that changed.
+    pub previous: Option<Value>,
 }
 
 /// Whether a write targets the main resource or its `status` subresource.
@@ -203,17 +206,12 @@ impl Store {
         object["apiVersion"] = json!(rt.api_version());
         object["kind"] = json!(rt.kind);
         self.objects.insert(key.clone(), object.clone());
-        self.record(EventType::Added, key, object.clone());
+        self.record(EventType::Added, key, object.clone(), None);
         Ok(object)
     }
 
-    /// Replaces an object with `proposed`, keeping what the server owns.
-    ///
-    /// Checks `metadata.resourceVersion` when the proposal carries one (409 on
-    /// mismatch), splits spec and status per `part`, bumps `generation` only
-    /// when something other than metadata and status changed, skips no-op
-    /// writes (no new resourceVersion, no event, like the real server) and
-    /// removes an object whose deletion only waited for its finalizers.
+    /// Replaces an object with `proposed` in one step: [`prepare_update`]
+    /// then [`Store::commit_update`].
     pub fn update(
         &mut self,
         rt: &ResourceType,
@@ -224,39 +222,32 @@ impl Store {
         let old = self
             .objects
             .get(key)
-            .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
-        if let Some(rv) = proposed["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|rv| !rv.is_empty())
-            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
-        {
+        let next = prepare_update(rt, old, proposed, part)?;
+        self.commit_update(rt, key, next)
+    }
+
+    /// Stores an object built by [`prepare_update`]: bumps `generation` only
+    /// when something other than metadata and status changed, skips no-op
+    /// writes (no new resourceVersion, no event, like the real server) and
+    /// removes an object whose deletion only waited for its finalizers.
+    pub fn commit_update(
+        &mut self,
+        rt: &ResourceType,
+        key: &ObjectKey,
+        mut next: Value,
+    ) -> ApiResult<Value> {
+        let Some(old) = self.objects.get(key).cloned() else {
+            return Err(ApiError::not_found(&key.group, &key.plural, &key.name));
+        };
+        if next["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
             return Err(ApiError::conflict(
-                &rt.group,
-                &rt.plural,
+                &key.group,
+                &key.plural,
                 &key.name,
-                "the object has been modified; please apply your changes to the latest version and try again",
+                STALE,
             ));
         }
-        let mut next = match part {
-            WritePart::Status => {
-                let mut next = old.clone();
-                next["status"] = proposed.get("status").cloned().unwrap_or(Value::Null);
-                strip_null(&mut next, "status");
-                next
-            }
-            WritePart::Main => {
-                let mut next = proposed;
-                if rt.status_subresource {
-                    next["status"] = old.get("status").cloned().unwrap_or(Value::Null);
-                    strip_null(&mut next, "status");
-                }
-                keep_server_metadata(&mut next, &old);
-                next
-            }
-        };
-        next["apiVersion"] = old["apiVersion"].clone();
-        next["kind"] = old["kind"].clone();
         let spec_changed = without_meta_and_status(&next, rt.status_subresource)
             != without_meta_and_status(&old, rt.status_subresource);
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -265,7 +256,6 @@ impl Store {
         } else {
             generation
         });
-        next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         if next == old {
             return Ok(old);
         }
@@ -273,11 +263,11 @@ impl Store {
         next["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         if next["metadata"].get("deletionTimestamp").is_some() && finalizers_empty(&next) {
             self.objects.remove(key);
-            self.record(EventType::Deleted, key.clone(), next.clone());
+            self.record(EventType::Deleted, key.clone(), next.clone(), Some(old));
             return Ok(next);
         }
         self.objects.insert(key.clone(), next.clone());
-        self.record(EventType::Modified, key.clone(), next.clone());
+        self.record(EventType::Modified, key.clone(), next.clone(), Some(old));
         Ok(next)
     }
 
@@ -289,19 +279,28 @@ impl Store {
             .get(key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
-        self.revision += 1;
-        object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         if !finalizers_empty(&object) {
-            if object["metadata"].get("deletionTimestamp").is_none() {
-                object["metadata"]["deletionTimestamp"] = json!(now());
-                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                self.objects.insert(key.clone(), object.clone());
-                self.record(EventType::Modified, key.clone(), object.clone());
+            if object["metadata"].get("deletionTimestamp").is_some() {
+                return Ok(object);
             }
+            let before = object.clone();
+            self.revision += 1;
+            object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            self.objects.insert(key.clone(), object.clone());
+            self.record(
+                EventType::Modified,
+                key.clone(),
+                object.clone(),
+                Some(before),
+            );
             return Ok(object);
         }
+        self.revision += 1;
+        object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         self.objects.remove(key);
-        self.record(EventType::Deleted, key.clone(), object.clone());
+        self.record(EventType::Deleted, key.clone(), object.clone(), None);
         if rt.group.is_empty() && rt.plural == "namespaces" {
             let inside: Vec<ObjectKey> = self
                 .objects
@@ -313,7 +312,7 @@ impl Store {
                 if let Some(mut o) = self.objects.remove(&k) {
                     self.revision += 1;
                     o["metadata"]["resourceVersion"] = json!(self.revision.to_string());
-                    self.record(EventType::Deleted, k, o);
+                    self.record(EventType::Deleted, k, o, None);
                 }
             }
         }
@@ -332,7 +331,7 @@ impl Store {
             if let Some(mut o) = self.objects.remove(&k) {
                 self.revision += 1;
                 o["metadata"]["resourceVersion"] = json!(self.revision.to_string());
-                self.record(EventType::Deleted, k, o);
+                self.record(EventType::Deleted, k, o, None);
             }
         }
     }
@@ -364,12 +363,13 @@ impl Store {
         self.events.subscribe()
     }
 
-    fn record(&mut self, kind: EventType, key: ObjectKey, object: Value) {
+    fn record(&mut self, kind: EventType, key: ObjectKey, object: Value, previous: Option<Value>) {
         let event = WatchEvent {
             revision: self.revision,
             kind,
             key,
             object,
+            previous,
         };
         if self.history.len() == HISTORY_LIMIT
             && let Some(dropped) = self.history.pop_front()
@@ -421,6 +421,54 @@ impl Store {
 /// RFC 3339 UTC time with second precision, as Kubernetes writes it.
 pub fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+const STALE: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+
+/// Builds the object a write of `proposed` over `old` would store: checks
+/// `metadata.resourceVersion` when the proposal carries one (409 on
+/// mismatch), splits spec and status per `part` and keeps the metadata the
+/// server owns.
+pub fn prepare_update(
+    rt: &ResourceType,
+    old: &Value,
+    proposed: Value,
+    part: WritePart,
+) -> ApiResult<Value> {
+    let name = old["metadata"]["name"].as_str().unwrap_or("");
+    if let Some(rv) = proposed["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+        && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(&rt.group, &rt.plural, name, STALE));
+    }
+    let mut next = match part {
+        WritePart::Status => {
+            let mut next = old.clone();
+            next["status"] = proposed.get("status").cloned().unwrap_or(Value::Null);
+            strip_null(&mut next, "status");
+            if let Some(fields) = proposed["metadata"].get("managedFields") {
+                next["metadata"]["managedFields"] = fields.clone();
+            }
+            next
+        }
+        WritePart::Main => {
+            let mut next = proposed;
+            if rt.status_subresource {
+                next["status"] = old.get("status").cloned().unwrap_or(Value::Null);
+                strip_null(&mut next, "status");
+            }
+            keep_server_metadata(&mut next, old);
+            next
+        }
+    };
+    next["apiVersion"] = old["apiVersion"].clone();
+    next["kind"] = old["kind"].clone();
+    next["metadata"]["generation"] = old["metadata"]["generation"].clone();
+    next["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    Ok(next)
 }
 
 fn strip_null(object: &mut Value, field: &str) {
