@@ -137,6 +137,23 @@ fn check_name(path: &ResourcePath, name: &str) -> ApiResult<()> {
     ))
 }
 
+/// What the real server does to some built-in kinds on every write: a
+/// Secret's write-only `stringData` is folded into `data`.
+fn normalize_builtin(path: &ResourcePath, object: &mut Value) {
+    use base64::Engine as _;
+    if !(path.rt.group.is_empty() && path.rt.plural == "secrets") {
+        return;
+    }
+    let Some(Value::Object(plain)) = object.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    for (key, value) in plain {
+        let text = value.as_str().unwrap_or("").to_string();
+        object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 /// POST to a collection.
 pub fn create(
     shared: &Shared,
@@ -199,6 +216,7 @@ fn create_locked(
     if let Some(name) = object["metadata"]["name"].as_str() {
         check_name(path, name)?;
     }
+    normalize_builtin(path, &mut object);
     if rt.status_subresource
         && let Some(map) = object.as_object_mut()
     {
@@ -265,7 +283,8 @@ fn write_existing(
         .get(&key)
         .cloned()
         .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
-    let proposed = make(&old)?;
+    let mut proposed = make(&old)?;
+    normalize_builtin(path, &mut proposed);
     if let Some(name) = proposed["metadata"]["name"].as_str()
         && name != key.name
     {

@@ -22,6 +22,7 @@ pub mod error;
 mod handlers;
 mod openapi;
 pub mod patch;
+mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selector;

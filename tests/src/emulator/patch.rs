@@ -165,18 +165,22 @@ fn set_path(value: &mut Value, path: &[String], leaf: Value) {
 }
 
 fn remove_path(value: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else {
+    let Some((first, rest)) = path.split_first() else {
         return;
     };
-    let mut cursor = value;
-    for key in parents {
-        match cursor.get_mut(key) {
-            Some(next) => cursor = next,
-            None => return,
-        }
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if rest.is_empty() {
+        map.remove(first);
+        return;
     }
-    if let Some(map) = cursor.as_object_mut() {
-        map.remove(last);
+    if let Some(child) = map.get_mut(first) {
+        remove_path(child, rest);
+        // A map emptied by the removal goes too, as with the real server.
+        if child.as_object().is_some_and(Map::is_empty) {
+            map.remove(first);
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::registry::{self, ResourceType};
 use super::store::{ObjectKey, Store};
 use super::tokens::Tokens;
-use super::{handlers, openapi, watcher, webhook};
+use super::{handlers, openapi, protobuf, watcher, webhook};
 
 /// Response body: a whole JSON document or a watch stream.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -185,8 +185,15 @@ impl ApiRequest {
         }
     }
 
-    /// The body as JSON (or YAML, which kubectl sends for apply patches).
+    /// The body as JSON (or YAML, which kubectl sends for apply patches, or
+    /// protobuf for a few kinds kubectl creates).
     pub fn json_body(&self) -> ApiResult<Value> {
+        if self
+            .content_type
+            .starts_with("application/vnd.kubernetes.protobuf")
+        {
+            return protobuf::decode(&self.body);
+        }
         serde_json::from_slice(&self.body)
             .or_else(|_| serde_yaml::from_slice(&self.body))
             .map_err(|e| ApiError::bad_request(format!("unable to decode request body: {e}")))
