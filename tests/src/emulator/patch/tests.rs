@@ -101,3 +101,27 @@ fn updates_take_ownership_from_appliers() {
     // Re-applying the old value now conflicts with the editor.
     assert!(apply(&updated, applied, "one", false).is_err());
 }
+
+#[test]
+fn strategic_merge_merges_lists_by_key() {
+    let current = json!({
+        "metadata": {"finalizers": ["a"]},
+        "webhooks": [
+            {"name": "one", "rules": [1], "clientConfig": {"caBundle": "old"}},
+            {"name": "two", "rules": [2]},
+        ],
+    });
+    let patch = br#"{
+        "$setElementOrder/webhooks": [{"name": "one"}, {"name": "two"}],
+        "metadata": {"finalizers": ["b"]},
+        "webhooks": [{"name": "one", "clientConfig": {"caBundle": "new"}}, {"name": "two", "$patch": "delete"}, {"name": "three"}]
+    }"#;
+    let merged = apply_patch(&current, PatchKind::Strategic, patch).expect("smp");
+    assert_eq!(
+        merged,
+        json!({
+            "metadata": {"finalizers": ["a", "b"]},
+            "webhooks": [{"name": "one", "rules": [1], "clientConfig": {"caBundle": "new"}}, {"name": "three"}],
+        })
+    );
+}
