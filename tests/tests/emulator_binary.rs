@@ -29,7 +29,8 @@ async fn binary_serves_kubectl_until_killed() {
     );
     let config = std::fs::read_to_string(&kubeconfig).expect("kubeconfig written");
     assert!(
-        config.contains(&format!("server: http://{address}")),
+        config.contains(&format!("server: https://{address}"))
+            && config.contains("certificate-authority-data: "),
         "{config}"
     );
 

@@ -479,3 +479,62 @@ async fn builtins_selectors_and_tokens() {
         "namespace deletion removes its objects: {emptied}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_requires_an_issued_token() {
+    let cluster = Cluster::start().await;
+    let bogus = cluster.kubectl(&["get", "ns", "--token=not-a-token"]).await;
+    assert!(!bogus.status.success());
+    assert!(
+        stderr(&bogus).contains("Unauthorized") || stderr(&bogus).contains("logged in"),
+        "{}",
+        stderr(&bogus)
+    );
+    let token = cluster.emulator.issue_token("default", "robot", &[]);
+    let listed = cluster
+        .kubectl_ok(&[
+            "get",
+            "ns",
+            "default",
+            "-o",
+            "name",
+            &format!("--token={token}"),
+        ])
+        .await;
+    assert_eq!(listed.trim(), "namespace/default");
+    // A token for another audience is not valid against the API itself.
+    let scoped = cluster
+        .emulator
+        .issue_token("default", "robot", &["sluice"]);
+    let review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {scoped}}}\n"
+    );
+    let out = cluster
+        .kubectl_with_input(
+            &[
+                "create",
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.status.authenticated}",
+            ],
+            Some(&review),
+        )
+        .await;
+    assert_eq!(common::assert_ok(&["create tokenreview"], &out), "false");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_mode_serves_kubectl_without_tokens() {
+    let options = sluice_tests::emulator::EmulatorOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(options).await;
+    assert!(cluster.emulator.url().starts_with("http://"));
+    cluster.kubectl_ok(&["create", "namespace", "plain"]).await;
+    let names = cluster
+        .kubectl_ok(&["get", "ns", "plain", "-o", "name"])
+        .await;
+    assert_eq!(names.trim(), "namespace/plain");
+}

@@ -21,6 +21,10 @@ struct Args {
     /// Where to write a kubeconfig pointing at this emulator.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Serve plain HTTP instead of HTTPS (then requests without a token act
+    /// as the admin, since kubectl sends no token over http).
+    #[arg(long)]
+    plain_http: bool,
     /// Address of a webhook service, `name.namespace=HOST:PORT` (repeatable).
     #[arg(long = "webhook-service", value_name = "NAME.NAMESPACE=ADDR")]
     webhook_services: Vec<String>,
@@ -42,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions {
         listen: args.listen,
         webhook_services,
+        plain_http: args.plain_http,
     })
     .await?;
     emulator.write_kubeconfig(&args.kubeconfig)?;

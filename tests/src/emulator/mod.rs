@@ -13,9 +13,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! It serves plain HTTP: kubectl and kube-rs both accept an `http://`
-//! server with a bearer token from the kubeconfig, and it spares every test
-//! a certificate authority.
+//! It serves HTTPS by default, with a CA made at start (see [`tls`]) written
+//! into the kubeconfig: kubectl and kube-rs then verify it and send the
+//! kubeconfig's bearer token, and every request must carry a token the
+//! emulator issued (no RBAC is enforced beyond that). With
+//! [`EmulatorOptions::plain_http`] it serves HTTP instead, where client-go
+//! sends no token, so requests without one act as the admin.
 
 mod crd;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod selector;
 mod server;
 pub mod store;
 pub mod table;
+pub mod tls;
 pub mod tokens;
 mod watcher;
 mod webhook;
@@ -53,6 +57,9 @@ pub enum EmulatorError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The serving certificate could not be made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The kubeconfig could not be written.
     #[error("writing kubeconfig: {0}")]
     Kubeconfig(#[from] std::io::Error),
@@ -67,6 +74,9 @@ pub struct EmulatorOptions {
     /// configured with `clientConfig.service` is called there over https,
     /// its certificate checked against `caBundle` for `name.namespace.svc`.
     pub webhook_services: BTreeMap<String, SocketAddr>,
+    /// Serve plain HTTP instead of HTTPS (requests without a token are then
+    /// accepted as the admin).
+    pub plain_http: bool,
 }
 
 impl Default for EmulatorOptions {
@@ -74,6 +84,7 @@ impl Default for EmulatorOptions {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_services: BTreeMap::new(),
+            plain_http: false,
         }
     }
 }
@@ -83,6 +94,7 @@ impl Default for EmulatorOptions {
 pub struct Emulator {
     address: SocketAddr,
     admin_token: String,
+    ca_pem: Option<String>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -110,17 +122,27 @@ impl Emulator {
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(1)
         );
+        let (identity, acceptor) = if options.plain_http {
+            (None, None)
+        } else {
+            let identity = tls::ServingIdentity::generate()?;
+            let acceptor = identity.acceptor()?;
+            (Some(identity), Some(acceptor))
+        };
+        let scheme = if options.plain_http { "http" } else { "https" };
         let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared::new(
-            format!("http://{address}"),
+            format!("{scheme}://{address}"),
             &admin_token,
             options.webhook_services,
             stopped,
+            !options.plain_http,
         ));
-        let task = tokio::spawn(server::serve(listener, shared.clone()));
+        let task = tokio::spawn(server::serve(listener, shared.clone(), acceptor));
         Ok(Self {
             address,
             admin_token,
+            ca_pem: identity.map(|i| i.ca_pem),
             shared,
             stop,
             task: Some(task),
@@ -132,7 +154,7 @@ impl Emulator {
         self.address
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (or `http://` with `plain_http`).
     pub fn url(&self) -> String {
         self.shared.base_url.clone()
     }
@@ -142,11 +164,25 @@ impl Emulator {
         &self.admin_token
     }
 
-    /// A kubeconfig for this emulator: cluster, `admin` user with the admin
-    /// token, context `emulator` with namespace `default`.
+    /// The CA certificate (PEM) that signed the serving certificate, or
+    /// `None` with `plain_http`.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// A kubeconfig for this emulator: cluster (with its CA), `admin` user
+    /// with the admin token, context `emulator` with namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
+        use base64::Engine as _;
+        let ca = match &self.ca_pem {
+            Some(pem) => format!(
+                "    certificate-authority-data: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            ),
+            None => String::new(),
+        };
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\ncontexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: admin\n    namespace: default\ncurrent-context: emulator\nusers:\n- name: admin\n  user:\n    token: {token}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: emulator\n  cluster:\n    server: {url}\n{ca}contexts:\n- name: emulator\n  context:\n    cluster: emulator\n    user: admin\n    namespace: default\ncurrent-context: emulator\nusers:\n- name: admin\n  user:\n    token: {token}\n",
             url = self.url(),
             token = self.admin_token
         )

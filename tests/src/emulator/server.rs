@@ -37,6 +37,8 @@ pub struct Shared {
     pub webhook_services: BTreeMap<String, SocketAddr>,
     /// Flips to `true` when the emulator shuts down; long-lived watches end.
     pub shutdown: watch::Receiver<bool>,
+    /// Whether requests without a bearer token are refused (https mode).
+    pub require_token: bool,
 }
 
 /// The mutable state, behind one lock: handlers never await while holding it.
@@ -73,6 +75,7 @@ impl Shared {
         admin_token: &str,
         webhook_services: BTreeMap<String, SocketAddr>,
         shutdown: watch::Receiver<bool>,
+        require_token: bool,
     ) -> Self {
         let mut state = State {
             store: Store::new(),
@@ -100,6 +103,7 @@ impl Shared {
             base_url,
             webhook_services,
             shutdown,
+            require_token,
         }
     }
 
@@ -112,8 +116,12 @@ impl Shared {
     }
 }
 
-/// Serves connections until `shutdown` flips.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Serves connections until `shutdown` flips, over TLS when `tls` is set.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let (stream, _) = tokio::select! {
@@ -127,21 +135,43 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
         };
         let shared = shared.clone();
-        let mut conn_shutdown = shared.shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                result = conn => if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended");
-                },
-                _ = conn_shutdown.changed() => {}
+            match tls {
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, shared).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+                None => serve_connection(stream, shared).await,
             }
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn_shutdown = shared.shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::select! {
+        result = conn => if let Err(error) = result {
+            tracing::debug!(%error, "connection ended");
+        },
+        _ = conn_shutdown.changed() => {}
     }
 }
 
@@ -222,13 +252,15 @@ async fn handle_inner(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    // A token, when sent, must be one the emulator issued. None at all is
-    // accepted as the admin: client-go never sends bearer tokens over plain
-    // http, and kubectl must work against the emulator.
-    if let Some(token) = authorization.strip_prefix("Bearer ")
-        && shared.lock().tokens.lookup(token).is_none()
-    {
-        return Err(ApiError::unauthorized());
+    // Over https every request needs a token the emulator issued, as on a
+    // real cluster. Over plain http a request without one acts as the
+    // admin: client-go never sends bearer tokens over http.
+    if !matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
+        let token = authorization.strip_prefix("Bearer ");
+        let known = token.is_some_and(|t| shared.lock().tokens.lookup(t).is_some());
+        if !known && (token.is_some() || shared.require_token) {
+            return Err(ApiError::unauthorized());
+        }
     }
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
