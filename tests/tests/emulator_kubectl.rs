@@ -472,6 +472,41 @@ async fn builtins_selectors_and_tokens() {
         "true system:serviceaccount:shop:app"
     );
 
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "create",
+            "role",
+            "reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ])
+        .await;
+    cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "create",
+            "rolebinding",
+            "app-reads",
+            "--role=reader",
+            "--serviceaccount=shop:app",
+        ])
+        .await;
+    let binding = cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "rolebinding",
+            "app-reads",
+            "-o",
+            "jsonpath={.roleRef.name} {.subjects[0].name}",
+        ])
+        .await;
+    assert_eq!(binding, "reader app");
+
     cluster.kubectl_ok(&["delete", "namespace", "shop"]).await;
     let emptied = cluster.kubectl_ok(&["get", "cm", "-A", "-o", "name"]).await;
     assert!(
@@ -537,4 +572,53 @@ async fn plain_http_mode_serves_kubectl_without_tokens() {
         .kubectl_ok(&["get", "ns", "plain", "-o", "name"])
         .await;
     assert_eq!(names.trim(), "namespace/plain");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_watch_prints_table_rows() {
+    let cluster = cluster_with_widgets().await;
+    cluster.apply(WIDGET, &[]).await;
+    let watch = cluster.kubectl(&["get", "widgets", "-w", "--request-timeout=4s"]);
+    let change = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        cluster
+            .kubectl_ok(&[
+                "patch",
+                "widget",
+                "w1",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"color":"blue"}}"#,
+            ])
+            .await
+    };
+    let (watched, _) = tokio::join!(watch, change);
+    let out = String::from_utf8_lossy(&watched.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .first()
+            .is_some_and(|h| h.starts_with("NAME") && h.contains("COLOR")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .any(|l| l.starts_with("w1") && l.contains("red")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .any(|l| l.starts_with("w1") && l.contains("blue")),
+        "{out}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("NAME")).count(),
+        1,
+        "headers once: {out}"
+    );
 }

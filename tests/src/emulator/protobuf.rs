@@ -1,6 +1,7 @@
 //! Decoding of the Kubernetes protobuf encoding for the few kinds kubectl's
 //! `create` subcommands send that way (`kubectl create namespace`,
-//! `configmap`, `secret`, `serviceaccount`, `token`). Their field numbers
+//! `configmap`, `secret`, `serviceaccount`, `token`, `role`,
+//! `clusterrole`, `rolebinding`, `clusterrolebinding`). Their field numbers
 //! come from the kinds' `generated.proto`. Any other kind sent as protobuf
 //! is answered 415; create it from YAML (`kubectl apply -f`) instead.
 
@@ -114,6 +115,42 @@ const TOKEN_REQUEST: &[(u64, Field)] = &[
     ),
 ];
 
+const POLICY_RULE: &[(u64, Field)] = &[
+    (1, Field::RepeatedStr("verbs")),
+    (2, Field::RepeatedStr("apiGroups")),
+    (3, Field::RepeatedStr("resources")),
+    (4, Field::RepeatedStr("resourceNames")),
+    (5, Field::RepeatedStr("nonResourceURLs")),
+];
+
+const ROLE: &[(u64, Field)] = &[
+    (1, Field::Message("metadata", OBJECT_META)),
+    (2, Field::RepeatedMessage("rules", POLICY_RULE)),
+];
+
+const SUBJECT: &[(u64, Field)] = &[
+    (1, Field::Str("kind")),
+    (2, Field::Str("apiGroup")),
+    (3, Field::Str("name")),
+    (4, Field::Str("namespace")),
+];
+
+const ROLE_BINDING: &[(u64, Field)] = &[
+    (1, Field::Message("metadata", OBJECT_META)),
+    (2, Field::RepeatedMessage("subjects", SUBJECT)),
+    (
+        3,
+        Field::Message(
+            "roleRef",
+            &[
+                (1, Field::Str("apiGroup")),
+                (2, Field::Str("kind")),
+                (3, Field::Str("name")),
+            ],
+        ),
+    ),
+];
+
 /// Decodes a `application/vnd.kubernetes.protobuf` body into JSON.
 pub fn decode(body: &[u8]) -> ApiResult<Value> {
     let unsupported = |why: &str| ApiError {
@@ -151,6 +188,8 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
         ("v1", "Secret") => SECRET,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         _ => return Err(unsupported(&format!("kind {api_version}/{kind}"))),
     };
     let mut object = message(raw, schema).map_err(|e| unsupported(&e))?;

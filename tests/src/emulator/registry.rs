@@ -149,6 +149,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
         core("ServiceAccount", "serviceaccounts", true, &["sa"]),
         core("Event", "events", true, &["ev"]),
         core("Endpoints", "endpoints", true, &["ep"]),
+        core("Node", "nodes", false, &["no"]).with_status(),
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
         ResourceType::builtin("apps", "v1", "Deployment", "deployments", true, &["deploy"])

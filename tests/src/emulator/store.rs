@@ -262,8 +262,7 @@ impl Store {
         self.revision += 1;
         next["metadata"]["resourceVersion"] = json!(self.revision.to_string());
         if next["metadata"].get("deletionTimestamp").is_some() && finalizers_empty(&next) {
-            self.objects.remove(key);
-            self.record(EventType::Deleted, key.clone(), next.clone(), Some(old));
+            self.remove(key, next.clone());
             return Ok(next);
         }
         self.objects.insert(key.clone(), next.clone());
@@ -272,16 +271,21 @@ impl Store {
     }
 
     /// Deletes an object: with finalizers it only gets a deletionTimestamp;
-    /// without, it is removed. Deleting a namespace removes its objects.
+    /// without, it is removed. Removal cascades: objects in a deleted
+    /// namespace go, and so do objects whose every owner is gone (the
+    /// garbage collector's background propagation).
     pub fn delete(&mut self, rt: &ResourceType, key: &ObjectKey) -> ApiResult<Value> {
-        let mut object = self
-            .objects
-            .get(key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
+        if !self.objects.contains_key(key) {
+            return Err(ApiError::not_found(&rt.group, &rt.plural, &key.name));
+        }
+        Ok(self.delete_key(key).unwrap_or(Value::Null))
+    }
+
+    fn delete_key(&mut self, key: &ObjectKey) -> Option<Value> {
+        let mut object = self.objects.get(key).cloned()?;
         if !finalizers_empty(&object) {
             if object["metadata"].get("deletionTimestamp").is_some() {
-                return Ok(object);
+                return Some(object);
             }
             let before = object.clone();
             self.revision += 1;
@@ -295,28 +299,48 @@ impl Store {
                 object.clone(),
                 Some(before),
             );
-            return Ok(object);
+            return Some(object);
         }
         self.revision += 1;
         object["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        self.remove(key, object.clone());
+        Some(object)
+    }
+
+    /// Removes an object for good, then what depended on it.
+    fn remove(&mut self, key: &ObjectKey, last: Value) {
         self.objects.remove(key);
-        self.record(EventType::Deleted, key.clone(), object.clone(), None);
-        if rt.group.is_empty() && rt.plural == "namespaces" {
-            let inside: Vec<ObjectKey> = self
+        self.record(EventType::Deleted, key.clone(), last.clone(), None);
+        let mut dependents: Vec<ObjectKey> = Vec::new();
+        if key.group.is_empty() && key.plural == "namespaces" {
+            dependents.extend(
+                self.objects
+                    .keys()
+                    .filter(|k| k.namespace == key.name)
+                    .cloned(),
+            );
+        }
+        if let Some(uid) = last["metadata"]["uid"].as_str() {
+            let live_uids: std::collections::BTreeSet<&str> = self
                 .objects
-                .keys()
-                .filter(|k| k.namespace == key.name)
-                .cloned()
+                .values()
+                .filter_map(|o| o["metadata"]["uid"].as_str())
                 .collect();
-            for k in inside {
-                if let Some(mut o) = self.objects.remove(&k) {
-                    self.revision += 1;
-                    o["metadata"]["resourceVersion"] = json!(self.revision.to_string());
-                    self.record(EventType::Deleted, k, o, None);
+            for (k, o) in &self.objects {
+                let owners: Vec<&str> = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["uid"].as_str())
+                    .collect();
+                if owners.contains(&uid) && owners.iter().all(|u| !live_uids.contains(u)) {
+                    dependents.push(k.clone());
                 }
             }
         }
-        Ok(object)
+        for dependent in dependents {
+            self.delete_key(&dependent);
+        }
     }
 
     /// Removes every object of one resource (a CRD was deleted).
@@ -328,10 +352,10 @@ impl Store {
             .cloned()
             .collect();
         for k in keys {
-            if let Some(mut o) = self.objects.remove(&k) {
+            if let Some(mut o) = self.objects.get(&k).cloned() {
                 self.revision += 1;
                 o["metadata"]["resourceVersion"] = json!(self.revision.to_string());
-                self.record(EventType::Deleted, k, o, None);
+                self.remove(&k, o);
             }
         }
     }

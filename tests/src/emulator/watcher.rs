@@ -22,6 +22,7 @@ use super::handlers;
 use super::selector::{FieldSelector, LabelSelector};
 use super::server::{ApiRequest, Body, ResourcePath, Shared};
 use super::store::{EventType, WatchEvent};
+use super::table;
 
 /// Default stream length when the client sets no `timeoutSeconds` (the real
 /// server picks 30–60 minutes).
@@ -79,6 +80,35 @@ fn line(kind: &str, object: &Value) -> Bytes {
     Bytes::from(text)
 }
 
+/// Encodes change events, as Tables when the client asked for them (`kubectl
+/// get -w`): each event's object is a one-row Table, with the column
+/// definitions in the first one only, as the real server sends them.
+struct Encoder {
+    path: ResourcePath,
+    table: bool,
+    headers_sent: bool,
+}
+
+impl Encoder {
+    fn event(&mut self, kind: &str, object: &Value) -> Bytes {
+        if !self.table {
+            return line(kind, object);
+        }
+        let meta = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+        let mut rendered = table::render(
+            &self.path.rt,
+            std::slice::from_ref(object),
+            meta,
+            chrono::Utc::now(),
+        );
+        if self.headers_sent {
+            rendered["columnDefinitions"] = Value::Null;
+        }
+        self.headers_sent = true;
+        line(kind, &rendered)
+    }
+}
+
 fn bookmark(path: &ResourcePath, revision: u64, initial_end: bool) -> Bytes {
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if initial_end {
@@ -116,6 +146,11 @@ pub fn start(
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
         ),
     };
+    let mut encoder = Encoder {
+        path: path.clone(),
+        table: table::wants_table(&req.accept),
+        headers_sent: false,
+    };
     let mut first: Vec<Bytes> = Vec::new();
     let (receiver, revision) = {
         let state = shared.lock();
@@ -123,7 +158,7 @@ pub fn start(
         match since {
             None => {
                 for object in handlers::select(&state, &path, req)? {
-                    first.push(line("ADDED", &object));
+                    first.push(encoder.event("ADDED", &object));
                 }
                 if send_initial && bookmarks {
                     first.push(bookmark(&path, revision, true));
@@ -135,7 +170,7 @@ pub fn start(
                     first.extend(
                         past.iter()
                             .filter_map(|e| filter.translate(e))
-                            .map(|(k, o)| line(k, &o)),
+                            .map(|(k, o)| encoder.event(k, &o)),
                     );
                     (Some(receiver), revision)
                 }
@@ -172,7 +207,7 @@ pub fn start(
                     Ok(event) => {
                         last_seen = event.revision;
                         match filter.translate(&event) {
-                            Some((kind, object)) => line(kind, &object),
+                            Some((kind, object)) => encoder.event(kind, &object),
                             None => continue,
                         }
                     }

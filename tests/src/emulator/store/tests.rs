@@ -148,3 +148,26 @@ fn watch_history_resumes_and_expires() {
     store.history_floor = 2;
     assert_eq!(store.watch_from(1).expect_err("too old").code, 410);
 }
+
+#[test]
+fn removal_collects_owned_objects() {
+    let rt = configmaps();
+    let mut store = Store::new();
+    let owner = store
+        .create(&rt, "ns", json!({"metadata": {"name": "owner"}}))
+        .expect("create");
+    let uid = owner["metadata"]["uid"].as_str().expect("uid").to_string();
+    let owned = json!({"metadata": {"name": "owned", "ownerReferences": [{"uid": uid, "name": "owner", "kind": "ConfigMap", "apiVersion": "v1"}]}});
+    store.create(&rt, "ns", owned).expect("create");
+    store
+        .create(&rt, "ns", json!({"metadata": {"name": "free"}}))
+        .expect("create");
+    store
+        .delete(&rt, &ObjectKey::new(&rt, "ns", "owner"))
+        .expect("delete");
+    assert!(
+        store.get(&ObjectKey::new(&rt, "ns", "owned")).is_none(),
+        "garbage collected"
+    );
+    assert!(store.get(&ObjectKey::new(&rt, "ns", "free")).is_some());
+}
