@@ -5,9 +5,10 @@
 
 use serde_json::{Value, json};
 
+use super::apply::{self, ApplyRequest};
 use super::crd;
 use super::error::{ApiError, ApiResult, Cause};
-use super::patch::{self, ApplyRequest, PatchKind};
+use super::patch::{self, PatchKind};
 use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
 use super::server::{ApiRequest, Body, ResourcePath, Shared, State, issue_token, json_response};
@@ -238,7 +239,7 @@ fn create_locked(
     let admitted = schema::admit(rt, object, None, mode)?;
     let mut object = admitted.object;
     if let Some(manager) = manager {
-        patch::record_update(
+        apply::record_update(
             None,
             &mut object,
             manager,
@@ -301,7 +302,7 @@ fn write_existing(
     let admitted = schema::admit(rt, next, Some(&old), mode)?;
     let mut next = admitted.object;
     if let Some(manager) = manager {
-        patch::record_update(Some(&old), &mut next, manager, part, rt.status_subresource);
+        apply::record_update(Some(&old), &mut next, manager, part, rt.status_subresource);
     }
     if dry_run(req) {
         return Ok(Reply {
@@ -368,13 +369,13 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
             ));
         }
         let mut object =
-            patch::server_side_apply(&json!({}), &applied, request).map_err(conflict)?;
+            apply::server_side_apply(&json!({}), &applied, request).map_err(conflict)?;
         object["metadata"]["name"] = json!(key.name);
         let mode = FieldValidation::parse(req.param("fieldValidation"))?;
         return create_locked(&mut state, path, object, mode, None, dry_run(req));
     }
     write_existing(&mut state, path, req, None, |old| {
-        let mut next = patch::server_side_apply(old, &applied, request).map_err(conflict)?;
+        let mut next = apply::server_side_apply(old, &applied, request).map_err(conflict)?;
         // The merged object carries the current resourceVersion (it started
         // from `old`); one in the apply body is a precondition instead.
         if let Some(rv) = applied["metadata"].get("resourceVersion") {

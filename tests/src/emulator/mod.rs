@@ -20,6 +20,7 @@
 //! [`EmulatorOptions::plain_http`] it serves HTTP instead, where client-go
 //! sends no token, so requests without one act as the admin.
 
+pub mod apply;
 mod crd;
 pub mod error;
 mod handlers;
