@@ -165,6 +165,10 @@ async fn url_webhook_mutates_selected_pods_and_can_deny() {
             json!({"group": "", "version": "v1", "kind": "Pod"})
         );
         assert_eq!(request["object"]["spec"]["containers"][0]["image"], "app:1");
+        assert_eq!(
+            request["object"]["spec"]["serviceAccountName"], "default",
+            "defaulted before admission"
+        );
     }
 
     let skipped = shop

@@ -6,7 +6,6 @@
 use serde_json::{Value, json};
 
 use super::apply::{self, ApplyRequest};
-use super::crd;
 use super::error::{ApiError, ApiResult, Cause};
 use super::patch::{self, PatchKind};
 use super::schema::{self, FieldValidation};
@@ -14,6 +13,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::server::{ApiRequest, Body, ResourcePath, Shared, State, issue_token, json_response};
 use super::store::{self, ObjectKey, WritePart};
 use super::table;
+use super::{builtin, crd};
 
 /// A handler's successful answer.
 #[derive(Debug)]
@@ -138,23 +138,6 @@ fn check_name(path: &ResourcePath, name: &str) -> ApiResult<()> {
     ))
 }
 
-/// What the real server does to some built-in kinds on every write: a
-/// Secret's write-only `stringData` is folded into `data`.
-fn normalize_builtin(path: &ResourcePath, object: &mut Value) {
-    use base64::Engine as _;
-    if !(path.rt.group.is_empty() && path.rt.plural == "secrets") {
-        return;
-    }
-    let Some(Value::Object(plain)) = object.as_object_mut().and_then(|o| o.remove("stringData"))
-    else {
-        return;
-    };
-    for (key, value) in plain {
-        let text = value.as_str().unwrap_or("").to_string();
-        object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
-}
-
 /// POST to a collection.
 pub fn create(
     shared: &Shared,
@@ -217,7 +200,7 @@ fn create_locked(
     if let Some(name) = object["metadata"]["name"].as_str() {
         check_name(path, name)?;
     }
-    normalize_builtin(path, &mut object);
+    builtin::on_write(rt, &mut object);
     if rt.status_subresource
         && let Some(map) = object.as_object_mut()
     {
@@ -227,15 +210,7 @@ fn create_locked(
         crd::check(&object)?;
         object["status"] = crd::status(&object, None);
     }
-    if rt.group.is_empty()
-        && rt.plural == "namespaces"
-        && let Some(name) = object["metadata"]["name"].as_str().map(str::to_string)
-    {
-        // Set by the real server on every namespace; webhook namespace
-        // selectors rely on it.
-        object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-        object["status"] = json!({"phase": "Active"});
-    }
+    builtin::on_create(rt, &mut object);
     let admitted = schema::admit(rt, object, None, mode)?;
     let mut object = admitted.object;
     if let Some(manager) = manager {
@@ -257,6 +232,9 @@ fn create_locked(
     let created = state.store.create(rt, &namespace, object)?;
     if crd::is_crd(rt) {
         state.refresh_types();
+    }
+    if rt.group.is_empty() && rt.plural == "namespaces" {
+        state.add_default_service_account(created["metadata"]["name"].as_str().unwrap_or(""));
     }
     Ok(Reply {
         code: 201,
@@ -285,7 +263,7 @@ fn write_existing(
         .cloned()
         .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
     let mut proposed = make(&old)?;
-    normalize_builtin(path, &mut proposed);
+    builtin::on_write(rt, &mut proposed);
     if let Some(name) = proposed["metadata"]["name"].as_str()
         && name != key.name
     {

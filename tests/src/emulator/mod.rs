@@ -21,6 +21,7 @@
 //! sends no token, so requests without one act as the admin.
 
 pub mod apply;
+mod builtin;
 mod crd;
 pub mod error;
 mod handlers;

@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::registry::{self, ResourceType};
 use super::store::{ObjectKey, Store};
 use super::tokens::Tokens;
-use super::{handlers, openapi, protobuf, watcher, webhook};
+use super::{builtin, handlers, openapi, protobuf, watcher, webhook};
 
 /// Response body: a whole JSON document or a watch stream.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -53,6 +53,24 @@ pub struct State {
 }
 
 impl State {
+    /// Creates the `default` service account every namespace has (the
+    /// real server's service-account controller does it).
+    pub fn add_default_service_account(&mut self, namespace: &str) {
+        let accounts = self
+            .types
+            .iter()
+            .find(|t| t.group.is_empty() && t.plural == "serviceaccounts")
+            .cloned();
+        if let Some(accounts) = accounts {
+            // Already there (or the namespace is gone): nothing to do.
+            let _ = self.store.create(
+                &accounts,
+                namespace,
+                json!({"metadata": {"name": "default"}}),
+            );
+        }
+    }
+
     /// Recomputes served types from the stored CRDs.
     pub fn refresh_types(&mut self) {
         let mut types = registry::builtin_types();
@@ -90,12 +108,11 @@ impl Shared {
             .cloned()
         {
             for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let mut namespace = json!({"metadata": {"name": name}});
+                builtin::on_create(&namespaces, &mut namespace);
                 // Fresh store: these names cannot collide.
-                let _ = state.store.create(
-                    &namespaces,
-                    "",
-                    json!({"metadata": {"name": name}, "status": {"phase": "Active"}}),
-                );
+                let _ = state.store.create(&namespaces, "", namespace);
+                state.add_default_service_account(name);
             }
         }
         Self {
@@ -441,6 +458,7 @@ async fn dispatch(
         (&Method::POST, false) => {
             let mut object = req.json_body()?;
             if path.rt.group.is_empty() && path.rt.plural == "pods" {
+                builtin::default_pod(&mut object);
                 object =
                     webhook::admit_pod(&shared, path.namespace.as_deref().unwrap_or(""), object)
                         .await?;
