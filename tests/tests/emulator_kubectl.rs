@@ -445,6 +445,18 @@ async fn builtins_selectors_and_tokens() {
         stderr(&wrong_ns)
     );
 
+    let default_account = cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(default_account.trim(), "serviceaccount/default");
     cluster
         .kubectl_ok(&["-n", "shop", "create", "serviceaccount", "app"])
         .await;
