@@ -315,3 +315,43 @@ async fn raw_watch_resumes_and_follows_selectors() {
     .await;
     assert!(ended.is_ok(), "the watch ends after timeoutSeconds");
 }
+
+#[tokio::test]
+async fn expired_resource_version_gets_410() {
+    let options = sluice_tests::emulator::EmulatorOptions {
+        watch_history: 3,
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with(options).await;
+    let api: Api<ConfigMap> = Api::default_namespaced(cluster.client().await);
+    let first = api
+        .create(&PostParams::default(), &config_map("c0", json!({})))
+        .await
+        .expect("create");
+    for i in 1..6 {
+        api.create(
+            &PostParams::default(),
+            &config_map(&format!("c{i}"), json!({})),
+        )
+        .await
+        .expect("create");
+    }
+    let since = first.metadata.resource_version.expect("resourceVersion");
+    let mut stream: RawStream = api
+        .watch(&WatchParams::default().timeout(5), &since)
+        .await
+        .expect("watch")
+        .boxed();
+    match next_raw(&mut stream).await {
+        WatchEvent::Error(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected a 410 error event, got {other:?}"),
+    }
+    // The runtime watcher, which lists first, is not disturbed.
+    let mut events = watcher(api, watcher::Config::default()).boxed();
+    assert!(matches!(
+        next_event(&mut events).await,
+        watcher::Event::Init
+    ));
+}

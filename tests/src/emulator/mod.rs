@@ -79,6 +79,9 @@ pub struct EmulatorOptions {
     /// Serve plain HTTP instead of HTTPS (requests without a token are then
     /// accepted as the admin).
     pub plain_http: bool,
+    /// How many past events watches can resume from; older resourceVersions
+    /// get 410 Expired. Small values let tests exercise re-listing.
+    pub watch_history: usize,
 }
 
 impl Default for EmulatorOptions {
@@ -87,6 +90,7 @@ impl Default for EmulatorOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_services: BTreeMap::new(),
             plain_http: false,
+            watch_history: store::DEFAULT_HISTORY,
         }
     }
 }
@@ -139,6 +143,7 @@ impl Emulator {
             options.webhook_services,
             stopped,
             !options.plain_http,
+            options.watch_history,
         ));
         let task = tokio::spawn(server::serve(listener, shared.clone(), acceptor));
         Ok(Self {

@@ -94,9 +94,10 @@ impl Shared {
         webhook_services: BTreeMap<String, SocketAddr>,
         shutdown: watch::Receiver<bool>,
         require_token: bool,
+        watch_history: usize,
     ) -> Self {
         let mut state = State {
-            store: Store::new(),
+            store: Store::with_history(watch_history),
             types: registry::builtin_types(),
             tokens: Tokens::default(),
         };
