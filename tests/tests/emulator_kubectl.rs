@@ -33,6 +33,9 @@ async fn crd_schema_cel_and_printer_columns() {
         "{resources}"
     );
 
+    let explained = cluster.kubectl_ok(&["explain", "widgets.spec.size"]).await;
+    assert!(explained.contains("How big the widget is."), "{explained}");
+
     cluster.apply(WIDGET, &[]).await;
     let table = cluster.kubectl_ok(&["get", "widgets"]).await;
     let header: Vec<&str> = table
