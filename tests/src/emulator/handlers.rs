@@ -308,15 +308,26 @@ pub fn replace(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiRes
     write_existing(&mut state, path, req, Some(&manager), |_| Ok(body))
 }
 
+/// What a PATCH did.
+#[derive(Debug)]
+pub enum Patched {
+    /// The object was patched.
+    Done(Reply),
+    /// An apply patch for an absent object: this object is to be created
+    /// with [`create_applied`] (after admission webhooks, for pods).
+    Create(Value),
+}
+
 /// PATCH an object or its status; apply patches create absent objects.
-pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResult<Reply> {
+pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResult<Patched> {
     let kind = PatchKind::from_content_type(&req.content_type)?;
     let manager = req.manager();
     let mut state = shared.lock();
     if kind != PatchKind::Apply {
         return write_existing(&mut state, path, req, Some(&manager), |old| {
             patch::apply_patch(old, kind, &req.body)
-        });
+        })
+        .map(Patched::Done);
     }
     let Some(manager) = req.param("fieldManager").filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad_request(
@@ -349,8 +360,7 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         let mut object =
             apply::server_side_apply(&json!({}), &applied, request).map_err(conflict)?;
         object["metadata"]["name"] = json!(key.name);
-        let mode = FieldValidation::parse(req.param("fieldValidation"))?;
-        return create_locked(&mut state, path, object, mode, None, dry_run(req));
+        return Ok(Patched::Create(object));
     }
     write_existing(&mut state, path, req, None, |old| {
         let mut next = apply::server_side_apply(old, &applied, request).map_err(conflict)?;
@@ -361,6 +371,20 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         }
         Ok(next)
     })
+    .map(Patched::Done)
+}
+
+/// Creates the object an apply patch built for an absent object. Its
+/// managedFields are the apply's.
+pub fn create_applied(
+    shared: &Shared,
+    path: &ResourcePath,
+    req: &ApiRequest,
+    object: Value,
+) -> ApiResult<Reply> {
+    let mode = FieldValidation::parse(req.param("fieldValidation"))?;
+    let mut state = shared.lock();
+    create_locked(&mut state, path, object, mode, None, dry_run(req))
 }
 
 /// DELETE one object, honouring `preconditions` and finalizers.

@@ -457,22 +457,32 @@ async fn dispatch(
             handlers::token_review(&shared, &req)?
         }
         (&Method::POST, false) => {
-            let mut object = req.json_body()?;
-            if path.rt.group.is_empty() && path.rt.plural == "pods" {
-                builtin::default_pod(&mut object);
-                object =
-                    webhook::admit_pod(&shared, path.namespace.as_deref().unwrap_or(""), object)
-                        .await?;
-            }
+            let object = admit_new(&shared, &path, req.json_body()?).await?;
             handlers::create(&shared, &path, &req, object)?
         }
         (&Method::PUT, true) => handlers::replace(&shared, &path, &req)?,
-        (&Method::PATCH, true) => handlers::patch(&shared, &path, &req)?,
+        (&Method::PATCH, true) => match handlers::patch(&shared, &path, &req)? {
+            handlers::Patched::Done(reply) => reply,
+            handlers::Patched::Create(object) => {
+                let object = admit_new(&shared, &path, object).await?;
+                handlers::create_applied(&shared, &path, &req, object)?
+            }
+        },
         (&Method::DELETE, true) => handlers::delete(&shared, &path, &req)?,
         (&Method::DELETE, false) => handlers::delete_collection(&shared, &path, &req)?,
         (method, _) => return Err(ApiError::method_not_allowed(method.as_str())),
     };
     Ok(reply.into_response())
+}
+
+/// What happens to a new object before it is stored: pods get their
+/// defaults, then go through the mutating webhooks.
+async fn admit_new(shared: &Shared, path: &ResourcePath, mut object: Value) -> ApiResult<Value> {
+    if path.rt.group.is_empty() && path.rt.plural == "pods" {
+        builtin::default_pod(&mut object);
+        return webhook::admit_pod(shared, path.namespace.as_deref().unwrap_or(""), object).await;
+    }
+    Ok(object)
 }
 
 /// Issues a service-account token (see [`super::Emulator::issue_token`]).
