@@ -355,3 +355,45 @@ async fn expired_resource_version_gets_410() {
         watcher::Event::Init
     ));
 }
+
+#[tokio::test]
+async fn runtime_finalizer_helper_adds_and_removes_its_finalizer() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+    use std::sync::Arc;
+
+    let cluster = Cluster::start().await;
+    let api: Api<ConfigMap> = Api::default_namespaced(cluster.client().await);
+    api.create(&PostParams::default(), &config_map("held", json!({})))
+        .await
+        .expect("create");
+    let name = "example.com/cleanup";
+    let run = |object: ConfigMap| {
+        let api = api.clone();
+        async move {
+            finalizer(&api, name, Arc::new(object), |event| async move {
+                Ok::<_, kube::Error>(match event {
+                    Event::Apply(_) => Action::await_change(),
+                    Event::Cleanup(_) => Action::await_change(),
+                })
+            })
+            .await
+            .expect("finalizer step")
+        }
+    };
+    run(api.get("held").await.expect("get")).await;
+    let held = api.get("held").await.expect("get");
+    assert_eq!(held.metadata.finalizers, Some(vec![name.to_string()]));
+    run(held).await;
+    api.delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deleting = api.get("held").await.expect("still there while finalized");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    run(deleting).await;
+    assert_eq!(
+        api_error(api.get("held").await).code,
+        404,
+        "removing the finalizer completes the deletion"
+    );
+}

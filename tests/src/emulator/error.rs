@@ -124,6 +124,11 @@ impl ApiError {
         )
     }
 
+    /// 422 for a request that cannot be applied (a failed JSON patch test).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::plain(422, "Invalid", message)
+    }
+
     /// 401 Unauthorized.
     pub fn unauthorized() -> Self {
         Self::plain(401, "Unauthorized", "Unauthorized")
