@@ -397,3 +397,88 @@ async fn runtime_finalizer_helper_adds_and_removes_its_finalizer() {
         "removing the finalizer completes the deletion"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_reconciles_and_settles() {
+    use kube::runtime::Controller;
+    use kube::runtime::controller::Action;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error(transparent)]
+    struct ReconcileError(#[from] kube::Error);
+
+    let cluster = Cluster::start().await;
+    let api = widgets(&cluster).await;
+    api.create(&PostParams::default(), &widget("w", json!({"size": 1})))
+        .await
+        .expect("create");
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let reconciles = Arc::new(AtomicUsize::new(0));
+
+    // Writes status.observedGeneration with server-side apply, as the
+    // operator's controllers do.
+    let reconcile = |object: Arc<DynamicObject>,
+                     ctx: Arc<(Api<DynamicObject>, Arc<AtomicUsize>)>| async move {
+        ctx.1.fetch_add(1, Ordering::SeqCst);
+        let status = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+            "status": {"observedGeneration": object.metadata.generation}});
+        let name = object.metadata.name.clone().unwrap_or_default();
+        ctx.0
+            .patch_status(
+                &name,
+                &PatchParams::apply("widget-controller").force(),
+                &Patch::Apply(&status),
+            )
+            .await?;
+        Ok::<_, ReconcileError>(Action::await_change())
+    };
+    let controller = Controller::new_with(api.clone(), watcher::Config::default(), resource)
+        .run(
+            reconcile,
+            |_, _, _| Action::requeue(Duration::from_secs(1)),
+            Arc::new((api.clone(), reconciles.clone())),
+        )
+        .for_each(|_| async {});
+    let driver = tokio::spawn(controller);
+
+    let observed = |wanted: i64| {
+        let api = api.clone();
+        async move {
+            tokio::time::timeout(EVENT_TIMEOUT, async {
+                loop {
+                    let w = api.get("w").await.expect("get");
+                    if w.data["status"]["observedGeneration"] == wanted {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .expect("status catches up");
+        }
+    };
+    observed(1).await;
+    api.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": 2}})),
+    )
+    .await
+    .expect("spec change");
+    observed(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = reconciles.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reconciles.load(Ordering::SeqCst),
+        settled,
+        "no reconcile loop once status is current"
+    );
+    assert!(settled <= 6, "{settled} reconciles for two generations");
+    driver.abort();
+}
