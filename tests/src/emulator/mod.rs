@@ -29,6 +29,7 @@ mod openapi;
 pub mod patch;
 mod protobuf;
 pub mod registry;
+mod routes;
 pub mod schema;
 pub mod selector;
 mod server;
@@ -213,7 +214,7 @@ impl Emulator {
         audiences: &[&str],
     ) -> String {
         let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
-        server::issue_token(&self.shared, namespace, service_account, &audiences)
+        routes::issue_token(&self.shared, namespace, service_account, &audiences)
     }
 
     /// Stops serving and waits for the accept loop to end. Open watches and
