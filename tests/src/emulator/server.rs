@@ -1,6 +1,7 @@
-//! The HTTP edge: accepts connections, authenticates, parses the request
-//! path into discovery or a resource path, and turns handler results into
-//! responses (JSON, Status errors, `Warning` headers, watch streams).
+//! The HTTP edge: the shared state, the accept loop (TLS or plain),
+//! authentication, request parsing (query, body in JSON, YAML or protobuf)
+//! and response helpers (JSON, Status errors, `Warning` headers). Routing is
+//! in [`super::routes`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
