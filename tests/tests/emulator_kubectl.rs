@@ -168,6 +168,17 @@ async fn patches_status_and_wait() {
         .await;
     assert_eq!(spec, "5 blue 3");
 
+    // kubectl patch defaults to a strategic merge patch, which custom
+    // resources do not take.
+    let strategic = cluster
+        .kubectl(&["patch", "widget", "w1", "-p", r#"{"spec":{"size":4}}"#])
+        .await;
+    assert!(
+        stderr(&strategic).contains("application/strategic-merge-patch+json is not supported"),
+        "{}",
+        stderr(&strategic)
+    );
+
     // A patch breaking the CEL rule is refused like a create.
     let out = cluster
         .kubectl(&[

@@ -322,6 +322,10 @@ pub enum Patched {
 /// PATCH an object or its status; apply patches create absent objects.
 pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResult<Patched> {
     let kind = PatchKind::from_content_type(&req.content_type)?;
+    if kind == PatchKind::Strategic && path.rt.custom {
+        // As on the real server: custom resources have no patch strategies.
+        return Err(ApiError::unsupported_media_type(&req.content_type));
+    }
     let manager = req.manager();
     let mut state = shared.lock();
     if kind != PatchKind::Apply {

@@ -27,6 +27,8 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Create-only verb set (TokenReview) instead of full CRUD.
     pub create_only: bool,
+    /// Served for a CRD (custom resources take no strategic merge patch).
+    pub custom: bool,
     /// The `openAPIV3Schema` of a CRD version, if any.
     pub schema: Option<Value>,
     /// `additionalPrinterColumns` of a CRD version.
@@ -53,6 +55,7 @@ impl ResourceType {
             categories: Vec::new(),
             status_subresource: false,
             create_only: false,
+            custom: false,
             schema: None,
             printer_columns: Vec::new(),
         }
@@ -221,6 +224,7 @@ pub fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
                 categories: strings(&names["categories"]),
                 status_subresource: v["subresources"].get("status").is_some(),
                 create_only: false,
+                custom: true,
                 schema: v["schema"].get("openAPIV3Schema").cloned(),
                 printer_columns: v["additionalPrinterColumns"]
                     .as_array()
