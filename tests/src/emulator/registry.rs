@@ -71,6 +71,15 @@ impl ResourceType {
         self
     }
 
+    /// Printer columns for a built-in kind's Table (a few of the real ones).
+    fn with_columns(mut self, columns: &[(&str, &str)]) -> Self {
+        self.printer_columns = columns
+            .iter()
+            .map(|(name, path)| json!({"name": name, "type": "string", "jsonPath": path}))
+            .collect();
+        self
+    }
+
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -140,10 +149,13 @@ pub fn builtin_types() -> Vec<ResourceType> {
     );
     token_review.create_only = true;
     vec![
-        core("Namespace", "namespaces", false, &["ns"]).with_status(),
+        core("Namespace", "namespaces", false, &["ns"])
+            .with_status()
+            .with_columns(&[("Status", ".status.phase")]),
         core("Pod", "pods", true, &["po"])
             .with_status()
-            .with_categories(&["all"]),
+            .with_categories(&["all"])
+            .with_columns(&[("Status", ".status.phase")]),
         core("Secret", "secrets", true, &[]),
         core("ConfigMap", "configmaps", true, &["cm"]),
         core("Service", "services", true, &["svc"])
