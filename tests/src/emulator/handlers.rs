@@ -221,6 +221,7 @@ fn create_locked(
             manager,
             WritePart::Main,
             rt.status_subresource,
+            rt.schema.as_ref(),
         );
     }
     if dry_run {
@@ -281,7 +282,14 @@ fn write_existing(
     let admitted = schema::admit(rt, next, Some(&old), mode)?;
     let mut next = admitted.object;
     if let Some(manager) = manager {
-        apply::record_update(Some(&old), &mut next, manager, part, rt.status_subresource);
+        apply::record_update(
+            Some(&old),
+            &mut next,
+            manager,
+            part,
+            rt.status_subresource,
+            rt.schema.as_ref(),
+        );
     }
     if dry_run(req) {
         return Ok(Reply {
@@ -350,6 +358,7 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         force: req.param("force").is_some_and(|f| f == "true"),
         part: part_of(path),
         has_status_subresource: path.rt.status_subresource,
+        schema: path.rt.schema.as_ref(),
     };
     let key = path.key()?;
     let conflict =

@@ -80,7 +80,7 @@ pub fn apply_patch(current: &Value, kind: PatchKind, body: &[u8]) -> ApiResult<V
 
 /// The merge key of a list field of the built-in kinds, by field name.
 /// `ports` is keyed by `containerPort` in containers and `port` in Services.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(super) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"
