@@ -482,3 +482,60 @@ async fn controller_reconciles_and_settles() {
     assert!(settled <= 6, "{settled} reconciles for two generations");
     driver.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_applies_a_ca_bundle_into_a_kubectl_applied_webhook() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+
+    let cluster = Cluster::start().await;
+    let config = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: sluice}
+webhooks:
+- name: inject.sluice.dev
+  clientConfig: {service: {name: sluice, namespace: sluice-system, path: /mutate}}
+  rules: [{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}]
+  sideEffects: None
+  admissionReviewVersions: [v1]
+"#;
+    cluster.apply(config, &[]).await;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client().await);
+    let patch = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "sluice"},
+        "webhooks": [{"name": "inject.sluice.dev", "clientConfig": {"caBundle": "Q0E="}}],
+    });
+    let patched = api
+        .patch(
+            "sluice",
+            &PatchParams::apply("sluice-operator"),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .expect("apply caBundle");
+    let webhook = &patched.webhooks.expect("webhooks")[0];
+    assert_eq!(
+        webhook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| b.0.clone()),
+        Some(b"CA".to_vec())
+    );
+    assert!(
+        webhook.client_config.service.is_some(),
+        "the kubectl-applied fields stay"
+    );
+    assert_eq!(webhook.rules.as_ref().map(Vec::len), Some(1));
+    // kubectl re-applying its file keeps the operator's caBundle.
+    cluster.apply(config, &[]).await;
+    let again = api.get("sluice").await.expect("get");
+    assert!(
+        again.webhooks.expect("webhooks")[0]
+            .client_config
+            .ca_bundle
+            .is_some()
+    );
+}
