@@ -1,8 +1,9 @@
-//! A Kubernetes API emulator for tests (DESIGN.md, "Testing strategy"): an
-//! HTTP server on loopback speaking enough of the real API — discovery,
-//! CRUD, patches, server-side apply, the status subresource, watch, CRDs
-//! with schema and CEL validation, Tables, TokenReview and mutating webhooks
-//! — that the real `kubectl` and kube-rs clients work against it.
+//! A Kubernetes API emulator for tests (DESIGN.md, "Testing strategy"; the
+//! crate README says what it covers): an HTTPS server on loopback speaking
+//! enough of the real API — discovery, CRUD, patches, server-side apply, the
+//! status subresource, watch, CRDs with schema and CEL validation, Tables,
+//! TokenReview and mutating webhooks — that the real `kubectl` and kube-rs
+//! clients work against it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_tests::emulator::EmulatorError> {

@@ -148,7 +148,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
         &[],
     );
     token_review.create_only = true;
-    vec![
+    let mut types = vec![
         core("Namespace", "namespaces", false, &["ns"])
             .with_status()
             .with_columns(&[("Status", ".status.phase")]),
@@ -192,7 +192,78 @@ pub fn builtin_types() -> Vec<ResourceType> {
         rbac("ClusterRole", "clusterroles", false),
         rbac("ClusterRoleBinding", "clusterrolebindings", false),
         token_review,
-    ]
+    ];
+    // Stored and served with no behaviour, so rendered charts apply whole.
+    let inert = [
+        (
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            true,
+            &["sts"][..],
+        ),
+        ("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"][..]),
+        ("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"][..]),
+        ("batch", "v1", "Job", "jobs", true, &[][..]),
+        ("batch", "v1", "CronJob", "cronjobs", true, &["cj"][..]),
+        (
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"][..],
+        ),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"][..],
+        ),
+        (
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "ingresses",
+            true,
+            &["ing"][..],
+        ),
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["hpa"][..],
+        ),
+        (
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+            &[][..],
+        ),
+        (
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            false,
+            &[][..],
+        ),
+    ];
+    for (group, version, kind, plural, namespaced, short) in inert {
+        let mut rt = ResourceType::builtin(group, version, kind, plural, namespaced, short);
+        if !matches!(kind, "EndpointSlice" | "ValidatingWebhookConfiguration") {
+            rt.status_subresource = true;
+        }
+        types.push(rt);
+    }
+    types
 }
 
 /// Resource types declared by one CRD object (one per served version).
