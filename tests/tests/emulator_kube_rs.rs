@@ -539,3 +539,46 @@ webhooks:
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recorder_events_show_in_kubectl_describe() {
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let cluster = Cluster::start().await;
+    let api = widgets(&cluster).await;
+    let created = api
+        .create(&PostParams::default(), &widget("w", json!({"size": 1})))
+        .await
+        .expect("create");
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let recorder = Recorder::new(
+        cluster.client().await,
+        Reporter {
+            controller: "widget-controller".to_string(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "SoftLimit".to_string(),
+        note: Some("80% of the budget is spent".to_string()),
+        action: "Account".to_string(),
+        secondary: None,
+    };
+    recorder
+        .publish(&event, &created.object_ref(&resource))
+        .await
+        .expect("event published");
+    let described = cluster.kubectl_ok(&["describe", "widget", "w"]).await;
+    let events = described.split("Events:").nth(1).unwrap_or("");
+    assert!(
+        events.contains("Warning")
+            && events.contains("SoftLimit")
+            && events.contains("80% of the budget is spent"),
+        "{described}"
+    );
+}

@@ -4,6 +4,7 @@
 //! account, restart and DNS policy, image pull policy…) before admission
 //! webhooks see them, and created `Pending`. No controller runs: pods stay
 //! `Pending` until someone (a test playing kubelet) writes their status.
+//! `events.k8s.io` Events are listed through the core Events API too.
 
 use serde_json::{Value, json};
 
@@ -88,6 +89,44 @@ pub fn default_pod(pod: &mut Value) {
             default_field(container, "resources", json!({}));
         }
     }
+}
+
+/// An `events.k8s.io/v1` Event as the core `v1` API shows it.
+pub fn event_as_core(event: &Value) -> Value {
+    let count = event["deprecatedCount"]
+        .as_i64()
+        .or_else(|| event["series"]["count"].as_i64())
+        .unwrap_or(1);
+    let source = match event.get("deprecatedSource").filter(|s| s.is_object()) {
+        Some(source) => source.clone(),
+        None => json!({"component": event["reportingController"]}),
+    };
+    let mut core = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": event["metadata"],
+        "involvedObject": event["regarding"],
+        "reason": event["reason"],
+        "message": event["note"],
+        "type": event["type"],
+        "source": source,
+        "count": count,
+        "firstTimestamp": event["deprecatedFirstTimestamp"],
+        "lastTimestamp": event["deprecatedLastTimestamp"],
+        "eventTime": event["eventTime"],
+        "action": event["action"],
+        "related": event["related"],
+        "reportingComponent": event["reportingController"],
+        "reportingInstance": event["reportingInstance"],
+    });
+    if let Some(series) = event.get("series").filter(|s| s.is_object()) {
+        core["series"] =
+            json!({"count": series["count"], "lastObservedTime": series["lastObservedTime"]});
+    }
+    if let Some(map) = core.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+    core
 }
 
 #[cfg(test)]

@@ -86,9 +86,15 @@ pub fn select(state: &State, path: &ResourcePath, req: &ApiRequest) -> ApiResult
     } else {
         None
     };
-    Ok(state
-        .store
-        .list(&path.rt.group, &path.rt.plural, namespace)
+    let mut objects = state.store.list(&path.rt.group, &path.rt.plural, namespace);
+    if path.rt.group.is_empty() && path.rt.plural == "events" {
+        // events.k8s.io Events (what kube-rs's Recorder writes) show through
+        // the core API too, as on a real server, so `kubectl describe` and
+        // `kubectl get events` list them.
+        let newer = state.store.list("events.k8s.io", "events", namespace);
+        objects.extend(newer.iter().map(builtin::event_as_core));
+    }
+    Ok(objects
         .into_iter()
         .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
         .map(|o| as_version(path, o))
