@@ -362,7 +362,7 @@ async fn delete_waits_for_finalizers() {
         let cluster = &cluster;
         async move {
             cluster
-                .kubectl(&["delete", "widget", "held", "--timeout=20s"])
+                .kubectl(&["wait", "--for=delete", "widget/held", "--timeout=20s"])
                 .await
         }
     };
@@ -602,49 +602,51 @@ async fn plain_http_mode_serves_kubectl_without_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_watch_prints_table_rows() {
+    use tokio::io::AsyncBufReadExt as _;
+
     let cluster = cluster_with_widgets().await;
     cluster.apply(WIDGET, &[]).await;
-    let watch = cluster.kubectl(&["get", "widgets", "-w", "--request-timeout=4s"]);
-    let change = async {
-        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-        cluster
-            .kubectl_ok(&[
-                "patch",
-                "widget",
-                "w1",
-                "--type",
-                "merge",
-                "-p",
-                r#"{"spec":{"color":"blue"}}"#,
-            ])
+    let mut watch = tokio::process::Command::new("kubectl")
+        .args(["get", "widgets", "-w", "--request-timeout=20s"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HOME", cluster.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl get -w runs");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout piped")).lines();
+    let mut seen = Vec::new();
+    let mut next_line = async || {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.next_line())
             .await
+            .expect("a line in time")
+            .expect("stdout readable")
+            .expect("watch still open");
+        seen.push(line.clone());
+        line
     };
-    let (watched, _) = tokio::join!(watch, change);
-    let out = String::from_utf8_lossy(&watched.stdout).into_owned();
-    let lines: Vec<&str> = out.lines().collect();
+    let header = next_line().await;
     assert!(
-        lines
-            .first()
-            .is_some_and(|h| h.starts_with("NAME") && h.contains("COLOR")),
-        "{out}"
+        header.starts_with("NAME") && header.contains("COLOR"),
+        "{header}"
     );
+    let first = next_line().await;
+    assert!(first.starts_with("w1") && first.contains("red"), "{first}");
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "widget",
+            "w1",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"color":"blue"}}"#,
+        ])
+        .await;
+    let changed = next_line().await;
     assert!(
-        lines
-            .iter()
-            .skip(1)
-            .any(|l| l.starts_with("w1") && l.contains("red")),
-        "{out}"
+        changed.starts_with("w1") && changed.contains("blue"),
+        "headers once, then the change: {changed}"
     );
-    assert!(
-        lines
-            .iter()
-            .skip(1)
-            .any(|l| l.starts_with("w1") && l.contains("blue")),
-        "{out}"
-    );
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("NAME")).count(),
-        1,
-        "headers once: {out}"
-    );
+    watch.kill().await.expect("stop kubectl");
 }
