@@ -650,3 +650,66 @@ async fn get_watch_prints_table_rows() {
     );
     watch.kill().await.expect("stop kubectl");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_bound_tokens_die_with_their_pod() {
+    let cluster = Cluster::start().await;
+    cluster.kubectl_ok(&["run", "app", "--image=app:1"]).await;
+    let token = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "default",
+            "--audience=sluice",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=app",
+        ])
+        .await;
+    let review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {}, audiences: [sluice]}}\n",
+        token.trim()
+    );
+    let fields = "jsonpath={.status.authenticated} {.status.user.username} {.status.user.extra.authentication\\.kubernetes\\.io/pod-name[0]}";
+    let out = cluster
+        .kubectl_with_input(&["create", "-f", "-", "-o", fields], Some(&review))
+        .await;
+    assert_eq!(
+        common::assert_ok(&["create tokenreview"], &out),
+        "true system:serviceaccount:default:default app"
+    );
+
+    let from_library = cluster
+        .emulator
+        .issue_pod_token("default", "default", "app", &["sluice"])
+        .expect("pod exists");
+    assert!(
+        cluster
+            .emulator
+            .issue_pod_token("default", "default", "ghost", &[])
+            .is_err()
+    );
+
+    cluster.kubectl_ok(&["delete", "pod", "app"]).await;
+    for token in [token.trim(), from_library.as_str()] {
+        let review = format!(
+            "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}, audiences: [sluice]}}\n"
+        );
+        let out = cluster
+            .kubectl_with_input(
+                &[
+                    "create",
+                    "-f",
+                    "-",
+                    "-o",
+                    "jsonpath={.status.authenticated}",
+                ],
+                Some(&review),
+            )
+            .await;
+        assert_eq!(
+            common::assert_ok(&["create tokenreview"], &out),
+            "false",
+            "the pod is gone"
+        );
+    }
+}

@@ -476,7 +476,35 @@ pub fn delete_collection(
 /// POST tokenreviews.
 pub fn token_review(shared: &Shared, req: &ApiRequest) -> ApiResult<Reply> {
     let body = req.json_body()?;
-    Ok(Reply::new(201, shared.lock().tokens.review(&body)))
+    let state = shared.lock();
+    let mut review = state.tokens.review(&body);
+    // A token bound to a pod dies with that pod, as on a real cluster.
+    let token = body["spec"]["token"].as_str().unwrap_or("");
+    if let Some((pod, uid)) = state.tokens.lookup(token).and_then(|i| i.pod.clone())
+        && let Some((namespace, _)) = state
+            .tokens
+            .lookup(token)
+            .and_then(|i| i.service_account.clone())
+    {
+        let key = ObjectKey {
+            group: String::new(),
+            plural: "pods".to_string(),
+            namespace,
+            name: pod.clone(),
+        };
+        let alive = state
+            .store
+            .get(&key)
+            .is_some_and(|p| p["metadata"]["uid"] == uid.as_str());
+        if !alive {
+            review["status"] = json!({
+                "authenticated": false,
+                "error": format!("[invalid bearer token, pod \"{pod}\" (uid {uid}) no longer exists]"),
+                "user": {},
+            });
+        }
+    }
+    Ok(Reply::new(201, review))
 }
 
 /// POST serviceaccounts/<name>/token (TokenRequest), as `kubectl create
@@ -493,7 +521,9 @@ pub fn token_request(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> 
     }
     let audiences: Vec<String> =
         serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
-    let token = issue_token(shared, &key.namespace, &key.name, &audiences);
+    let bound = &body["spec"]["boundObjectRef"];
+    let pod = bound["name"].as_str().filter(|_| bound["kind"] == "Pod");
+    let token = issue_token(shared, &key.namespace, &key.name, &audiences, pod)?;
     let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
     let expires = chrono::Utc::now() + chrono::Duration::seconds(seconds);
     Ok(Reply::new(

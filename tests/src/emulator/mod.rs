@@ -207,7 +207,8 @@ impl Emulator {
     /// valid for `audiences` (none: the API server's own). TokenReviews
     /// answer for it; it also authenticates API requests (no RBAC is
     /// enforced). Over HTTP: `POST /emulator/v1/tokens` with
-    /// `{"namespace", "serviceAccount", "audiences"}` answers `{"token"}`.
+    /// `{"namespace", "serviceAccount", "audiences", "pod"?}` answers
+    /// `{"token"}`.
     pub fn issue_token(
         &self,
         namespace: &str,
@@ -215,7 +216,30 @@ impl Emulator {
         audiences: &[&str],
     ) -> String {
         let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
-        routes::issue_token(&self.shared, namespace, service_account, &audiences)
+        routes::issue_token(&self.shared, namespace, service_account, &audiences, None)
+            .unwrap_or_default()
+    }
+
+    /// Issues a token bound to pod `pod` (as a projected service-account
+    /// token is): TokenReviews name the pod in `user.extra`
+    /// (`authentication.kubernetes.io/pod-name`, `pod-uid`) and stop
+    /// authenticating it once the pod is deleted. Fails if the pod does not
+    /// exist.
+    pub fn issue_pod_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        audiences: &[&str],
+    ) -> Result<String, error::ApiError> {
+        let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
+        routes::issue_token(
+            &self.shared,
+            namespace,
+            service_account,
+            &audiences,
+            Some(pod),
+        )
     }
 
     /// Stops serving and waits for the accept loop to end. Open watches and

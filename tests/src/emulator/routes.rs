@@ -90,7 +90,7 @@ pub async fn route(shared: Arc<Shared>, req: ApiRequest) -> ApiResult<Response<B
                     "namespace and serviceAccount are required",
                 ));
             };
-            let token = issue_token(&shared, ns, sa, &audiences);
+            let token = issue_token(&shared, ns, sa, &audiences, body["pod"].as_str())?;
             return Ok(json_response(201, &json!({"token": token}), &[]));
         }
         _ => {}
@@ -201,22 +201,41 @@ async fn admit_new(shared: &Shared, path: &ResourcePath, mut object: Value) -> A
     Ok(object)
 }
 
-/// Issues a service-account token (see [`super::Emulator::issue_token`]).
+/// Issues a service-account token (see [`super::Emulator::issue_token`]),
+/// bound to the named pod when `pod` is given (404 if it does not exist).
 pub fn issue_token(
     shared: &Shared,
     namespace: &str,
     service_account: &str,
     audiences: &[String],
-) -> String {
+    pod: Option<&str>,
+) -> ApiResult<String> {
     let entropy = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         .rotate_left(17);
-    shared
-        .lock()
+    let mut state = shared.lock();
+    let bound = match pod {
+        Some(name) => {
+            let key = ObjectKey {
+                group: String::new(),
+                plural: "pods".to_string(),
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            };
+            let uid = state
+                .store
+                .get(&key)
+                .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+                .ok_or_else(|| ApiError::not_found("", "pods", name))?;
+            Some((name.to_string(), uid))
+        }
+        None => None,
+    };
+    Ok(state
         .tokens
-        .issue(namespace, service_account, audiences, entropy)
+        .issue(namespace, service_account, audiences, bound, entropy))
 }
 
 fn version() -> Value {
