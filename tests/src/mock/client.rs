@@ -241,3 +241,116 @@ mod tests {
         assert_eq!(evs[1].data, "[DONE]");
     }
 }
+
+/// A minimal valid model call for a mock kind, with the default key in the
+/// kind's own header: what tests send when the request itself is not the
+/// point. Bedrock gets a well-formed (unverified) SigV4 header.
+#[derive(Clone, Debug)]
+pub struct ExampleRequest {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+/// The SigV4 `Authorization` value examples use (signature not verified).
+pub fn example_sigv4(access_key_id: &str, region: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential={access_key_id}/20250101/{region}/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature={}",
+        "0f".repeat(32)
+    )
+}
+
+impl ExampleRequest {
+    /// A chat call to `model` with one user message `text` on the mock at
+    /// `base` (its `url()`).
+    pub fn chat(
+        kind: super::ProviderKind,
+        base: &str,
+        model: &str,
+        text: &str,
+        stream: bool,
+    ) -> Self {
+        use super::ProviderKind as K;
+        use serde_json::json;
+        let key = super::DEFAULT_API_KEY.to_owned();
+        let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let (path, headers, body) = match kind {
+            K::OpenAi => (
+                "/v1/chat/completions".to_owned(),
+                vec![h("authorization", &format!("Bearer {key}"))],
+                json!({"model": model, "messages": [{"role": "user", "content": text}], "stream": stream}),
+            ),
+            K::Azure => (
+                format!("/openai/deployments/{model}/chat/completions?api-version=2024-10-21"),
+                vec![h("api-key", &key)],
+                json!({"messages": [{"role": "user", "content": text}], "stream": stream}),
+            ),
+            K::Anthropic => (
+                "/v1/messages".to_owned(),
+                vec![h("x-api-key", &key), h("anthropic-version", "2023-06-01")],
+                json!({"model": model, "max_tokens": 256, "messages": [{"role": "user", "content": text}], "stream": stream}),
+            ),
+            K::Gemini => (
+                if stream {
+                    format!("/v1beta/models/{model}:streamGenerateContent?alt=sse")
+                } else {
+                    format!("/v1beta/models/{model}:generateContent")
+                },
+                vec![h("x-goog-api-key", &key)],
+                json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}),
+            ),
+            K::Bedrock => (
+                format!(
+                    "/model/{model}/{}",
+                    if stream {
+                        "converse-stream"
+                    } else {
+                        "converse"
+                    }
+                ),
+                vec![
+                    h("authorization", &example_sigv4(&key, "us-east-1")),
+                    h("x-amz-date", "20250101T000000Z"),
+                ],
+                json!({"messages": [{"role": "user", "content": [{"text": text}]}]}),
+            ),
+        };
+        let mut headers = headers;
+        headers.push(h("content-type", "application/json"));
+        Self {
+            url: format!("{base}{path}"),
+            headers,
+            body,
+        }
+    }
+
+    fn header_refs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Send over HTTP/1.1 and read the whole response.
+    pub async fn send(&self) -> Result<Response, ClientError> {
+        send(
+            Method::POST,
+            &self.url,
+            &self.header_refs(),
+            self.body.to_string(),
+        )
+        .await
+    }
+
+    /// Send and return the response with its body unread.
+    pub async fn open(&self, proto: Proto) -> Result<Streaming, ClientError> {
+        open(
+            proto,
+            Method::POST,
+            &self.url,
+            &self.header_refs(),
+            self.body.to_string(),
+        )
+        .await
+    }
+}

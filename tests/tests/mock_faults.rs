@@ -1,0 +1,451 @@
+//! Transport faults and scripting, the same for every mock kind: scripted
+//! sequences, latency, hangs, closed connections, stalled and cut bodies,
+//! paced chunks, malformed 200s, request recording, h2c, the control API and
+//! the `mock-provider` binary.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use sluice_tests::mock::client::{self, ExampleRequest, Proto};
+use sluice_tests::mock::{
+    Behaviour, ErrorKind, Fault, MockConfig, MockHandle, MockProvider, ProviderKind,
+};
+
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test exceeded its time bound")
+}
+
+async fn start(kind: ProviderKind) -> MockHandle {
+    MockProvider::start(kind, MockConfig::default())
+        .await
+        .expect("mock starts")
+}
+
+fn example(kind: ProviderKind, mock: &MockHandle, stream: bool) -> ExampleRequest {
+    ExampleRequest::chat(kind, &mock.url(), "model-a", "hello there", stream)
+}
+
+#[tokio::test]
+async fn script_fails_three_times_then_succeeds_on_every_kind() {
+    bounded(async {
+        for kind in ProviderKind::ALL {
+            let mock = start(kind).await;
+            mock.enqueue(3, Behaviour::error(ErrorKind::ServerError));
+            let req = example(kind, &mock, false);
+            let mut statuses = Vec::new();
+            for _ in 0..4 {
+                statuses.push(req.send().await.expect("response").status);
+            }
+            let s500 = StatusCode::INTERNAL_SERVER_ERROR;
+            assert_eq!(statuses, [s500, s500, s500, StatusCode::OK], "{kind}");
+            assert_eq!(mock.request_count(), 4, "{kind}");
+            assert_eq!(mock.pending_steps(), 0, "{kind}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn auth_failures_do_not_consume_script_steps() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        mock.enqueue(1, Behaviour::error(ErrorKind::Overloaded));
+        let r = client::post_json(
+            &format!("{}/v1/chat/completions", mock.url()),
+            &[],
+            &serde_json::json!({"model": "m", "messages": []}),
+        )
+        .await
+        .expect("response");
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(mock.pending_steps(), 1);
+        let r = example(ProviderKind::OpenAi, &mock, false)
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latency_delays_headers() {
+    bounded(async {
+        let mock = start(ProviderKind::Anthropic).await;
+        mock.enqueue(1, Behaviour::ok().with_latency(Duration::from_millis(200)));
+        let t = Instant::now();
+        let r = example(ProviderKind::Anthropic, &mock, false)
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(t.elapsed() >= Duration::from_millis(200));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn hang_before_headers_never_answers() {
+    bounded(async {
+        let mock = start(ProviderKind::Gemini).await;
+        mock.set_default(Fault::HangBeforeHeaders);
+        let req = example(ProviderKind::Gemini, &mock, false);
+        let r = tokio::time::timeout(Duration::from_millis(300), req.send()).await;
+        assert!(r.is_err(), "no response headers within 300 ms");
+        assert_eq!(mock.request_count(), 1);
+        assert_eq!(mock.in_flight(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn close_before_headers_sends_no_response() {
+    bounded(async {
+        for kind in ProviderKind::ALL {
+            let mock = start(kind).await;
+            mock.enqueue(1, Fault::CloseBeforeHeaders);
+            let err = example(kind, &mock, true).send().await;
+            assert!(
+                err.is_err(),
+                "{kind}: expected a broken connection, got {err:?}"
+            );
+            // The next request is answered normally.
+            let ok = example(kind, &mock, false).send().await.expect("response");
+            assert_eq!(ok.status, StatusCode::OK, "{kind}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stall_after_headers_then_client_gives_up_is_counted() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        mock.set_default(Fault::StallAfter { after: 0 });
+        let mut s = example(ProviderKind::OpenAi, &mock, true)
+            .open(Proto::Http1)
+            .await
+            .expect("headers arrive");
+        assert_eq!(s.status, StatusCode::OK);
+        assert_eq!(
+            s.header("content-type"),
+            Some("text/event-stream; charset=utf-8")
+        );
+        let first = tokio::time::timeout(Duration::from_millis(300), s.next_chunk()).await;
+        assert!(first.is_err(), "no token within 300 ms");
+        assert_eq!(mock.in_flight(), 1);
+        drop(s);
+        assert!(mock.wait_for_aborts(1, Duration::from_secs(5)).await);
+        assert_eq!(mock.in_flight(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stall_mid_stream_sends_the_first_frames_only() {
+    bounded(async {
+        let mock = start(ProviderKind::Anthropic).await;
+        mock.set_default(Fault::StallAfter { after: 3 });
+        let mut s = example(ProviderKind::Anthropic, &mock, true)
+            .open(Proto::Http1)
+            .await
+            .expect("headers");
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), s.next_chunk()).await {
+                Ok(Some(Ok(c))) => got.extend_from_slice(&c),
+                Ok(other) => panic!("stream ended instead of stalling: {other:?}"),
+                Err(_) => break,
+            }
+        }
+        let events = client::sse_events(&String::from_utf8_lossy(&got));
+        let names: Vec<_> = events.iter().filter_map(|e| e.event.clone()).collect();
+        assert_eq!(names, ["message_start", "content_block_start", "ping"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cut_after_n_frames_breaks_the_stream_on_every_kind() {
+    bounded(async {
+        for kind in ProviderKind::ALL {
+            let mock = start(kind).await;
+            let full = example(kind, &mock, true)
+                .send()
+                .await
+                .expect("full stream");
+            mock.set_default(Fault::CutAfter { after: 2 });
+            let s = example(kind, &mock, true)
+                .open(Proto::Http1)
+                .await
+                .expect("headers");
+            assert_eq!(s.status, StatusCode::OK, "{kind}");
+            let (got, err) = s.read_all().await;
+            assert!(err.is_some(), "{kind}: the body must end in an error");
+            assert!(!got.is_empty() && got.len() < full.body.len(), "{kind}");
+            let frames = if kind == ProviderKind::Bedrock {
+                sluice_tests::mock::eventstream::decode_all(&got)
+                    .expect("whole frames")
+                    .len()
+            } else {
+                client::sse_events(&String::from_utf8_lossy(&got)).len()
+            };
+            assert_eq!(frames, 2, "{kind}: exactly the first two frames");
+            if kind == ProviderKind::OpenAi {
+                assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cut_non_stream_body_is_short_of_its_content_length() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        mock.set_default(Fault::CutAfter { after: 1 });
+        let s = example(ProviderKind::OpenAi, &mock, false)
+            .open(Proto::Http1)
+            .await
+            .expect("headers");
+        let declared: usize = s
+            .header("content-length")
+            .expect("content-length")
+            .parse()
+            .expect("number");
+        let (got, err) = s.read_all().await;
+        assert!(err.is_some());
+        assert_eq!(got.len(), declared / 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn chunk_delays_pace_the_stream() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        mock.set_default(
+            Behaviour::ok()
+                .with_first_chunk_delay(Duration::from_millis(150))
+                .with_chunk_delay(Duration::from_millis(20)),
+        );
+        let t = Instant::now();
+        let mut s = example(ProviderKind::OpenAi, &mock, true)
+            .open(Proto::Http1)
+            .await
+            .expect("headers");
+        let headers_at = t.elapsed();
+        assert!(
+            headers_at < Duration::from_millis(150),
+            "headers come first"
+        );
+        s.next_chunk().await.expect("a frame").expect("ok");
+        let first_at = t.elapsed();
+        assert!(first_at >= Duration::from_millis(150));
+        let mut frames = 1;
+        while let Some(c) = s.next_chunk().await {
+            c.expect("ok");
+            frames += 1;
+        }
+        // Every later frame waited its 20 ms.
+        assert!(t.elapsed() >= first_at + Duration::from_millis(20 * (frames - 1)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn html_and_invalid_json_and_error_in_200() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        let req = example(ProviderKind::OpenAi, &mock, false);
+
+        mock.enqueue(1, Fault::Html { status: 200 });
+        let r = req.send().await.expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert!(r.text().starts_with("<html>"));
+
+        mock.enqueue(1, Fault::InvalidJson);
+        let r = req.send().await.expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(serde_json::from_slice::<serde_json::Value>(&r.body).is_err());
+
+        mock.enqueue(1, Fault::ErrorIn200(ErrorKind::ServerError));
+        let r = req.send().await.expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["error"]["type"], "server_error");
+
+        mock.enqueue(1, Fault::InvalidJson);
+        let r = example(ProviderKind::OpenAi, &mock, true)
+            .send()
+            .await
+            .expect("response");
+        let events = client::sse_events(&r.text());
+        assert!(events[0].json().is_null(), "first event's data is not JSON");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_event_stream_frame_fails_its_crc() {
+    bounded(async {
+        let mock = start(ProviderKind::Bedrock).await;
+        mock.set_default(Fault::InvalidJson);
+        let r = example(ProviderKind::Bedrock, &mock, true)
+            .send()
+            .await
+            .expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        let err = sluice_tests::mock::eventstream::decode(&r.body).expect_err("corrupt");
+        assert!(matches!(
+            err,
+            sluice_tests::mock::eventstream::DecodeError::MessageCrc { .. }
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn records_what_was_sent() {
+    bounded(async {
+        let mock = start(ProviderKind::Azure).await;
+        let req = example(ProviderKind::Azure, &mock, false);
+        req.send().await.expect("response");
+        let recs = mock.requests();
+        assert_eq!(recs.len(), 1);
+        let r = &recs[0];
+        assert_eq!(r.seq, 1);
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(r.path, "/openai/deployments/model-a/chat/completions");
+        assert_eq!(r.query.as_deref(), Some("api-version=2024-10-21"));
+        assert_eq!(r.header("api-key"), Some("mock-key"));
+        let json = r.json.as_ref().expect("json body");
+        assert_eq!(json["messages"][0]["content"], "hello there");
+        assert_eq!(
+            mock.count_path("/openai/deployments/model-a/chat/completions"),
+            1
+        );
+        mock.clear_requests();
+        assert_eq!(mock.request_count(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn serves_h2c() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        let s = example(ProviderKind::OpenAi, &mock, true)
+            .open(Proto::H2c)
+            .await
+            .expect("h2c response");
+        assert_eq!(s.status, StatusCode::OK);
+        let (body, err) = s.read_all().await;
+        assert!(err.is_none());
+        assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
+        assert_eq!(mock.requests()[0].version, http::Version::HTTP_2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn control_api_scripts_and_reports() {
+    bounded(async {
+        let mock = start(ProviderKind::Gemini).await;
+        let enqueue = serde_json::json!({
+            "times": 2,
+            "behaviour": {"fault": {"type": "error", "kind": "rate_limited", "retry_after": 3000}},
+        });
+        let r = client::post_json(&format!("{}/__mock/enqueue", mock.url()), &[], &enqueue)
+            .await
+            .expect("control");
+        assert_eq!(r.status, StatusCode::OK);
+        let req = example(ProviderKind::Gemini, &mock, false);
+        assert_eq!(
+            req.send().await.expect("r").status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            req.send().await.expect("r").status,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(req.send().await.expect("r").status, StatusCode::OK);
+        let listing = client::send(
+            Method::GET,
+            &format!("{}/__mock/requests", mock.url()),
+            &[],
+            "",
+        )
+        .await
+        .expect("listing");
+        let v = listing.json();
+        assert_eq!(v["count"], 3);
+        assert_eq!(v["requests"][0]["headers"]["x-goog-api-key"], "mock-key");
+        let r = client::post_json(
+            &format!("{}/__mock/enqueue", mock.url()),
+            &[],
+            &serde_json::json!({"times": "x"}),
+        )
+        .await
+        .expect("control");
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        client::send(
+            Method::POST,
+            &format!("{}/__mock/reset", mock.url()),
+            &[],
+            "",
+        )
+        .await
+        .expect("reset");
+        assert_eq!(mock.request_count(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waits_for_requests() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        assert!(!mock.wait_for_requests(1, Duration::from_millis(50)).await);
+        let req = example(ProviderKind::OpenAi, &mock, false);
+        let task = tokio::spawn(async move { req.send().await.map(|r| r.status) });
+        assert!(mock.wait_for_requests(1, Duration::from_secs(5)).await);
+        assert_eq!(task.await.expect("join").expect("response"), StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn binary_prints_its_address_and_serves() {
+    use tokio::io::AsyncBufReadExt;
+    bounded(async {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mock-provider"))
+            .args(["--listen", "127.0.0.1:0", "--kind", "anthropic"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn mock-provider");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .expect("address line");
+        let addr: std::net::SocketAddr = line.trim().parse().expect("an address");
+        let req = ExampleRequest::chat(
+            ProviderKind::Anthropic,
+            &format!("http://{addr}"),
+            "claude-x",
+            "hi",
+            false,
+        );
+        let r = req.send().await.expect("response");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["type"], "message");
+        child.kill().await.expect("kill");
+    })
+    .await;
+}
