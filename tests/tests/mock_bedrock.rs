@@ -352,3 +352,72 @@ async fn exception_frames_mid_stream() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn signatures_are_verified_when_the_mock_has_the_secret() {
+    use sluice_tests::mock::sigv4::{Scope, SignedRequest, authorization};
+    bounded(async {
+        let secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let config = MockConfig {
+            api_key: Some("AKIDEXAMPLE".into()),
+            aws_secret_key: Some(secret.into()),
+            ..MockConfig::default()
+        };
+        let mock = start(config).await;
+        let host = mock.addr().to_string();
+        let path = format!("/model/{MODEL_IN_PATH}/converse");
+        let payload = body().to_string();
+        let date = "20250101T000000Z";
+        let sign = |body: &str| {
+            authorization(
+                &SignedRequest {
+                    method: "POST",
+                    path: &path,
+                    query: None,
+                    headers: vec![
+                        ("content-type".into(), "application/json".into()),
+                        ("host".into(), host.clone()),
+                        ("x-amz-date".into(), date.into()),
+                    ],
+                    body: body.as_bytes(),
+                },
+                &Scope {
+                    access_key_id: "AKIDEXAMPLE",
+                    amz_date: date,
+                    region: "us-west-2",
+                    service: "bedrock",
+                },
+                secret,
+            )
+        };
+        let url = format!("{}{path}", mock.url());
+        let send = |auth: String, body: String| {
+            let url = url.clone();
+            async move {
+                client::send(
+                    http::Method::POST,
+                    &url,
+                    &[
+                        ("authorization", auth.as_str()),
+                        ("x-amz-date", date),
+                        ("content-type", "application/json"),
+                    ],
+                    body,
+                )
+                .await
+                .expect("response")
+            }
+        };
+        let r = send(sign(&payload), payload.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        // The same signature over a different body no longer matches.
+        let r = send(sign(&payload), payload.replace("hello", "HELLO")).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(
+            r.header("x-amzn-errortype")
+                .expect("type")
+                .starts_with("InvalidSignatureException:")
+        );
+    })
+    .await;
+}

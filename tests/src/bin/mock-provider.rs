@@ -29,6 +29,9 @@ struct Args {
     /// Bedrock: the region SigV4 scopes must name.
     #[arg(long)]
     region: Option<String>,
+    /// Bedrock: the secret access key; when given, signatures are verified.
+    #[arg(long)]
+    aws_secret_key: Option<String>,
     /// Models (Azure: deployments) that exist; repeatable. Default: any.
     #[arg(long = "model")]
     models: Vec<String>,
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let config = MockConfig {
         api_key: (!args.any_key).then_some(args.api_key),
         region: args.region,
+        aws_secret_key: args.aws_secret_key,
         models: args.models,
         context_window: args.context_window,
         reply: args.reply,

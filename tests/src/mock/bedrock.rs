@@ -9,7 +9,8 @@
 //! Auth: a SigV4 `Authorization: AWS4-HMAC-SHA256 Credential=AKID/date/
 //! region/bedrock/aws4_request, SignedHeaders=…, Signature=<64 hex>` with an
 //! `x-amz-date` header, checked for form (access key id, service, region,
-//! `host` signed), not cryptographically; or a Bedrock API key as `Bearer`.
+//! `host` signed) and, when the mock has the secret key
+//! (`MockConfig::aws_secret_key`), verified; or a Bedrock API key as `Bearer`.
 //!
 //! Errors are restJson1: `x-amzn-ErrorType: <Name>:http://internal.amazon.com/coral/com.amazon.bedrock/`
 //! and `{"message": …}`, statuses from the service model (botocore
@@ -26,10 +27,10 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::eventstream;
 use super::render::{Rendered, RequestView, Routed, percent_decode};
 use super::reply::{self, Call, Content, Finish, Reply};
 use super::{Ctx, ErrorKind};
+use super::{eventstream, sigv4};
 
 /// The text a guardrail answers with when it blocks a prompt.
 pub const GUARDRAIL_TEXT: &str = "Sorry, the model cannot answer this question.";
@@ -166,6 +167,39 @@ fn check_auth(req: &RequestView<'_>) -> Result<(), Rendered> {
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
         ));
+    }
+    if let Some(secret) = &req.config.aws_secret_key {
+        let headers = signed
+            .unwrap_or_default()
+            .split(';')
+            .map(|name| {
+                let value = match (req.header(name), name) {
+                    (Some(v), _) => v,
+                    (None, "host") => req.authority.unwrap_or_default(),
+                    (None, _) => "",
+                };
+                (name.to_owned(), value.to_owned())
+            })
+            .collect();
+        let signed_request = sigv4::SignedRequest {
+            method: req.method.as_str(),
+            path: req.path,
+            query: req.query,
+            headers,
+            body: req.body,
+        };
+        let scope = sigv4::Scope {
+            access_key_id: key_id,
+            amz_date: req.header("x-amz-date").unwrap_or(date),
+            region,
+            service,
+        };
+        if sigv4::signature(&signed_request, &scope, secret) != sig {
+            return Err(forbidden(
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+            ));
+        }
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ mod record;
 mod render;
 mod reply;
 mod server;
+pub mod sigv4;
 
 use std::fmt;
 use std::str::FromStr;
@@ -124,6 +125,9 @@ pub struct MockConfig {
     pub api_key: Option<String>,
     /// Bedrock: the region the SigV4 credential scope must name (`None`: any).
     pub region: Option<String>,
+    /// Bedrock: the secret access key. When set, SigV4 signatures are
+    /// verified (see [`sigv4`]); otherwise only their form is checked.
+    pub aws_secret_key: Option<String>,
     /// Models (Azure: deployments) that exist; a call naming another gets the
     /// provider's 404. Empty: every model exists.
     pub models: Vec<String>,
@@ -142,6 +146,7 @@ impl Default for MockConfig {
         Self {
             api_key: Some(DEFAULT_API_KEY.to_owned()),
             region: None,
+            aws_secret_key: None,
             models: Vec::new(),
             context_window: None,
             reply: None,

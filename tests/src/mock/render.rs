@@ -13,6 +13,9 @@ pub(crate) struct RequestView<'a> {
     pub method: &'a Method,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// The URI's authority (HTTP/2 carries the host here, not in a header).
+    pub authority: Option<&'a str>,
+    pub body: &'a [u8],
     pub headers: &'a HeaderMap,
     pub json: Option<&'a serde_json::Value>,
     pub config: &'a MockConfig,

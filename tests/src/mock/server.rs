@@ -197,6 +197,8 @@ async fn handle(
         method: &parts.method,
         path: &path,
         query: query.as_deref(),
+        authority: parts.uri.authority().map(|a| a.as_str()),
+        body: &body,
         headers: &parts.headers,
         json: json.as_ref(),
         config: &shared.config,
