@@ -104,6 +104,23 @@ async fn stream_as_sse() {
         );
         assert!(chunks[0]["candidates"][0].get("finishReason").is_none());
         assert_eq!(chunks[0]["usageMetadata"]["promptTokenCount"], 4);
+        let counts: Vec<u64> = chunks
+            .iter()
+            .map(|c| {
+                c["usageMetadata"]["candidatesTokenCount"]
+                    .as_u64()
+                    .expect("count")
+            })
+            .collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] <= w[1]),
+            "cumulative: {counts:?}"
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["responseId"] == chunks[0]["responseId"])
+        );
     })
     .await;
 }

@@ -410,10 +410,11 @@ fn rate_limited(r: Rendered, rl: &RateLimit, ctx: &Ctx<'_>) -> Rendered {
 }
 
 /// `event: error` with the same error object as the HTTP error would carry.
+/// (The documented example carries no `request_id` in the event.)
 pub(crate) fn stream_error(kind: &ErrorKind, ctx: &Ctx<'_>) -> Bytes {
     let (_, ty, message) = describe(kind, ctx);
     sse(
         Some("error"),
-        &json!({"type": "error", "error": {"type": ty, "message": message}, "request_id": request_id(ctx)}),
+        &json!({"type": "error", "error": {"type": ty, "message": message}}),
     )
 }

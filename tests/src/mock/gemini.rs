@@ -222,19 +222,28 @@ pub(crate) fn success(call: &Call, reply: &Reply, ctx: &Ctx<'_>) -> Rendered {
             )]
         }
         (Content::Text(t), f) if call.stream => {
+            // Every chunk reports usage so far, as Gemini does: the
+            // candidates count grows chunk by chunk to the final total.
             let pieces = reply::text_pieces(t);
             let last = pieces.len().saturating_sub(1);
+            let mut so_far = String::new();
             pieces
                 .into_iter()
                 .enumerate()
                 .map(|(i, p)| {
                     let done = i == last;
-                    let u = if done {
-                        usage(input, output)
+                    so_far.push_str(&p);
+                    let out = if done {
+                        output
                     } else {
-                        json!({"promptTokenCount": input, "totalTokenCount": input})
+                        reply::token_count(&so_far).min(output)
                     };
-                    response(ctx, Some(json!([{"text": p}])), done.then_some(f), u)
+                    response(
+                        ctx,
+                        Some(json!([{"text": p}])),
+                        done.then_some(f),
+                        usage(input, out),
+                    )
                 })
                 .collect()
         }
