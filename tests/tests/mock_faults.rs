@@ -449,3 +449,71 @@ async fn binary_prints_its_address_and_serves() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn per_model_scripts_fail_one_model_only() {
+    bounded(async {
+        let mock = start(ProviderKind::Anthropic).await;
+        mock.set_default_for("claude-big", Behaviour::error(ErrorKind::Overloaded));
+        mock.enqueue_for("claude-small", 1, Behaviour::error(ErrorKind::ServerError));
+        let url = mock.url();
+        let big = ExampleRequest::chat(ProviderKind::Anthropic, &url, "claude-big", "hi", false);
+        let small =
+            ExampleRequest::chat(ProviderKind::Anthropic, &url, "claude-small", "hi", false);
+        assert_eq!(big.send().await.expect("r").status.as_u16(), 529);
+        assert_eq!(small.send().await.expect("r").status.as_u16(), 500);
+        assert_eq!(small.send().await.expect("r").status.as_u16(), 200);
+        assert_eq!(big.send().await.expect("r").status.as_u16(), 529);
+        assert_eq!(mock.count_status(529), 2);
+        assert_eq!(mock.count_status(200), 1);
+        let statuses: Vec<_> = mock.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [Some(529), Some(500), Some(200), Some(529)]);
+
+        // The same through the control API, for a mock run as a process.
+        let r = client::post_json(
+            &format!("{url}/__mock/default"),
+            &[],
+            &serde_json::json!({"model": "claude-big", "fault": {"type": "none"}}),
+        )
+        .await
+        .expect("control");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(big.send().await.expect("r").status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_per_minute_answers_the_providers_429_with_an_exact_hint() {
+    bounded(async {
+        for kind in ProviderKind::ALL {
+            let config = MockConfig {
+                requests_per_minute: Some(2),
+                ..MockConfig::default()
+            };
+            let mock = MockProvider::start(kind, config).await.expect("mock");
+            mock.enqueue(5, Behaviour::error(ErrorKind::ServerError));
+            let req = example(kind, &mock, false);
+            let statuses: Vec<u16> = {
+                let mut v = Vec::new();
+                for _ in 0..3 {
+                    v.push(req.send().await.expect("r").status.as_u16());
+                }
+                v
+            };
+            // Over the limit the rate limit wins, and no script step is used.
+            assert_eq!(statuses, [500, 500, 429], "{kind}");
+            assert_eq!(mock.pending_steps(), 3, "{kind}");
+            if kind == ProviderKind::OpenAi {
+                let r = req.send().await.expect("r");
+                let secs: u64 = r
+                    .header("retry-after")
+                    .expect("hint")
+                    .parse()
+                    .expect("secs");
+                assert!((59..=60).contains(&secs), "{secs}");
+            }
+        }
+    })
+    .await;
+}

@@ -38,6 +38,9 @@ struct Args {
     /// Context window in mock tokens (ceil(chars / 4)).
     #[arg(long)]
     context_window: Option<u32>,
+    /// Model calls accepted per rolling minute before the provider's 429.
+    #[arg(long)]
+    requests_per_minute: Option<u32>,
     /// Fixed reply text.
     #[arg(long)]
     reply: Option<String>,
@@ -61,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         aws_secret_key: args.aws_secret_key,
         models: args.models,
         context_window: args.context_window,
+        requests_per_minute: args.requests_per_minute,
         reply: args.reply,
         default: Behaviour::ok()
             .with_latency(Duration::from_millis(args.latency_ms))

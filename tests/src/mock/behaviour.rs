@@ -7,7 +7,7 @@
 //! [`Fault::MidStreamError`], …) are rendered by each provider module in that
 //! provider's own wire format.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -191,52 +191,103 @@ impl From<Fault> for Behaviour {
     }
 }
 
-/// The run-time script: queued steps consumed one per model call, then a
-/// default for everything after.
+/// Queued steps: `(remaining, behaviour)`, consumed front first.
+type Steps = VecDeque<(usize, Behaviour)>;
+
+fn pop(steps: &mut Steps) -> Option<Behaviour> {
+    let (remaining, behaviour) = steps.front_mut()?;
+    let out = behaviour.clone();
+    *remaining -= 1;
+    if *remaining == 0 {
+        steps.pop_front();
+    }
+    Some(out)
+}
+
+/// What one model's calls get before the shared script.
+#[derive(Clone, Debug, Default)]
+struct ModelScript {
+    steps: Steps,
+    default: Option<Behaviour>,
+}
+
+/// The run-time script. A call to model `m` takes, in order: a step queued
+/// for `m`, a step from the shared queue, `m`'s default, the shared default.
+/// Per-model entries let one mock play a provider whose models fail apart
+/// (breakers are per provider and model).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Script {
-    steps: VecDeque<(usize, Behaviour)>,
+    steps: Steps,
     default: Behaviour,
+    by_model: HashMap<String, ModelScript>,
 }
 
 impl Script {
     pub(crate) fn new(default: Behaviour) -> Self {
         Self {
-            steps: VecDeque::new(),
             default,
+            ..Self::default()
         }
     }
 
-    /// Queue `behaviour` for the next `times` calls, after what is queued.
-    pub(crate) fn push(&mut self, times: usize, behaviour: Behaviour) {
-        if times > 0 {
-            self.steps.push_back((times, behaviour));
+    /// Queue `behaviour` for the next `times` calls (to `model` only, when
+    /// given), after what is already queued.
+    pub(crate) fn push(&mut self, model: Option<&str>, times: usize, behaviour: Behaviour) {
+        if times == 0 {
+            return;
+        }
+        match model {
+            Some(m) => self
+                .by_model
+                .entry(m.to_owned())
+                .or_default()
+                .steps
+                .push_back((times, behaviour)),
+            None => self.steps.push_back((times, behaviour)),
         }
     }
 
-    pub(crate) fn set_default(&mut self, behaviour: Behaviour) {
-        self.default = behaviour;
+    /// The default for calls to `model`, or for every call.
+    pub(crate) fn set_default(&mut self, model: Option<&str>, behaviour: Behaviour) {
+        match model {
+            Some(m) => self.by_model.entry(m.to_owned()).or_default().default = Some(behaviour),
+            None => self.default = behaviour,
+        }
     }
 
+    /// Drop every queued step; defaults stay.
     pub(crate) fn clear(&mut self) {
         self.steps.clear();
+        self.by_model.values_mut().for_each(|m| m.steps.clear());
+    }
+
+    /// Forget everything: no steps, no per-model defaults, `default`.
+    pub(crate) fn reset(&mut self, default: Behaviour) {
+        *self = Self::new(default);
     }
 
     pub(crate) fn pending(&self) -> usize {
-        self.steps.iter().map(|(n, _)| n).sum()
+        let count = |s: &Steps| s.iter().map(|(n, _)| n).sum::<usize>();
+        count(&self.steps)
+            + self
+                .by_model
+                .values()
+                .map(|m| count(&m.steps))
+                .sum::<usize>()
     }
 
-    /// The behaviour for the next call, consuming one queued step.
-    pub(crate) fn next(&mut self) -> Behaviour {
-        let Some((remaining, behaviour)) = self.steps.front_mut() else {
-            return self.default.clone();
-        };
-        let out = behaviour.clone();
-        *remaining -= 1;
-        if *remaining == 0 {
-            self.steps.pop_front();
+    /// The behaviour for the next call to `model`, consuming one step.
+    pub(crate) fn next(&mut self, model: &str) -> Behaviour {
+        if let Some(b) = self.by_model.get_mut(model).and_then(|m| pop(&mut m.steps)) {
+            return b;
         }
-        out
+        if let Some(b) = pop(&mut self.steps) {
+            return b;
+        }
+        self.by_model
+            .get(model)
+            .and_then(|m| m.default.clone())
+            .unwrap_or_else(|| self.default.clone())
     }
 }
 
@@ -281,14 +332,28 @@ mod tests {
     #[test]
     fn script_hands_out_steps_then_default() {
         let mut s = Script::new(Behaviour::ok());
-        s.push(2, Behaviour::error(ErrorKind::ServerError));
-        s.push(1, Behaviour::fault(Fault::CloseBeforeHeaders));
+        s.push(None, 2, Behaviour::error(ErrorKind::ServerError));
+        s.push(None, 1, Behaviour::fault(Fault::CloseBeforeHeaders));
         assert_eq!(s.pending(), 3);
-        assert_eq!(s.next().fault, Fault::Error(ErrorKind::ServerError));
-        assert_eq!(s.next().fault, Fault::Error(ErrorKind::ServerError));
-        assert_eq!(s.next().fault, Fault::CloseBeforeHeaders);
-        assert_eq!(s.next().fault, Fault::None);
+        assert_eq!(s.next("m").fault, Fault::Error(ErrorKind::ServerError));
+        assert_eq!(s.next("m").fault, Fault::Error(ErrorKind::ServerError));
+        assert_eq!(s.next("m").fault, Fault::CloseBeforeHeaders);
+        assert_eq!(s.next("m").fault, Fault::None);
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn model_steps_come_first_then_shared_then_model_default() {
+        let mut s = Script::new(Behaviour::ok());
+        s.set_default(Some("a"), Behaviour::error(ErrorKind::Overloaded));
+        s.push(None, 1, Behaviour::error(ErrorKind::ServerError));
+        s.push(Some("a"), 1, Behaviour::fault(Fault::Refusal));
+        assert_eq!(s.next("a").fault, Fault::Refusal);
+        assert_eq!(s.next("a").fault, Fault::Error(ErrorKind::ServerError));
+        assert_eq!(s.next("a").fault, Fault::Error(ErrorKind::Overloaded));
+        assert_eq!(s.next("b").fault, Fault::None);
+        s.reset(Behaviour::ok());
+        assert_eq!(s.next("a").fault, Fault::None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The mock's control API under `/__mock/`, so a test that runs the
 //! `mock-provider` binary as a separate process can script it too:
 //!
-//! - `POST /__mock/enqueue` `{"times": 3, "behaviour": {...}}` — queue steps;
-//! - `POST /__mock/default` `{...behaviour...}` — the default behaviour;
+//! - `POST /__mock/enqueue` `{"times": 3, "behaviour": {...}, "model": "m"}`
+//!   — queue steps (for one model when `model` is given);
+//! - `POST /__mock/default` `{...behaviour..., "model": "m"}` — the default
+//!   behaviour (for one model when `model` is given);
 //! - `POST /__mock/reset` — clear the script (back to the configured default)
 //!   and the recorded requests;
 //! - `GET /__mock/requests` — recorded requests as JSON (`count`, `requests`).
@@ -25,6 +27,18 @@ pub(crate) const PREFIX: &str = "/__mock/";
 struct Enqueue {
     times: usize,
     behaviour: Behaviour,
+    /// Only calls to this model take these steps.
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Default {
+    #[serde(flatten)]
+    behaviour: Behaviour,
+    /// Only calls to this model get this default.
+    #[serde(default)]
+    model: Option<String>,
 }
 
 pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Rendered {
@@ -33,14 +47,14 @@ pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &[u8]) 
     match (method.as_str(), &path[PREFIX.len()..]) {
         ("POST", "enqueue") => match serde_json::from_slice::<Enqueue>(body) {
             Ok(e) => {
-                shared.push_script(e.times, e.behaviour);
+                shared.push_script(e.model.as_deref(), e.times, e.behaviour);
                 ok()
             }
             Err(e) => bad(e.to_string()),
         },
-        ("POST", "default") => match serde_json::from_slice::<Behaviour>(body) {
-            Ok(b) => {
-                shared.set_default(b);
+        ("POST", "default") => match serde_json::from_slice::<Default>(body) {
+            Ok(d) => {
+                shared.set_default(d.model.as_deref(), d.behaviour);
                 ok()
             }
             Err(e) => bad(e.to_string()),

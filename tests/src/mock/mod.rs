@@ -32,10 +32,12 @@ pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 pub mod behaviour;
+mod body;
 pub mod client;
 mod control;
 pub mod eventstream;
 pub mod gemini;
+mod handle;
 pub mod openai;
 mod record;
 mod render;
@@ -47,9 +49,11 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use behaviour::{Behaviour, ErrorKind, Fault, RateLimit};
+pub use body::MockBody;
+pub use handle::MockHandle;
 pub use record::RecordedRequest;
 pub use reply::token_count;
-pub use server::{MockError, MockHandle};
+pub use server::MockError;
 
 use bytes::Bytes;
 
@@ -135,6 +139,10 @@ pub struct MockConfig {
     /// whose tokens plus `max_tokens` exceed it gets the provider's
     /// context-length error. `None`: unlimited.
     pub context_window: Option<u32>,
+    /// Model calls accepted per rolling minute; past it the mock answers
+    /// its provider's rate-limit error with an exact retry hint, before the
+    /// script is consulted. `None`: unlimited.
+    pub requests_per_minute: Option<u32>,
     /// A fixed reply text instead of the default deterministic one.
     pub reply: Option<String>,
     /// Behaviour once the script is empty.
@@ -149,6 +157,7 @@ impl Default for MockConfig {
             aws_secret_key: None,
             models: Vec::new(),
             context_window: None,
+            requests_per_minute: None,
             reply: None,
             default: Behaviour::ok(),
         }

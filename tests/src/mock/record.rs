@@ -23,6 +23,9 @@ pub struct RecordedRequest {
     pub json: Option<serde_json::Value>,
     /// Time since the mock started.
     pub at: std::time::Duration,
+    /// The status the mock answered with; `None` while it is being handled
+    /// or when it sent none (closed or hung connection).
+    pub status: Option<u16>,
 }
 
 impl RecordedRequest {
@@ -43,6 +46,7 @@ impl RecordedRequest {
             headers: serde_json::Map<String, serde_json::Value>,
             json: Option<&'a serde_json::Value>,
             at_ms: u128,
+            status: Option<u16>,
         }
         let headers = self
             .headers
@@ -62,6 +66,7 @@ impl RecordedRequest {
             headers,
             json: self.json.as_ref(),
             at_ms: self.at.as_millis(),
+            status: self.status,
         })
         .unwrap_or(serde_json::Value::Null)
     }

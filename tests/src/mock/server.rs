@@ -1,30 +1,32 @@
-//! The mock's HTTP server (hyper 1, HTTP/1.1 and h2c on one port) and its
-//! handle: records every request, hands out scripted behaviours, and applies
-//! the transport faults — latency, hangs, closed connections, paced, stalled
-//! and cut bodies — the same way for every provider kind.
+//! The mock's HTTP server (hyper 1, HTTP/1.1 and h2c on one port): records
+//! every request, routes it to the provider module, hands out scripted
+//! behaviours, and applies the transport faults — latency, hangs, closed
+//! connections, stalled and cut bodies, corrupt 200s — the same way for every
+//! provider kind.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::behaviour::{Behaviour, Fault, Script};
+use super::body::{End, InFlight, MockBody, into_response, respond};
+use super::handle::MockHandle;
 use super::record::RecordedRequest;
 use super::render::{Rendered, RequestView, Routed};
 use super::reply::{Call, Reply};
-use super::{Ctx, ErrorKind, MockConfig, ProviderKind, control};
+use super::{Ctx, ErrorKind, MockConfig, ProviderKind, RateLimit, control};
 
 /// Why a mock could not start or a request was dropped on purpose.
 #[derive(Debug, thiserror::Error)]
@@ -41,56 +43,86 @@ pub enum MockError {
     Closed,
 }
 
-/// A running mock. Dropping it stops the server and every open connection.
-pub struct MockHandle {
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-}
-
 pub(crate) struct Shared {
     pub(crate) kind: ProviderKind,
     pub(crate) config: MockConfig,
     state: Mutex<State>,
-    arrived: Notify,
+    pub(crate) arrived: Notify,
     seq: AtomicU64,
-    in_flight: AtomicUsize,
-    aborted: AtomicUsize,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) aborted: AtomicUsize,
     started: Instant,
-    shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
-struct State {
-    script: Script,
-    requests: Vec<RecordedRequest>,
+pub(crate) struct State {
+    pub(crate) script: Script,
+    pub(crate) requests: Vec<RecordedRequest>,
+    /// When the model calls of the last minute were accepted
+    /// (`MockConfig::requests_per_minute`).
+    accepted: VecDeque<Instant>,
 }
 
 impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written
         // (every critical section is a single push/pop), so poisoning is ignored.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn push_script(&self, times: usize, b: Behaviour) {
-        self.state().script.push(times, b);
+    pub(crate) fn push_script(&self, model: Option<&str>, times: usize, b: Behaviour) {
+        self.state().script.push(model, times, b);
     }
 
-    pub(crate) fn set_default(&self, b: Behaviour) {
-        self.state().script.set_default(b);
+    pub(crate) fn set_default(&self, model: Option<&str>, b: Behaviour) {
+        self.state().script.set_default(model, b);
     }
 
     pub(crate) fn reset(&self) {
         let mut st = self.state();
-        st.script.clear();
-        st.script.set_default(self.config.default.clone());
+        st.script.reset(self.config.default.clone());
         st.requests.clear();
+        st.accepted.clear();
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
     }
+
+    /// Note the status answered to request `seq`.
+    fn set_status(&self, seq: u64, status: StatusCode) {
+        let mut st = self.state();
+        if let Some(r) = st.requests.iter_mut().rev().find(|r| r.seq == seq) {
+            r.status = Some(status.as_u16());
+        }
+    }
+
+    /// Admit a model call under the configured requests-per-minute limit, or
+    /// say how long until the oldest call of the window leaves it.
+    fn admit(&self) -> Result<(), Duration> {
+        let Some(rpm) = self.config.requests_per_minute else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut st = self.state();
+        while st
+            .accepted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            st.accepted.pop_front();
+        }
+        if st.accepted.len() >= usize::try_from(rpm).unwrap_or(usize::MAX) {
+            let oldest = st.accepted.front().copied().unwrap_or(now);
+            return Err(RATE_WINDOW.saturating_sub(now.duration_since(oldest)));
+        }
+        st.accepted.push_back(now);
+        Ok(())
+    }
 }
+
+/// The window `requests_per_minute` counts over.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 pub(crate) async fn start(
     kind: ProviderKind,
@@ -109,6 +141,7 @@ pub(crate) async fn start(
         state: Mutex::new(State {
             script: Script::new(config.default.clone()),
             requests: Vec::new(),
+            accepted: VecDeque::new(),
         }),
         config,
         arrived: Notify::new(),
@@ -189,6 +222,7 @@ async fn handle(
             body: body.clone(),
             json: json.clone(),
             at: shared.started.elapsed(),
+            status: None,
         });
     }
     shared.arrived.notify_waiters();
@@ -203,8 +237,32 @@ async fn handle(
         json: json.as_ref(),
         config: &shared.config,
     };
-    let call = match super::route(shared.kind, &view) {
-        Routed::Immediate(rendered) => return Ok(into_response(rendered)),
+    let (rendered, end, behaviour, guard) = match model_call(&shared, &view, seq).await {
+        Outcome::Respond(rendered) => (rendered, End::Complete, Behaviour::ok(), None),
+        Outcome::Paced(rendered, end, behaviour, guard) => (rendered, end, behaviour, Some(guard)),
+        Outcome::Drop => return Err(MockError::Closed),
+    };
+    shared.set_status(seq, rendered.status);
+    Ok(match guard {
+        Some(guard) => respond(rendered, end, &behaviour, guard),
+        None => into_response(rendered),
+    })
+}
+
+enum Outcome {
+    /// Answer at once, no faults applied.
+    Respond(Rendered),
+    /// Answer under a scripted behaviour.
+    Paced(Rendered, End, Behaviour, InFlight),
+    /// Send no response (closed or hung connection).
+    Drop,
+}
+
+/// Route the request, then apply the provider's own checks, the rate limit
+/// and the script.
+async fn model_call(shared: &Arc<Shared>, view: &RequestView<'_>, seq: u64) -> Outcome {
+    let call = match super::route(shared.kind, view) {
+        Routed::Immediate(rendered) => return Outcome::Respond(rendered),
         Routed::Call(call) => call,
     };
     let ctx = Ctx {
@@ -214,33 +272,36 @@ async fn handle(
         latency_ms: 0,
     };
     if let Some(kind) = precondition_error(&shared.config, &call) {
-        return Ok(into_response(super::error(shared.kind, &kind, &ctx)));
+        return Outcome::Respond(super::error(shared.kind, &kind, &ctx));
+    }
+    if let Err(wait) = shared.admit() {
+        let limited = ErrorKind::RateLimited(RateLimit::after(wait));
+        return Outcome::Respond(super::error(shared.kind, &limited, &ctx));
     }
 
-    let behaviour = shared.state().script.next();
+    let behaviour = shared.state().script.next(&call.model);
     let guard = InFlight::new(shared.clone());
     let mut shutdown = shared.shutdown.clone();
     if !behaviour.latency.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(behaviour.latency) => {}
-            _ = shutdown.changed() => return Err(MockError::Closed),
+            _ = shutdown.changed() => return Outcome::Drop,
         }
     }
     let ctx = Ctx {
         latency_ms: u64::try_from(behaviour.latency.as_millis()).unwrap_or(u64::MAX),
         ..ctx
     };
-    let (rendered, end) = match apply(&shared, &call, &behaviour.fault, &ctx) {
-        Applied::Respond(rendered, end) => (rendered, end),
-        Applied::Close => return Err(MockError::Closed),
+    match apply(shared, &call, &behaviour.fault, &ctx) {
+        Applied::Respond(rendered, end) => Outcome::Paced(rendered, end, behaviour, guard),
+        Applied::Close => Outcome::Drop,
         Applied::Hang => {
             // Hold the request until the client gives up (hyper drops this
             // future) or the mock shuts down.
             let _ = shutdown.changed().await;
-            return Err(MockError::Closed);
+            Outcome::Drop
         }
-    };
-    Ok(respond(rendered, end, &behaviour, guard))
+    }
 }
 
 /// Errors the provider would raise on its own, whatever the script says.
@@ -253,14 +314,6 @@ fn precondition_error(config: &MockConfig, call: &Call) -> Option<ErrorKind> {
         .input_tokens()
         .saturating_add(call.max_tokens.unwrap_or(0));
     (wanted > window).then_some(ErrorKind::ContextLength)
-}
-
-/// How a response body ends after its frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    Complete,
-    Abort,
-    Stall,
 }
 
 enum Applied {
@@ -354,230 +407,4 @@ fn corrupt(mut r: Rendered) -> Rendered {
     let body = r.body();
     r.frames = vec![body.slice(..body.len() / 2)];
     r
-}
-
-fn into_response(r: Rendered) -> Response<MockBody> {
-    let mut resp = Response::new(MockBody::Full(Some(r.body())));
-    *resp.status_mut() = r.status;
-    *resp.headers_mut() = r.headers;
-    resp
-}
-
-fn respond(r: Rendered, end: End, b: &Behaviour, guard: InFlight) -> Response<MockBody> {
-    let paced = !b.first_chunk_delay.is_zero() || !b.chunk_delay.is_zero();
-    if end == End::Complete && !paced && !r.streaming {
-        return into_response(r);
-    }
-    let (tx, rx) = mpsc::channel(1);
-    let mut resp = Response::new(MockBody::Channel(rx));
-    *resp.status_mut() = r.status;
-    *resp.headers_mut() = r.headers;
-    let (first, each) = (b.first_chunk_delay, b.chunk_delay);
-    tokio::spawn(pace(r.frames, end, first, each, tx, guard));
-    resp
-}
-
-async fn pace(
-    frames: Vec<Bytes>,
-    end: End,
-    first: Duration,
-    each: Duration,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-    guard: InFlight,
-) {
-    let mut shutdown = guard.shared.shutdown.clone();
-    for (i, frame) in frames.into_iter().enumerate() {
-        let delay = if i == 0 { first } else { each };
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = tx.closed() => return guard.aborted(),
-                _ = shutdown.changed() => return,
-            }
-        }
-        if tx.send(Ok(frame)).await.is_err() {
-            return guard.aborted();
-        }
-    }
-    match end {
-        End::Complete => {}
-        End::Abort => {
-            let _ = tx
-                .send(Err(std::io::Error::other("mock cut the stream (scripted)")))
-                .await;
-        }
-        End::Stall => tokio::select! {
-            _ = tx.closed() => guard.aborted(),
-            _ = shutdown.changed() => {}
-        },
-    }
-}
-
-/// Counts a model call as in flight until its response body is done.
-struct InFlight {
-    shared: Arc<Shared>,
-}
-
-impl InFlight {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self { shared }
-    }
-
-    /// The client went away before the body was complete.
-    fn aborted(&self) {
-        self.shared.aborted.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A response body: whole, or fed frame by frame from a pacing task.
-pub enum MockBody {
-    Full(Option<Bytes>),
-    Channel(mpsc::Receiver<Result<Bytes, std::io::Error>>),
-}
-
-impl Body for MockBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            MockBody::Channel(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self, MockBody::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            MockBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            MockBody::Full(None) => SizeHint::with_exact(0),
-            MockBody::Channel(_) => SizeHint::default(),
-        }
-    }
-}
-
-impl MockHandle {
-    /// Which provider this mock speaks.
-    pub fn kind(&self) -> ProviderKind {
-        self.shared.kind
-    }
-
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:PORT`, no trailing slash.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Queue `behaviour` for the next `times` model calls (after anything
-    /// already queued). Auth failures, unknown paths and model listings do
-    /// not consume steps.
-    pub fn enqueue(&self, times: usize, behaviour: impl Into<Behaviour>) {
-        self.shared.push_script(times, behaviour.into());
-    }
-
-    /// What every model call gets once the queue is empty.
-    pub fn set_default(&self, behaviour: impl Into<Behaviour>) {
-        self.shared.set_default(behaviour.into());
-    }
-
-    /// Drop queued steps (the default stays).
-    pub fn clear_script(&self) {
-        self.shared.state().script.clear();
-    }
-
-    /// Queued steps not yet consumed.
-    pub fn pending_steps(&self) -> usize {
-        self.shared.state().script.pending()
-    }
-
-    /// Every request received so far, in order.
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.requests()
-    }
-
-    /// How many requests were received (control API calls excluded).
-    pub fn request_count(&self) -> usize {
-        self.shared.state().requests.len()
-    }
-
-    /// How many requests were received on `path`.
-    pub fn count_path(&self, path: &str) -> usize {
-        self.shared
-            .state()
-            .requests
-            .iter()
-            .filter(|r| r.path == path)
-            .count()
-    }
-
-    /// Forget recorded requests.
-    pub fn clear_requests(&self) {
-        self.shared.state().requests.clear();
-    }
-
-    /// Model calls whose response is still being produced.
-    pub fn in_flight(&self) -> usize {
-        self.shared.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Paced, stalled or streamed responses the client abandoned before
-    /// their end (it closed the connection or reset the stream).
-    pub fn aborted_responses(&self) -> usize {
-        self.shared.aborted.load(Ordering::SeqCst)
-    }
-
-    /// Wait until at least `n` requests arrived, or `timeout` passed; returns
-    /// whether they did.
-    pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notified = self.shared.arrived.notified();
-            if self.request_count() >= n {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.request_count() >= n;
-            }
-        }
-    }
-
-    /// Wait until `aborted_responses()` reaches `n`, or `timeout` passed.
-    pub async fn wait_for_aborts(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.aborted_responses() < n {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        true
-    }
-
-    /// Stop serving and close every connection (also done on drop).
-    pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
-    }
-}
-
-impl Drop for MockHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
