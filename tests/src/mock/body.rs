@@ -35,6 +35,7 @@ pub(crate) fn into_response(r: Rendered) -> Response<MockBody> {
 pub(crate) fn respond(r: Rendered, end: End, b: &Behaviour, guard: InFlight) -> Response<MockBody> {
     let paced = !b.first_chunk_delay.is_zero() || !b.chunk_delay.is_zero();
     if end == End::Complete && !paced && !r.streaming {
+        guard.settle();
         return into_response(r);
     }
     let (tx, rx) = mpsc::channel(1);
@@ -60,12 +61,13 @@ async fn pace(
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = tx.closed() => return guard.aborted(),
-                _ = shutdown.changed() => return,
+                // The client left: `guard` drops unsettled and counts it.
+                _ = tx.closed() => return,
+                _ = shutdown.changed() => return guard.settle(),
             }
         }
         if tx.send(Ok(frame)).await.is_err() {
-            return guard.aborted();
+            return;
         }
     }
     match end {
@@ -76,32 +78,42 @@ async fn pace(
                 .await;
         }
         End::Stall => tokio::select! {
-            _ = tx.closed() => guard.aborted(),
+            _ = tx.closed() => return,
             _ = shutdown.changed() => {}
         },
     }
+    guard.settle();
 }
 
-/// Counts a model call as in flight until its response body is done.
+/// Counts a model call as in flight until its response is done. Dropped
+/// without [`InFlight::settle`] — hyper dropped the request or the body
+/// because the client left — it counts an abandoned response.
 pub(crate) struct InFlight {
     shared: Arc<Shared>,
+    settled: bool,
 }
 
 impl InFlight {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self { shared }
+        Self {
+            shared,
+            settled: false,
+        }
     }
 
-    /// The client went away before the body was complete.
-    fn aborted(&self) {
-        self.shared.aborted.fetch_add(1, Ordering::SeqCst);
+    /// The response ended as the mock meant it to (or the mock shut down).
+    pub(crate) fn settle(mut self) {
+        self.settled = true;
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.settled {
+            self.shared.aborted.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -112,8 +112,9 @@ impl MockHandle {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Paced, stalled or streamed responses the client abandoned before
-    /// their end (it closed the connection or reset the stream).
+    /// Model calls the client abandoned before the mock finished answering:
+    /// it closed the connection or reset the stream while the mock waited
+    /// (latency, hang) or was sending the body (paced, stalled, streamed).
     pub fn aborted_responses(&self) -> usize {
         self.shared.aborted.load(Ordering::SeqCst)
     }

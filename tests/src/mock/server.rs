@@ -280,12 +280,17 @@ async fn model_call(shared: &Arc<Shared>, view: &RequestView<'_>, seq: u64) -> O
     }
 
     let behaviour = shared.state().script.next(&call.model);
+    // If the client leaves while this future waits, hyper drops it and the
+    // unsettled guard counts an abandoned response.
     let guard = InFlight::new(shared.clone());
     let mut shutdown = shared.shutdown.clone();
     if !behaviour.latency.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(behaviour.latency) => {}
-            _ = shutdown.changed() => return Outcome::Drop,
+            _ = shutdown.changed() => {
+                guard.settle();
+                return Outcome::Drop;
+            }
         }
     }
     let ctx = Ctx {
@@ -294,11 +299,15 @@ async fn model_call(shared: &Arc<Shared>, view: &RequestView<'_>, seq: u64) -> O
     };
     match apply(shared, &call, &behaviour.fault, &ctx) {
         Applied::Respond(rendered, end) => Outcome::Paced(rendered, end, behaviour, guard),
-        Applied::Close => Outcome::Drop,
+        Applied::Close => {
+            guard.settle();
+            Outcome::Drop
+        }
         Applied::Hang => {
             // Hold the request until the client gives up (hyper drops this
             // future) or the mock shuts down.
             let _ = shutdown.changed().await;
+            guard.settle();
             Outcome::Drop
         }
     }
