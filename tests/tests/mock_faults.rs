@@ -521,3 +521,24 @@ async fn requests_per_minute_answers_the_providers_429_with_an_exact_hint() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn keeps_only_the_most_recent_requests_but_counts_all() {
+    bounded(async {
+        let config = MockConfig {
+            keep_requests: 2,
+            ..MockConfig::default()
+        };
+        let mock = MockProvider::start(ProviderKind::OpenAi, config)
+            .await
+            .expect("mock");
+        let req = example(ProviderKind::OpenAi, &mock, false);
+        for _ in 0..5 {
+            req.send().await.expect("r");
+        }
+        assert_eq!(mock.request_count(), 5);
+        let seqs: Vec<u64> = mock.requests().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [4, 5]);
+    })
+    .await;
+}

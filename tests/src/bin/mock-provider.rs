@@ -41,6 +41,9 @@ struct Args {
     /// Model calls accepted per rolling minute before the provider's 429.
     #[arg(long)]
     requests_per_minute: Option<u32>,
+    /// Recent requests kept for `/__mock/requests`.
+    #[arg(long, default_value_t = 10_000)]
+    keep_requests: usize,
     /// Fixed reply text.
     #[arg(long)]
     reply: Option<String>,
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         models: args.models,
         context_window: args.context_window,
         requests_per_minute: args.requests_per_minute,
+        keep_requests: args.keep_requests,
         reply: args.reply,
         default: Behaviour::ok()
             .with_latency(Duration::from_millis(args.latency_ms))

@@ -32,6 +32,8 @@ use super::{Ctx, ErrorKind, RateLimit};
 
 /// Requests per minute the rate-limit headers advertise.
 pub const RATE_LIMIT_REQUESTS: u32 = 4_000;
+/// Tokens per minute the rate-limit headers advertise.
+pub const RATE_LIMIT_TOKENS: u32 = 2_000_000;
 
 pub(crate) fn route(req: &RequestView<'_>) -> Routed {
     if (req.method, req.path) != (&Method::POST, "/v1/messages") {
@@ -291,6 +293,18 @@ fn with_headers(r: Rendered, ctx: &Ctx<'_>, remaining: u32, reset_in: Duration) 
         .header(
             "anthropic-ratelimit-requests-reset",
             reset.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+        .header(
+            "anthropic-ratelimit-tokens-limit",
+            RATE_LIMIT_TOKENS.to_string(),
+        )
+        .header(
+            "anthropic-ratelimit-tokens-remaining",
+            RATE_LIMIT_TOKENS.to_string(),
+        )
+        .header(
+            "anthropic-ratelimit-tokens-reset",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         )
 }
 

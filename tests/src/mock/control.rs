@@ -7,7 +7,8 @@
 //!   behaviour (for one model when `model` is given);
 //! - `POST /__mock/reset` — clear the script (back to the configured default)
 //!   and the recorded requests;
-//! - `GET /__mock/requests` — recorded requests as JSON (`count`, `requests`).
+//! - `GET /__mock/requests` — `count` received and the kept `requests`
+//!   (method, path, query, headers, JSON body, answered status).
 //!
 //! Behaviours are [`Behaviour`] in JSON, durations in milliseconds, e.g.
 //! `{"fault": {"type": "error", "kind": "rate_limited", "retry_after": 2000},
@@ -64,11 +65,11 @@ pub(crate) fn handle(shared: &Shared, method: &Method, path: &str, body: &[u8]) 
             ok()
         }
         ("GET", "requests") => {
-            let reqs = shared.requests();
-            let list: Vec<_> = reqs.iter().map(|r| r.summary()).collect();
+            let received = shared.state().received;
+            let list: Vec<_> = shared.requests().iter().map(|r| r.summary()).collect();
             Rendered::json(
                 StatusCode::OK,
-                &json!({ "kind": shared.kind.name(), "count": list.len(), "requests": list }),
+                &json!({ "kind": shared.kind.name(), "count": received, "requests": list }),
             )
         }
         _ => Rendered::json(

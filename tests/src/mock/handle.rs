@@ -72,17 +72,19 @@ impl MockHandle {
         self.shared.state().script.pending()
     }
 
-    /// Every request received so far, in order.
+    /// The requests received so far, in order (the most recent
+    /// `MockConfig::keep_requests` of them).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests()
     }
 
-    /// How many requests were received (control API calls excluded).
+    /// How many requests were received since the last clear, including any
+    /// no longer kept (control API calls excluded).
     pub fn request_count(&self) -> usize {
-        self.shared.state().requests.len()
+        self.shared.state().received
     }
 
-    /// How many requests were received on `path`.
+    /// How many of the kept requests were received on `path`.
     pub fn count_path(&self, path: &str) -> usize {
         self.shared
             .state()
@@ -92,7 +94,7 @@ impl MockHandle {
             .count()
     }
 
-    /// How many requests were answered with `status`.
+    /// How many of the kept requests were answered with `status`.
     pub fn count_status(&self, status: u16) -> usize {
         self.shared
             .state()
@@ -104,7 +106,9 @@ impl MockHandle {
 
     /// Forget recorded requests.
     pub fn clear_requests(&self) {
-        self.shared.state().requests.clear();
+        let mut st = self.shared.state();
+        st.requests.clear();
+        st.received = 0;
     }
 
     /// Model calls whose response is still being produced.

@@ -22,6 +22,16 @@
 //! # let _ = base; Ok(()) }
 //! ```
 //!
+//! Scripting: a model call takes a step queued for its model
+//! ([`MockHandle::enqueue_for`]), else a shared step ([`MockHandle::enqueue`]),
+//! else its model's default, else the shared default. Auth failures, unknown
+//! paths, unparsable bodies, unknown models ([`MockConfig::models`]),
+//! over-long prompts ([`MockConfig::context_window`]) and calls over
+//! [`MockConfig::requests_per_minute`] get the provider's own answer without
+//! consuming a step. Reply text and token usage are deterministic (rules in
+//! `reply.rs`: tokens are `ceil(chars / 4)`). A process started from the
+//! `mock-provider` binary is scripted through its `/__mock/` control API.
+//!
 //! Layout: [`behaviour`] is the one fault model; `server` the hyper server
 //! that applies transport faults (delays, hangs, cuts) the same way for every
 //! kind; one module per provider renders calls, errors and in-stream errors
@@ -143,6 +153,9 @@ pub struct MockConfig {
     /// its provider's rate-limit error with an exact retry hint, before the
     /// script is consulted. `None`: unlimited.
     pub requests_per_minute: Option<u32>,
+    /// How many recent requests the mock keeps for inspection (counts go on
+    /// past it), so long benchmark runs stay bounded.
+    pub keep_requests: usize,
     /// A fixed reply text instead of the default deterministic one.
     pub reply: Option<String>,
     /// Behaviour once the script is empty.
@@ -158,6 +171,7 @@ impl Default for MockConfig {
             models: Vec::new(),
             context_window: None,
             requests_per_minute: None,
+            keep_requests: 10_000,
             reply: None,
             default: Behaviour::ok(),
         }

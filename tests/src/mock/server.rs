@@ -57,7 +57,10 @@ pub(crate) struct Shared {
 
 pub(crate) struct State {
     pub(crate) script: Script,
-    pub(crate) requests: Vec<RecordedRequest>,
+    /// The most recent `MockConfig::keep_requests` requests.
+    pub(crate) requests: VecDeque<RecordedRequest>,
+    /// Requests received since the last clear, kept or not.
+    pub(crate) received: usize,
     /// When the model calls of the last minute were accepted
     /// (`MockConfig::requests_per_minute`).
     accepted: VecDeque<Instant>,
@@ -82,11 +85,12 @@ impl Shared {
         let mut st = self.state();
         st.script.reset(self.config.default.clone());
         st.requests.clear();
+        st.received = 0;
         st.accepted.clear();
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
-        self.state().requests.clone()
+        self.state().requests.iter().cloned().collect()
     }
 
     /// Note the status answered to request `seq`.
@@ -140,7 +144,8 @@ pub(crate) async fn start(
         kind,
         state: Mutex::new(State {
             script: Script::new(config.default.clone()),
-            requests: Vec::new(),
+            requests: VecDeque::new(),
+            received: 0,
             accepted: VecDeque::new(),
         }),
         config,
@@ -212,7 +217,7 @@ async fn handle(
     let seq = shared.seq.fetch_add(1, Ordering::SeqCst) + 1;
     {
         let mut st = shared.state();
-        st.requests.push(RecordedRequest {
+        st.requests.push_back(RecordedRequest {
             seq,
             method: parts.method.clone(),
             path: path.clone(),
@@ -224,6 +229,11 @@ async fn handle(
             at: shared.started.elapsed(),
             status: None,
         });
+        st.received += 1;
+        // Long benchmark runs must not grow the mock without bound.
+        while st.requests.len() > shared.config.keep_requests {
+            st.requests.pop_front();
+        }
     }
     shared.arrived.notify_waiters();
 
