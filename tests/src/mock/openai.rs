@@ -4,7 +4,7 @@
 //! object `{"error":{"message","type","param","code"}}` and the
 //! `x-ratelimit-*` / `retry-after(-ms)` / `x-request-id` headers.
 //!
-//! Azure OpenAI shares the bodies ([`Flavor::Azure`] adds its content-filter
+//! Azure OpenAI shares the bodies (`Flavor::Azure` adds its content-filter
 //! annotations); its paths, auth and a few errors live in `azure.rs`. Errors
 //! are rendered in `openai/errors.rs`.
 
