@@ -542,3 +542,35 @@ async fn keeps_only_the_most_recent_requests_but_counts_all() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn refused_and_not_tls_endpoints_fail_below_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let addr = sluice_tests::mock::net::refusing_addr()
+            .await
+            .expect("addr");
+        let err = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+
+        let server = sluice_tests::mock::net::NotTlsServer::start()
+            .await
+            .expect("server");
+        assert!(server.url().starts_with("https://127.0.0.1:"));
+        let mut s = tokio::net::TcpStream::connect(server.addr())
+            .await
+            .expect("tcp connects");
+        // The start of a TLS ClientHello record.
+        s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x2f, 0x01])
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.expect("read");
+        assert_eq!(reply, sluice_tests::mock::net::NOT_TLS_REPLY);
+        assert_ne!(reply[0], 0x16, "not a TLS handshake record");
+        assert_eq!(server.connections(), 1);
+    })
+    .await;
+}

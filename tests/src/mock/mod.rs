@@ -48,6 +48,7 @@ mod control;
 pub mod eventstream;
 pub mod gemini;
 mod handle;
+pub mod net;
 pub mod openai;
 mod record;
 mod render;
