@@ -574,3 +574,64 @@ async fn refused_and_not_tls_endpoints_fail_below_http() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn tls_mock_serves_https_with_its_own_ca() {
+    use sluice_tests::mock::tls::client_config;
+    bounded(async {
+        let mock = MockProvider::start_tls(ProviderKind::Anthropic, MockConfig::default())
+            .await
+            .expect("tls mock");
+        assert!(mock.url().starts_with("https://127.0.0.1:"));
+        assert!(
+            mock.ca_pem()
+                .expect("pem")
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        let ca = mock.ca_der().expect("der").clone();
+        let req = ExampleRequest::chat(ProviderKind::Anthropic, &mock.url(), "c", "hi", true);
+        let headers: Vec<(&str, &str)> = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (proto, alpn) in [(Proto::Http1, &b"http/1.1"[..]), (Proto::H2c, &b"h2"[..])] {
+            let config = client_config(&ca, &[alpn]).expect("client config");
+            let s = client::open_tls(
+                config,
+                proto,
+                Method::POST,
+                &req.url,
+                &headers,
+                req.body.to_string(),
+            )
+            .await
+            .expect("https response");
+            assert_eq!(s.status, StatusCode::OK);
+            let (body, err) = s.read_all().await;
+            assert!(err.is_none());
+            assert!(String::from_utf8_lossy(&body).contains("event: message_stop"));
+        }
+        let versions: Vec<_> = mock.requests().iter().map(|r| r.version).collect();
+        assert_eq!(versions, [http::Version::HTTP_11, http::Version::HTTP_2]);
+
+        // A client that does not trust the mock's CA fails the handshake.
+        let other = MockProvider::start_tls(ProviderKind::OpenAi, MockConfig::default())
+            .await
+            .expect("another tls mock");
+        let wrong = client_config(other.ca_der().expect("der"), &[b"http/1.1"]).expect("config");
+        let err = client::open_tls(wrong, Proto::Http1, Method::POST, &req.url, &headers, "")
+            .await
+            .err()
+            .expect("untrusted certificate");
+        assert!(matches!(err, client::ClientError::Tls(_)), "{err}");
+        // Plain HTTP to the TLS port gets no HTTP answer.
+        let plain = req.url.replace("https://", "http://");
+        assert!(
+            client::send(Method::POST, &plain, &headers, "")
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}

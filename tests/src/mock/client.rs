@@ -20,6 +20,8 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("building the request: {0}")]
     Build(#[from] http::Error),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A complete response.
@@ -92,7 +94,7 @@ impl Streaming {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Http1,
-    /// HTTP/2 with prior knowledge (no TLS).
+    /// HTTP/2 with prior knowledge (h2c in clear; h2 inside TLS).
     H2c,
 }
 
@@ -104,6 +106,30 @@ pub async fn open(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Result<Streaming, ClientError> {
+    open_with(None, proto, method, url, headers, body.into()).await
+}
+
+/// Like [`open`] over TLS with `config` (see `mock::tls::client_config`);
+/// `proto` picks the HTTP version spoken inside the TLS session.
+pub async fn open_tls(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    proto: Proto,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Streaming, ClientError> {
+    open_with(Some(config), proto, method, url, headers, body.into()).await
+}
+
+async fn open_with(
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    proto: Proto,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Streaming, ClientError> {
     let uri: http::Uri = url.parse().map_err(|_| ClientError::Url(url.to_owned()))?;
     let authority = uri
         .authority()
@@ -111,7 +137,6 @@ pub async fn open(
         .clone();
     let stream = TcpStream::connect(authority.as_str()).await?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
     let mut builder = Request::builder().method(method).uri(uri);
     if proto == Proto::Http1 {
         builder = builder.header(http::header::HOST, authority.as_str());
@@ -119,8 +144,37 @@ pub async fn open(
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let req = builder.body(Full::new(body.into()))?;
-    let resp = match proto {
+    let req = builder.body(Full::new(body))?;
+    let resp = match tls {
+        None => exchange(stream, proto, req).await?,
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(authority.host().to_owned())
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            exchange(stream, proto, req).await?
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    Ok(Streaming {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+async fn exchange<I>(
+    io: I,
+    proto: Proto,
+    req: Request<Full<Bytes>>,
+) -> Result<http::Response<Incoming>, ClientError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    Ok(match proto {
         Proto::Http1 => {
             let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
@@ -132,12 +186,6 @@ pub async fn open(
             tokio::spawn(conn);
             sender.send_request(req).await?
         }
-    };
-    let (parts, body) = resp.into_parts();
-    Ok(Streaming {
-        status: parts.status,
-        headers: parts.headers,
-        body,
     })
 }
 

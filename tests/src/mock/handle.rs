@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -19,6 +20,8 @@ pub struct MockHandle {
     pub(crate) shared: Arc<Shared>,
     pub(crate) addr: SocketAddr,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The CA (PEM, DER) of a TLS mock.
+    pub(crate) ca: Option<(String, CertificateDer<'static>)>,
 }
 
 impl MockHandle {
@@ -32,9 +35,21 @@ impl MockHandle {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// `http://127.0.0.1:PORT` (`https://` for a TLS mock), no trailing
+    /// slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A TLS mock's CA certificate in PEM, for the client's extra-CA option.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(|(pem, _)| pem.as_str())
+    }
+
+    /// A TLS mock's CA certificate in DER.
+    pub fn ca_der(&self) -> Option<&CertificateDer<'static>> {
+        self.ca.as_ref().map(|(_, der)| der)
     }
 
     /// Queue `behaviour` for the next `times` model calls (after anything

@@ -55,6 +55,7 @@ mod render;
 mod reply;
 mod server;
 pub mod sigv4;
+pub mod tls;
 
 use std::fmt;
 use std::str::FromStr;
@@ -185,7 +186,18 @@ pub struct MockProvider;
 impl MockProvider {
     /// Start a `kind` mock on `127.0.0.1` on a free port.
     pub async fn start(kind: ProviderKind, config: MockConfig) -> Result<MockHandle, MockError> {
-        server::start(kind, config, ([127, 0, 0, 1], 0).into()).await
+        server::start(kind, config, ([127, 0, 0, 1], 0).into(), None).await
+    }
+
+    /// Start a `kind` mock serving HTTPS on `127.0.0.1` with a fresh CA
+    /// ([`MockHandle::ca_pem`]) and a certificate for `localhost` and
+    /// `127.0.0.1`.
+    pub async fn start_tls(
+        kind: ProviderKind,
+        config: MockConfig,
+    ) -> Result<MockHandle, MockError> {
+        let tls = tls::generate()?;
+        server::start(kind, config, ([127, 0, 0, 1], 0).into(), Some(tls)).await
     }
 
     /// Start a `kind` mock on `addr` (the binary's `--listen`).
@@ -194,7 +206,7 @@ impl MockProvider {
         config: MockConfig,
         addr: std::net::SocketAddr,
     ) -> Result<MockHandle, MockError> {
-        server::start(kind, config, addr).await
+        server::start(kind, config, addr, None).await
     }
 }
 

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use super::behaviour::{Behaviour, Fault, Script};
 use super::body::{End, InFlight, MockBody, into_response, respond};
@@ -26,6 +27,7 @@ use super::handle::MockHandle;
 use super::record::RecordedRequest;
 use super::render::{Rendered, RequestView, Routed};
 use super::reply::{Call, Reply};
+use super::tls::TlsMaterial;
 use super::{Ctx, ErrorKind, MockConfig, ProviderKind, RateLimit, control};
 
 /// Why a mock could not start or a request was dropped on purpose.
@@ -41,6 +43,8 @@ pub enum MockError {
     /// The scripted "close the connection before headers" fault.
     #[error("mock closed the connection before headers (scripted)")]
     Closed,
+    #[error("setting up TLS: {0}")]
+    Tls(String),
 }
 
 pub(crate) struct Shared {
@@ -132,6 +136,7 @@ pub(crate) async fn start(
     kind: ProviderKind,
     config: MockConfig,
     addr: SocketAddr,
+    tls: Option<TlsMaterial>,
 ) -> Result<MockHandle, MockError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -156,11 +161,16 @@ pub(crate) async fn start(
         started: Instant::now(),
         shutdown: shutdown_rx.clone(),
     });
-    tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
+    let (acceptor, ca) = match tls {
+        Some(t) => (Some(t.acceptor), Some((t.ca_pem, t.ca_der))),
+        None => (None, None),
+    };
+    tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx, acceptor));
     Ok(MockHandle {
         shared,
         addr,
         shutdown,
+        ca,
     })
 }
 
@@ -168,6 +178,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let stream = tokio::select! {
@@ -180,18 +191,35 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc_shared = shared.clone();
-            let svc = service_fn(move |req| handle(svc_shared.clone(), req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                // Dropping the connection closes the socket.
-                _ = shutdown.changed() => {}
+            match tls {
+                None => serve(stream, shared, shutdown).await,
+                Some(acceptor) => {
+                    // A failed handshake just closes the connection.
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve(stream, shared, shutdown).await;
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serve HTTP/1.1 or HTTP/2 (by preface) on one connection until it ends or
+/// the mock shuts down.
+async fn serve<I>(io: I, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(shared.clone(), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::select! {
+        _ = conn => {}
+        // Dropping the connection closes the socket.
+        _ = shutdown.changed() => {}
     }
 }
 
