@@ -1,6 +1,6 @@
 //! `mock-provider`: one mock LLM provider as a process, for benchmarks and
-//! end-to-end tests. Prints its bound address (`127.0.0.1:PORT`) on stdout,
-//! then serves until killed. Scripted at run time through its `/__mock/`
+//! end-to-end tests. Prints its bound address (`127.0.0.1:PORT`) on stdout
+//! (after writing `--ca-out` for a `--tls` mock), then serves until killed. Scripted at run time through its `/__mock/`
 //! control API (see `sluice_tests::mock`).
 
 use std::io::Write;
@@ -47,6 +47,12 @@ struct Args {
     /// Fixed reply text.
     #[arg(long)]
     reply: Option<String>,
+    /// Serve HTTPS with a fresh CA (written to --ca-out).
+    #[arg(long)]
+    tls: bool,
+    /// Where to write the CA certificate (PEM) of a --tls mock.
+    #[arg(long, requires = "tls")]
+    ca_out: Option<std::path::PathBuf>,
     /// Delay before response headers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
@@ -75,9 +81,15 @@ async fn main() -> anyhow::Result<()> {
             .with_first_chunk_delay(Duration::from_millis(args.first_chunk_delay_ms))
             .with_chunk_delay(Duration::from_millis(args.chunk_delay_ms)),
     };
-    let mock = MockProvider::start_on(args.kind, config, args.listen)
-        .await
-        .context("starting the mock")?;
+    let mock = if args.tls {
+        MockProvider::start_on_tls(args.kind, config, args.listen).await
+    } else {
+        MockProvider::start_on(args.kind, config, args.listen).await
+    }
+    .context("starting the mock")?;
+    if let (Some(path), Some(pem)) = (&args.ca_out, mock.ca_pem()) {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", mock.addr())?;
     out.flush()?;

@@ -208,6 +208,15 @@ impl MockProvider {
     ) -> Result<MockHandle, MockError> {
         server::start(kind, config, addr, None).await
     }
+
+    /// Start a `kind` mock serving HTTPS on `addr`.
+    pub async fn start_on_tls(
+        kind: ProviderKind,
+        config: MockConfig,
+        addr: std::net::SocketAddr,
+    ) -> Result<MockHandle, MockError> {
+        server::start(kind, config, addr, Some(tls::generate()?)).await
+    }
 }
 
 /// Per-request facts every renderer may use.
