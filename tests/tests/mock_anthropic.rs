@@ -258,6 +258,23 @@ async fn auth_version_and_validation() {
         assert_eq!(r.json()["error"]["message"], "max_tokens: Field required");
         let rec = &mock.requests()[1];
         assert_eq!(rec.header("x-api-key"), Some("sk-ant-wrong"));
+        // Current SDKs send the key as a bearer token.
+        let bearer = [
+            ("authorization", "Bearer mock-key"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let r = client::post_json(&url, &bearer, &body(false))
+            .await
+            .expect("r");
+        assert_eq!(r.status, StatusCode::OK);
+        let wrong = [
+            ("authorization", "Bearer nope"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let r = client::post_json(&url, &wrong, &body(false))
+            .await
+            .expect("r");
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     })
     .await;
 }
