@@ -296,7 +296,7 @@ async fn every_error_kind_has_its_type_and_status() {
                 429,
                 "rate_limit_error",
             ),
-            (ErrorKind::QuotaExhausted, 400, "invalid_request_error"),
+            (ErrorKind::QuotaExhausted, 402, "billing_error"),
             (ErrorKind::ServerError, 500, "api_error"),
             (ErrorKind::Overloaded, 529, "overloaded_error"),
             (ErrorKind::ModelNotReady, 529, "overloaded_error"),

@@ -9,9 +9,9 @@
 //! `message_stop`, plus `event: error` mid-stream.
 //!
 //! Errors are `{"type":"error","error":{"type","message"},"request_id"}`:
-//! 400 `invalid_request_error` (bad request, context length, credit balance
-//! for quota, output blocked for the content filter), 401
-//! `authentication_error`, 403 `permission_error`, 404 `not_found_error`, 413
+//! 400 `invalid_request_error` (bad request, context length, output blocked
+//! for the content filter), 401 `authentication_error`, 402 `billing_error`
+//! (quota: the credit balance; the SDK's `PaymentRequiredError`), 403 `permission_error`, 404 `not_found_error`, 413
 //! `request_too_large`, 429 `rate_limit_error` with `retry-after` and
 //! `anthropic-ratelimit-requests-*` headers (reset in RFC 3339), 500
 //! `api_error`, 504 `timeout_error`, 529 `overloaded_error` (also for
@@ -378,8 +378,8 @@ fn describe(kind: &ErrorKind, ctx: &Ctx<'_>) -> (StatusCode, &'static str, Strin
             ),
         ),
         ErrorKind::QuotaExhausted => (
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
+            StatusCode::PAYMENT_REQUIRED,
+            "billing_error",
             "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.".into(),
         ),
         ErrorKind::ServerError => (

@@ -170,6 +170,7 @@ def an_errors():
     for kind, cls in [("rate_limited", anthropic.RateLimitError), ("auth", anthropic.AuthenticationError),
                       ("permission_denied", anthropic.PermissionDeniedError), ("not_found", anthropic.NotFoundError),
                       ("request_too_large", anthropic.APIStatusError), ("server_error", anthropic.InternalServerError),
+                      ("quota_exhausted", anthropic.APIStatusError), ("timeout", anthropic.InternalServerError),
                       ("overloaded", anthropic.APIStatusError)]:
         enqueue(an, {"fault": {"type": "error", "kind": kind}})
         try:
