@@ -237,6 +237,17 @@ def ge_errors():
         assert e.code == 400 and "API key not valid" in e.message
 check("gemini errors (google-genai)", ge_errors)
 
+def ge_mid_stream():
+    enqueue(ge, {"fault": {"type": "mid_stream_error", "after": 2, "kind": {"kind": "overloaded"}}})
+    got = []
+    try:
+        for ch in gc.models.generate_content_stream(model="gemini-2.0-flash", contents="hello"):
+            got.append(ch.text)
+        raise AssertionError("no error")
+    except gerrors.ServerError as e:
+        assert e.code == 503 and len(got) == 2, (e.code, got)
+check("gemini mid-stream error chunk raises ServerError", ge_mid_stream)
+
 # ---------------- Bedrock ----------------
 import boto3, botocore
 from botocore.config import Config
