@@ -635,3 +635,38 @@ async fn tls_mock_serves_https_with_its_own_ca() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn chosen_headers_and_raw_answers() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        let req = example(ProviderKind::OpenAi, &mock, false);
+        mock.enqueue(
+            1,
+            Behaviour::error(ErrorKind::RateLimited(
+                sluice_tests::mock::RateLimit::default(),
+            ))
+            .with_header("x-ratelimit-reset-requests", "17.5s")
+            .with_header("retry-after", "3"),
+        );
+        let r = req.send().await.expect("r");
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.header("x-ratelimit-reset-requests"), Some("17.5s"));
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+
+        mock.enqueue(
+            1,
+            Fault::Raw {
+                status: 502,
+                headers: vec![("content-type".into(), "text/plain".into())],
+                body: "upstream connect error or disconnect/reset before headers".into(),
+            },
+        );
+        let r = req.send().await.expect("r");
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+        assert!(r.text().starts_with("upstream connect error"));
+    })
+    .await;
+}

@@ -128,6 +128,14 @@ pub enum Fault {
         /// Frames sent before the cut.
         after: usize,
     },
+    /// Answer exactly this, for what the model above does not cover.
+    Raw {
+        status: u16,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+        #[serde(default)]
+        body: String,
+    },
 }
 
 /// A fault plus timing: what the mock does with one request.
@@ -145,6 +153,10 @@ pub struct Behaviour {
     /// Delay before every body frame after the first.
     #[serde(default, with = "millis")]
     pub chunk_delay: Duration,
+    /// Headers set on the response after the provider rendered it
+    /// (replacing any of the same name), e.g. chosen rate-limit values.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 impl Behaviour {
@@ -181,6 +193,12 @@ impl Behaviour {
     /// Wait `d` before each body frame after the first.
     pub fn with_chunk_delay(mut self, d: Duration) -> Self {
         self.chunk_delay = d;
+        self
+    }
+
+    /// Set header `name: value` on the response, over what the provider sent.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 }
