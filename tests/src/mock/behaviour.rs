@@ -38,7 +38,7 @@ pub enum ErrorKind {
     /// Transient rate limit (429) with the provider's retry hints.
     RateLimited(RateLimit),
     /// Out of quota or credit (OpenAI 429 `insufficient_quota`, Bedrock
-    /// `ServiceQuotaExceededException`, Anthropic 400 credit balance).
+    /// `ServiceQuotaExceededException`, Anthropic 402 `billing_error`, Gemini 429 per-day quota).
     QuotaExhausted,
     /// Internal error (500).
     ServerError,
