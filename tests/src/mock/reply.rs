@@ -50,6 +50,9 @@ pub(crate) struct Call {
     pub embedding_inputs: Vec<usize>,
     /// Embeddings: requested dimensions.
     pub dimensions: Option<usize>,
+    /// Embeddings: a batch call (Gemini `batchEmbedContents`), answered as a
+    /// list.
+    pub batch: bool,
 }
 
 /// The two operations mocks serve.
