@@ -248,6 +248,11 @@ def ge_mid_stream():
         assert e.code == 503 and len(got) == 2, (e.code, got)
 check("gemini mid-stream error chunk raises ServerError", ge_mid_stream)
 
+def ge_embed():
+    r = gc.models.embed_content(model="text-embedding-004", contents=["a", "bb"])
+    assert len(r.embeddings) == 2 and len(r.embeddings[0].values) == 8, r
+check("gemini embed_content", ge_embed)
+
 # ---------------- Bedrock ----------------
 import boto3, botocore
 from botocore.config import Config
