@@ -51,7 +51,7 @@ async fn hang_before_headers_never_answers() {
         let req = example(ProviderKind::Gemini, &mock, false);
         let r = tokio::time::timeout(Duration::from_millis(300), req.send()).await;
         assert!(r.is_err(), "no response headers within 300 ms");
-        assert_eq!(mock.request_count(), 1);
+        assert!(mock.wait_for_requests(1, Duration::from_secs(5)).await);
         // The client gave up (its connection dropped with the timed-out
         // future): the mock sees the request abandoned.
         assert!(mock.wait_for_aborts(1, Duration::from_secs(5)).await);

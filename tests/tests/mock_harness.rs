@@ -361,3 +361,30 @@ async fn tls_mock_serves_https_with_its_own_ca() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn many_concurrent_calls_are_all_answered_and_counted() {
+    bounded(async {
+        let mock = start(ProviderKind::OpenAi).await;
+        mock.set_default(Behaviour::ok().with_chunk_delay(Duration::from_millis(1)));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let req =
+                ExampleRequest::chat(ProviderKind::OpenAi, &mock.url(), "m", "hi", i % 2 == 0);
+            tasks.push(tokio::spawn(
+                async move { req.send().await.map(|r| r.status) },
+            ));
+        }
+        for t in tasks {
+            assert_eq!(t.await.expect("join").expect("response"), StatusCode::OK);
+        }
+        assert_eq!(mock.request_count(), 200);
+        assert_eq!(mock.count_status(200), 200);
+        // Pacing tasks finish just after their last frame reaches the client.
+        while mock.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(mock.aborted_responses(), 0);
+    })
+    .await;
+}
