@@ -100,9 +100,11 @@ pub enum Fault {
     /// `finish_reason: content_filter`, Anthropic `stop_reason: refusal`,
     /// Gemini `finishReason: SAFETY`, Bedrock `stopReason: content_filtered`).
     Refusal,
-    /// Stream `after` content frames, then the provider's in-stream error
-    /// event for `kind`, then end the stream. Non-stream calls get `kind` as a
-    /// plain error.
+    /// Stream the first `after` frames of the normal stream (every frame
+    /// counts, `message_start` and `ping` included), then the provider's
+    /// in-stream error event for `kind`, then end the stream. Non-stream calls
+    /// get `kind` as a plain error. (Gemini's JSON-array stream needs
+    /// `after >= 1` to stay a well-formed array.)
     MidStreamError {
         /// Content frames sent before the error event.
         after: usize,
