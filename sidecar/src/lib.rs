@@ -23,5 +23,6 @@ pub mod policy;
 pub mod provider;
 pub mod request_id;
 pub mod route;
+pub mod run;
 pub mod server;
 pub mod standalone;

@@ -4,20 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_crds::load::Admission;
-use sluice_sidecar::app::App;
 use sluice_sidecar::attempt::Bounds;
-use sluice_sidecar::config::ConfigHandle;
-use sluice_sidecar::egress::Egress;
 use sluice_sidecar::ingress::Limits;
-use sluice_sidecar::metrics::Metrics;
-use sluice_sidecar::server::{self, Role};
-use sluice_sidecar::standalone;
-use tokio::net::TcpListener;
+use sluice_sidecar::{run, standalone};
 
 /// Sluice sidecar: an OpenAI-compatible LLM gateway on 127.0.0.1.
 #[derive(Parser, Debug)]
@@ -105,7 +97,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             flags.listen
         );
     }
-    let handle = ConfigHandle::default();
     let path = match (&flags.config, &flags.operator) {
         (Some(path), _) => path.clone(),
         (None, Some(_)) => anyhow::bail!(
@@ -115,49 +106,31 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             anyhow::bail!("give --config FILE (standalone) or --operator URL (cluster)")
         }
     };
-    let config = standalone::load_file(&Admission::new(), &path, &standalone::process_env)
+    let mut opts = run::Options::new(path, flags.listen, flags.admin);
+    opts.extra_ca = flags.extra_ca_file.clone();
+    opts.limits = Limits {
+        max_body: flags.max_request_bytes,
+        max_messages: flags.max_messages,
+        max_depth: flags.max_json_depth,
+    };
+    opts.bounds = Bounds {
+        max_response: flags.max_response_bytes,
+        max_line: flags.max_sse_line_bytes,
+    };
+    opts.reload_interval = Duration::from_millis(flags.reload_interval_ms.max(50));
+    let running = run::standalone(opts, standalone::process_env)
+        .await
         .map_err(|e| {
-            for reason in &e.reasons {
-                tracing::error!(path = %e.path.display(), reason = %reason, "configuration refused");
+            if let run::StartError::Config(e) = &e {
+                for reason in &e.reasons {
+                    tracing::error!(path = %e.path.display(), reason = %reason, "configuration refused");
+                }
             }
             anyhow::anyhow!("{e}")
         })?;
-    tracing::info!(path = %path.display(), version = %config.version, routes = config.routes.len(), providers = config.providers.len(), "configuration loaded");
-    handle.set(config);
-
-    let app = Arc::new(App {
-        config: handle.clone(),
-        egress: Egress::new(flags.extra_ca_file.as_deref())?,
-        metrics: Metrics::new(),
-        limits: Limits {
-            max_body: flags.max_request_bytes,
-            max_messages: flags.max_messages,
-            max_depth: flags.max_json_depth,
-        },
-        bounds: Bounds {
-            max_response: flags.max_response_bytes,
-            max_line: flags.max_sse_line_bytes,
-        },
-    });
-    let api = TcpListener::bind(flags.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.listen))?;
-    let admin = TcpListener::bind(flags.admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", flags.admin))?;
-    tracing::info!(listen = %api.local_addr()?, admin = %admin.local_addr()?, "sluice-sidecar serving");
-    let watcher = tokio::spawn(standalone::watch(
-        path,
-        handle,
-        Duration::from_millis(flags.reload_interval_ms.max(50)),
-    ));
-    let api_task = tokio::spawn(server::serve(api, app.clone(), Role::Api));
-    let admin_task = tokio::spawn(server::serve(admin, app, Role::Admin));
     shutdown_signal().await;
     tracing::info!("shutting down");
-    watcher.abort();
-    api_task.abort();
-    admin_task.abort();
+    drop(running);
     Ok(())
 }
 

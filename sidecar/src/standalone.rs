@@ -126,8 +126,18 @@ pub fn load_file(
         path: path.to_owned(),
         reasons,
     };
-    let yaml = std::fs::read_to_string(path).map_err(|e| err(vec![format!("cannot read: {e}")]))?;
-    load(admission, &yaml, env).map_err(err)
+    let bytes = std::fs::read(path).map_err(|e| err(vec![format!("cannot read: {e}")]))?;
+    load_bytes(admission, &bytes, env).map_err(err)
+}
+
+/// Loads file content, refusing what is not UTF-8.
+pub fn load_bytes(
+    admission: &Admission,
+    bytes: &[u8],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<String>> {
+    let yaml = std::str::from_utf8(bytes).map_err(|e| vec![format!("not UTF-8: {e}")])?;
+    load(admission, yaml, env)
 }
 
 /// The process environment.
@@ -135,11 +145,21 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// Re-reads `path` every `interval` and puts a changed, valid file in force.
-/// Runs until the task is dropped.
-pub async fn watch(path: PathBuf, handle: ConfigHandle, interval: Duration) {
-    let admission = Admission::new();
-    let mut last = std::fs::read(&path).ok();
+/// Re-reads `path` every `interval` and puts a changed, valid file in force,
+/// resolving credentials with `env`. `loaded` is the content already in
+/// force, so an edit made before the first look is not missed. Runs until
+/// the task is dropped.
+pub async fn watch<E>(
+    admission: Admission,
+    path: PathBuf,
+    loaded: Vec<u8>,
+    handle: ConfigHandle,
+    interval: Duration,
+    env: E,
+) where
+    E: Fn(&str) -> Option<String> + Send + 'static,
+{
+    let mut last = Some(loaded);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -157,17 +177,18 @@ pub async fn watch(path: PathBuf, handle: ConfigHandle, interval: Duration) {
         if last.as_deref() == Some(&now[..]) {
             continue;
         }
+        let result = load_bytes(&admission, &now, &env);
         last = Some(now);
-        match load_file(&admission, &path, &process_env) {
+        match result {
             Ok(config) => {
                 tracing::info!(path = %path.display(), version = %config.version, routes = config.routes.len(), providers = config.providers.len(), "configuration reloaded");
                 handle.set(config);
             }
             Err(e) => {
-                for reason in &e.reasons {
+                for reason in &e {
                     tracing::error!(path = %path.display(), reason = %reason, "configuration refused");
                 }
-                tracing::error!(path = %path.display(), problems = e.reasons.len(), "configuration refused; the last good configuration keeps serving");
+                tracing::error!(path = %path.display(), problems = e.len(), "configuration refused; the last good configuration keeps serving");
             }
         }
     }
