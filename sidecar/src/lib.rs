@@ -2,3 +2,4 @@
 //! request passes through.
 
 pub mod openai;
+pub mod provider;
