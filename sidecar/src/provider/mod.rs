@@ -9,7 +9,7 @@ use sluice_crds::common::FailureClass;
 use crate::openai::{ChatChunk, Usage};
 
 pub mod anthropic;
-// pub mod bedrock;
+pub mod bedrock;
 pub mod gemini;
 pub mod wire;
 
