@@ -21,11 +21,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
-use super::wire::{self, SseFramer, failure, safe_message};
-use super::{Failure, StreamDecoder, StreamEvent, UpstreamRequest};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::sse::SseParser;
+use super::wire::{self, ChunkBuilder, failure, safe_message};
+use super::{
+    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
+};
 use crate::openai::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FunctionCall,
-    FunctionCallDelta, Message, ToolCall, ToolCallDelta, Usage,
+    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
+    ToolCall, ToolCallDelta, Usage,
 };
 
 /// The `anthropic-version` header every call carries.
@@ -241,11 +247,44 @@ struct ErrorDetail {
 
 // ------------------------------------------------------------------ request
 
+/// The Anthropic adapter.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn build_chat(
+        &self,
+        endpoint: &Endpoint,
+        req: &ChatRequest,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<UpstreamRequest, Failure> {
+        build_chat(endpoint, req, upstream_model, stream)
+    }
+
+    fn parse_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ChatResponse, Failure> {
+        let now = SystemTime::now();
+        parse_chat(status.as_u16(), headers, body, wire::unix_seconds(now), now)
+    }
+
+    fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
+        Box::new(AnthropicStream::new(ctx))
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+        classify(status.as_u16(), headers, body, SystemTime::now())
+    }
+}
+
 /// The full upstream call: `POST {base}/v1/messages` with `x-api-key` and
 /// `anthropic-version`.
 pub fn build_chat(
-    base_url: &str,
-    api_key: Option<&str>,
+    endpoint: &Endpoint,
     req: &ChatRequest,
     upstream_model: &str,
     stream: bool,
@@ -253,23 +292,17 @@ pub fn build_chat(
     let body = to_messages_request(req, upstream_model, stream)?;
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
-    let base = wire::trim_base(base_url);
+    let base = wire::trim_base(&endpoint.base_url);
     let url = if base.ends_with("/v1") {
         format!("{base}/messages")
     } else {
         format!("{base}/v1/messages")
     };
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        "anthropic-version",
-        http::HeaderValue::from_static(API_VERSION),
-    );
-    if let Some(key) = api_key {
-        let mut value = http::HeaderValue::from_str(key).map_err(|_| {
+    let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
+    out.headers
+        .insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+    if let Some(key) = &endpoint.credential {
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
             failure(
                 FailureClass::Auth,
                 None,
@@ -277,14 +310,9 @@ pub fn build_chat(
             )
         })?;
         value.set_sensitive(true);
-        headers.insert("x-api-key", value);
+        out.headers.insert("x-api-key", value);
     }
-    Ok(UpstreamRequest {
-        method: http::Method::POST,
-        url,
-        headers,
-        body,
-    })
+    Ok(out)
 }
 
 /// OpenAI chat request → Anthropic Messages request.
@@ -490,7 +518,7 @@ fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, Failure> {
 /// A finished upstream response: 2xx → chat response, else classified.
 pub fn parse_chat(
     status: u16,
-    headers: &http::HeaderMap,
+    headers: &HeaderMap,
     body: &[u8],
     created: u64,
     now: SystemTime,
@@ -594,7 +622,7 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Result<Option<String>, Failur
 /// An Anthropic error response (status, headers, body) → one failure class
 /// with its retry hint: `retry-after`, else the latest
 /// `anthropic-ratelimit-*-reset` among the exhausted limits.
-pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> Failure {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Failure {
     let detail = serde_json::from_slice::<ErrorEnvelope>(body)
         .map(|e| e.error)
         .unwrap_or_default();
@@ -609,7 +637,8 @@ pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: System
         )
     };
     let mut f = failure(class, Some(status), what);
-    f.retry_after = wire::retry_after(headers, now).or_else(|| ratelimit_reset(headers, now));
+    f.retry_after =
+        wire::header_retry_after(headers, now).or_else(|| ratelimit_reset(headers, now));
     f
 }
 
@@ -665,14 +694,15 @@ const RESET_HEADERS: &[(&str, &str)] = &[
 
 /// The latest RFC 3339 reset among limits whose `remaining` is 0 (or not
 /// given); past or unparsable resets are no hint.
-fn ratelimit_reset(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+fn ratelimit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     RESET_HEADERS
         .iter()
         .filter(|(remaining, _)| text(remaining).is_none_or(|r| r.trim() == "0"))
         .filter_map(|(_, reset)| text(reset))
         .filter_map(|r| chrono::DateTime::parse_from_rfc3339(r.trim()).ok())
-        .filter_map(|at| wire::until(at.into(), now))
+        .filter_map(|at| SystemTime::from(at).duration_since(now).ok())
+        .filter(|d| *d <= super::retry_hint::MAX_HINT)
         .max()
 }
 
@@ -684,11 +714,8 @@ fn ratelimit_reset(headers: &http::HeaderMap, now: SystemTime) -> Option<Duratio
 /// first chunk out is a real token (the commit point).
 #[derive(Debug)]
 pub struct AnthropicStream {
-    framer: SseFramer,
-    id: String,
-    model: String,
-    created: u64,
-    role_sent: bool,
+    sse: SseParser,
+    out: ChunkBuilder,
     /// Anthropic block index → OpenAI tool call index.
     tool_index: Vec<(u64, u32)>,
     usage: AnthropicUsage,
@@ -697,14 +724,12 @@ pub struct AnthropicStream {
 }
 
 impl AnthropicStream {
-    /// `id` and `model` are used until `message_start` names its own.
-    pub fn new(id: impl Into<String>, model: impl Into<String>, created: u64) -> Self {
+    /// The context's `id` and `model` are used until `message_start`
+    /// names its own.
+    pub fn new(ctx: &StreamContext) -> Self {
         Self {
-            framer: SseFramer::new(),
-            id: id.into(),
-            model: model.into(),
-            created,
-            role_sent: false,
+            sse: SseParser::new(ctx.max_line),
+            out: ChunkBuilder::new(ctx),
             tool_index: Vec::new(),
             usage: AnthropicUsage::default(),
             stopped: false,
@@ -712,25 +737,8 @@ impl AnthropicStream {
         }
     }
 
-    fn chunk(&mut self, mut delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        if !self.role_sent && (delta.content.is_some() || delta.tool_calls.is_some()) {
-            delta.role = Some("assistant".into());
-            self.role_sent = true;
-        }
-        StreamEvent::Chunk(ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }],
-            usage: None,
-            system_fingerprint: None,
-        })
+    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
+        self.out.event(delta, finish_reason)
     }
 
     fn on_event(&mut self, event: &str, data: &str, out: &mut Vec<Result<StreamEvent, Failure>>) {
@@ -748,10 +756,10 @@ impl AnthropicStream {
             "message_start" => {
                 if let Some(m) = value.get("message") {
                     if let Some(id) = m.get("id").and_then(Value::as_str) {
-                        self.id = id.to_owned();
+                        self.out.id = id.to_owned();
                     }
                     if let Some(model) = m.get("model").and_then(Value::as_str) {
-                        self.model = model.to_owned();
+                        self.out.model = model.to_owned();
                     }
                     if let Some(u) = m.get("usage") {
                         self.merge_usage(u);
@@ -897,38 +905,13 @@ fn malformed(message: &str) -> Failure {
 
 impl StreamDecoder for AnthropicStream {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        match self.framer.push(bytes) {
-            Ok(events) => {
-                for e in events {
-                    if self.done {
-                        break;
-                    }
-                    self.on_event(&e.event, &e.data, &mut out);
-                }
-            }
-            Err(message) => {
-                out.push(Err(malformed(&message)));
-                self.done = true;
-            }
-        }
-        out
+        let events = self.sse.feed(bytes);
+        self.take(events)
     }
 
     fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        for e in self.framer.finish() {
-            if self.done {
-                break;
-            }
-            self.on_event(&e.event, &e.data, &mut out);
-        }
+        let events = self.sse.finish();
+        let mut out = self.take(events);
         if !self.done {
             self.done = true;
             let what = if self.stopped {
@@ -937,6 +920,28 @@ impl StreamDecoder for AnthropicStream {
                 "anthropic stream ended before its stop reason"
             };
             out.push(Err(failure(FailureClass::StreamInterrupted, None, what)));
+        }
+        out
+    }
+}
+
+impl AnthropicStream {
+    fn take(
+        &mut self,
+        events: Vec<Result<super::sse::SseEvent, Failure>>,
+    ) -> Vec<Result<StreamEvent, Failure>> {
+        let mut out = Vec::new();
+        for e in events {
+            if self.done {
+                break;
+            }
+            match e {
+                Ok(e) => self.on_event(e.event.as_deref().unwrap_or(""), &e.data, &mut out),
+                Err(f) => {
+                    out.push(Err(f));
+                    self.done = true;
+                }
+            }
         }
         out
     }

@@ -27,11 +27,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
-use super::wire::{self, failure, safe_message};
-use super::{Failure, StreamDecoder, StreamEvent, UpstreamRequest};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::wire::{self, ChunkBuilder, failure, safe_message};
+use super::{
+    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
+};
 use crate::openai::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FunctionCall,
-    FunctionCallDelta, Message, ToolCall, ToolCallDelta, Usage,
+    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
+    ToolCall, ToolCallDelta, Usage,
 };
 
 pub mod eventstream;
@@ -150,24 +155,70 @@ impl BedrockUsage {
 
 // ------------------------------------------------------------------ request
 
-/// Where and how to call: base URL (default
-/// `https://bedrock-runtime.{region}.amazonaws.com`), region, credential.
-#[derive(Clone, Copy, Debug)]
-pub struct Target<'a> {
-    pub base_url: &'a str,
-    pub region: &'a str,
-    /// `ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]`; unsigned when `None`.
-    pub credential: Option<&'a str>,
+/// The Bedrock adapter.
+#[derive(Debug)]
+pub struct Bedrock;
+
+impl Adapter for Bedrock {
+    fn build_chat(
+        &self,
+        endpoint: &Endpoint,
+        req: &ChatRequest,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<UpstreamRequest, Failure> {
+        build_chat(endpoint, req, upstream_model, stream, SystemTime::now())
+    }
+
+    fn parse_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ChatResponse, Failure> {
+        let now = SystemTime::now();
+        let created = wire::unix_seconds(now);
+        // Converse answers carry no id or model; the request id is the
+        // best id there is.
+        let id = headers
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(
+                || format!("chatcmpl-bedrock-{created}"),
+                |r| format!("chatcmpl-{r}"),
+            );
+        parse_chat(status.as_u16(), headers, body, &id, "bedrock", created, now)
+    }
+
+    fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
+        Box::new(BedrockStream::new(ctx))
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+        classify(status.as_u16(), headers, body, SystemTime::now())
+    }
 }
 
-/// The signed upstream call.
+/// The signed upstream call to `{base}/model/{modelId}/converse` (or
+/// `/converse-stream`), base defaulting to the region's runtime endpoint.
 pub fn build_chat(
-    target: Target<'_>,
+    endpoint: &Endpoint,
     req: &ChatRequest,
     upstream_model: &str,
     stream: bool,
     signing_time: SystemTime,
 ) -> Result<UpstreamRequest, Failure> {
+    let region = endpoint
+        .region
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            failure(
+                FailureClass::BadRequest,
+                None,
+                "bedrock provider has no region",
+            )
+        })?;
     let body = to_converse_request(req)?;
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
@@ -176,30 +227,22 @@ pub fn build_chat(
     } else {
         "converse"
     };
-    let url = format!(
-        "{}/model/{}/{op}",
-        wire::trim_base(target.base_url),
-        encode_path_segment(upstream_model)
-    );
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    let base = if endpoint.base_url.is_empty() {
+        format!("https://bedrock-runtime.{region}.amazonaws.com")
+    } else {
+        wire::trim_base(&endpoint.base_url).to_owned()
+    };
+    let url = format!("{base}/model/{}/{op}", encode_path_segment(upstream_model));
+    let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
     let accept = if stream {
         "application/vnd.amazon.eventstream"
     } else {
         "application/json"
     };
-    headers.insert(http::header::ACCEPT, http::HeaderValue::from_static(accept));
-    let mut out = UpstreamRequest {
-        method: http::Method::POST,
-        url,
-        headers,
-        body,
-    };
-    if let Some(credential) = target.credential {
-        sign(&mut out, credential, target.region, signing_time)?;
+    out.headers
+        .insert(http::header::ACCEPT, HeaderValue::from_static(accept));
+    if let Some(credential) = &endpoint.credential {
+        sign(&mut out, credential.expose(), region, signing_time)?;
     }
     Ok(out)
 }
@@ -515,7 +558,7 @@ fn tool_config(
 /// A finished upstream response: 2xx → chat response, else classified.
 pub fn parse_chat(
     status: u16,
-    headers: &http::HeaderMap,
+    headers: &HeaderMap,
     body: &[u8],
     id: &str,
     model: &str,
@@ -627,7 +670,7 @@ pub fn finish_reason(reason: Option<&str>) -> Result<Option<String>, Failure> {
 
 /// A Bedrock error (`x-amzn-ErrorType` header, or `__type` in the body, and
 /// `{"message":…}`) → one failure class.
-pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> Failure {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Failure {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let kind = headers
         .get("x-amzn-errortype")
@@ -655,7 +698,7 @@ pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: System
             format!("bedrock {kind} ({status}): {}", safe_message(message))
         },
     );
-    f.retry_after = wire::retry_after(headers, now);
+    f.retry_after = wire::header_retry_after(headers, now);
     f
 }
 
@@ -706,10 +749,7 @@ fn is_context_length(lower: &str) -> bool {
 #[derive(Debug)]
 pub struct BedrockStream {
     framer: EventStreamFramer,
-    id: String,
-    model: String,
-    created: u64,
-    role_sent: bool,
+    out: ChunkBuilder,
     /// `contentBlockIndex` → OpenAI tool call index.
     tool_index: Vec<(u64, u32)>,
     usage: Option<BedrockUsage>,
@@ -718,13 +758,10 @@ pub struct BedrockStream {
 }
 
 impl BedrockStream {
-    pub fn new(id: impl Into<String>, model: impl Into<String>, created: u64) -> Self {
+    pub fn new(ctx: &StreamContext) -> Self {
         Self {
             framer: EventStreamFramer::new(),
-            id: id.into(),
-            model: model.into(),
-            created,
-            role_sent: false,
+            out: ChunkBuilder::new(ctx),
             tool_index: Vec::new(),
             usage: None,
             stopped: false,
@@ -732,25 +769,8 @@ impl BedrockStream {
         }
     }
 
-    fn chunk(&mut self, mut delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        if !self.role_sent && (delta.content.is_some() || delta.tool_calls.is_some()) {
-            delta.role = Some("assistant".into());
-            self.role_sent = true;
-        }
-        StreamEvent::Chunk(ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }],
-            usage: None,
-            system_fingerprint: None,
-        })
+    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
+        self.out.event(delta, finish_reason)
     }
 
     fn fail(&mut self, out: &mut Vec<Result<StreamEvent, Failure>>, f: Failure) {

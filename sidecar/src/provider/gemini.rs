@@ -28,11 +28,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
-use super::wire::{self, SseFramer, failure, safe_message};
-use super::{Failure, StreamDecoder, StreamEvent, UpstreamRequest};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::sse::{SseEvent, SseParser};
+use super::wire::{self, ChunkBuilder, failure, safe_message};
+use super::{
+    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
+};
 use crate::openai::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FunctionCall,
-    FunctionCallDelta, Message, ToolCall, ToolCallDelta, Usage,
+    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
+    ToolCall, ToolCallDelta, Usage,
 };
 
 // ---------------------------------------------------------------- wire types
@@ -175,11 +181,51 @@ impl UsageMetadata {
 
 // ------------------------------------------------------------------ request
 
+/// The Gemini adapter.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Adapter for Gemini {
+    fn build_chat(
+        &self,
+        endpoint: &Endpoint,
+        req: &ChatRequest,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<UpstreamRequest, Failure> {
+        build_chat(endpoint, req, upstream_model, stream)
+    }
+
+    fn parse_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ChatResponse, Failure> {
+        let now = SystemTime::now();
+        parse_chat(
+            status.as_u16(),
+            headers,
+            body,
+            "gemini",
+            wire::unix_seconds(now),
+            now,
+        )
+    }
+
+    fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
+        Box::new(GeminiStream::new(ctx))
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+        classify(status.as_u16(), headers, body, SystemTime::now())
+    }
+}
+
 /// `POST {base}/v1beta/models/{model}:generateContent` (or
 /// `:streamGenerateContent?alt=sse`) with `x-goog-api-key`.
 pub fn build_chat(
-    base_url: &str,
-    api_key: Option<&str>,
+    endpoint: &Endpoint,
     req: &ChatRequest,
     upstream_model: &str,
     stream: bool,
@@ -187,23 +233,20 @@ pub fn build_chat(
     let body = to_generate_request(req)?;
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
-    let base = wire::trim_base(base_url);
+    let base = wire::trim_base(&endpoint.base_url);
     let base = base.strip_suffix("/v1beta").unwrap_or(base);
     let model = upstream_model
         .strip_prefix("models/")
         .unwrap_or(upstream_model);
+    let model = super::bedrock::encode_path_segment(model);
     let url = if stream {
         format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
     } else {
         format!("{base}/v1beta/models/{model}:generateContent")
     };
-    let mut headers = http::HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    if let Some(key) = api_key {
-        let mut value = http::HeaderValue::from_str(key).map_err(|_| {
+    let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
+    if let Some(key) = &endpoint.credential {
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
             failure(
                 FailureClass::Auth,
                 None,
@@ -211,14 +254,9 @@ pub fn build_chat(
             )
         })?;
         value.set_sensitive(true);
-        headers.insert("x-goog-api-key", value);
+        out.headers.insert("x-goog-api-key", value);
     }
-    Ok(UpstreamRequest {
-        method: http::Method::POST,
-        url,
-        headers,
-        body,
-    })
+    Ok(out)
 }
 
 fn bad_request(message: impl Into<String>) -> Failure {
@@ -459,7 +497,7 @@ fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, Failure> {
 /// A finished upstream response: 2xx → chat response, else classified.
 pub fn parse_chat(
     status: u16,
-    headers: &http::HeaderMap,
+    headers: &HeaderMap,
     body: &[u8],
     fallback_model: &str,
     created: u64,
@@ -614,7 +652,7 @@ pub fn finish_reason(reason: Option<&str>, called: bool) -> Result<Option<String
 
 /// A Gemini error (`{"error":{"code","message","status","details"}}`, bare
 /// or wrapped in a one-element array) → one failure class and retry hint.
-pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> Failure {
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Failure {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = match &value {
         Value::Array(items) => items.first().and_then(|v| v.get("error")),
@@ -623,7 +661,9 @@ pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: System
     match error {
         Some(e) => {
             let mut f = classify_error(status, e);
-            f.retry_after = f.retry_after.or_else(|| wire::retry_after(headers, now));
+            f.retry_after = f
+                .retry_after
+                .or_else(|| wire::header_retry_after(headers, now));
             f
         }
         None => {
@@ -632,7 +672,7 @@ pub fn classify(status: u16, headers: &http::HeaderMap, body: &[u8], now: System
                 Some(status),
                 format!("gemini status {status}"),
             );
-            f.retry_after = wire::retry_after(headers, now);
+            f.retry_after = wire::header_retry_after(headers, now);
             f
         }
     }
@@ -716,11 +756,8 @@ pub fn classify_error(status: u16, error: &Value) -> Failure {
 /// it is complete when it ends after a `finishReason`.
 #[derive(Debug)]
 pub struct GeminiStream {
-    framer: SseFramer,
-    id: String,
-    model: String,
-    created: u64,
-    role_sent: bool,
+    sse: SseParser,
+    out: ChunkBuilder,
     calls: usize,
     usage: Option<UsageMetadata>,
     finished: bool,
@@ -728,13 +765,10 @@ pub struct GeminiStream {
 }
 
 impl GeminiStream {
-    pub fn new(id: impl Into<String>, model: impl Into<String>, created: u64) -> Self {
+    pub fn new(ctx: &StreamContext) -> Self {
         Self {
-            framer: SseFramer::new(),
-            id: id.into(),
-            model: model.into(),
-            created,
-            role_sent: false,
+            sse: SseParser::new(ctx.max_line),
+            out: ChunkBuilder::new(ctx),
             calls: 0,
             usage: None,
             finished: false,
@@ -742,25 +776,8 @@ impl GeminiStream {
         }
     }
 
-    fn chunk(&mut self, mut delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        if !self.role_sent && (delta.content.is_some() || delta.tool_calls.is_some()) {
-            delta.role = Some("assistant".into());
-            self.role_sent = true;
-        }
-        StreamEvent::Chunk(ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                logprobs: None,
-            }],
-            usage: None,
-            system_fingerprint: None,
-        })
+    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
+        self.out.event(delta, finish_reason)
     }
 
     fn on_data(&mut self, data: &str, out: &mut Vec<Result<StreamEvent, Failure>>) {
@@ -787,10 +804,10 @@ impl GeminiStream {
             self.usage = Some(u);
         }
         if let Some(v) = &resp.model_version {
-            self.model.clone_from(v);
+            self.out.model.clone_from(v);
         }
         if let Some(id) = &resp.response_id {
-            self.id = format!("chatcmpl-{id}");
+            self.out.id = format!("chatcmpl-{id}");
         }
         // Only the first candidate streams (n > 1 is not streamed).
         let Some(c) = resp.candidates.iter().find(|c| c.index == 0) else {
@@ -845,37 +862,34 @@ fn malformed(message: &str) -> Failure {
     failure(FailureClass::Malformed, Some(200), message)
 }
 
-impl StreamDecoder for GeminiStream {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
+impl GeminiStream {
+    fn take(
+        &mut self,
+        events: Vec<Result<SseEvent, Failure>>,
+    ) -> Vec<Result<StreamEvent, Failure>> {
         let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        match self.framer.push(bytes) {
-            Ok(events) => {
-                for e in events {
-                    if self.done {
-                        break;
-                    }
-                    self.on_data(&e.data, &mut out);
-                }
+        for e in events {
+            if self.done {
+                break;
             }
-            Err(message) => self.fail(&mut out, malformed(&message)),
+            match e {
+                Ok(e) => self.on_data(&e.data, &mut out),
+                Err(f) => self.fail(&mut out, f),
+            }
         }
         out
     }
+}
+
+impl StreamDecoder for GeminiStream {
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
+        let events = self.sse.feed(bytes);
+        self.take(events)
+    }
 
     fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        for e in self.framer.finish() {
-            if self.done {
-                return out;
-            }
-            self.on_data(&e.data, &mut out);
-        }
+        let events = self.sse.finish();
+        let mut out = self.take(events);
         if self.done {
             return out;
         }

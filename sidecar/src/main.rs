@@ -1,0 +1,3 @@
+//! The `sluice-sidecar` binary.
+
+fn main() {}
