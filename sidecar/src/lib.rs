@@ -17,6 +17,7 @@ pub mod egress;
 pub mod error;
 pub mod ingress;
 pub mod metrics;
+pub mod messages;
 pub mod openai;
 pub mod pipeline;
 pub mod policy;

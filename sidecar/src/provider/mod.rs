@@ -23,12 +23,15 @@ use crate::openai::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage,
 };
 
+pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod retry_hint;
 pub mod sse;
-mod unsupported;
+mod wire;
 
 /// Where and how requests for one Provider go: everything an adapter needs
 /// to build a request, and nothing it would have to look up.
@@ -268,11 +271,9 @@ pub fn adapter(kind: ProviderType) -> &'static dyn Adapter {
         ProviderType::OpenaiCompatible => &openai::OpenAi,
         ProviderType::AzureOpenai => &azure::Azure,
         ProviderType::Mock => &mock::Mock,
-        // Written on the `adapters` branch; these arms become
-        // `&anthropic::Anthropic`, `&gemini::Gemini`, `&bedrock::Bedrock`.
-        ProviderType::Anthropic => &unsupported::ANTHROPIC,
-        ProviderType::Gemini => &unsupported::GEMINI,
-        ProviderType::Bedrock => &unsupported::BEDROCK,
+        ProviderType::Anthropic => &anthropic::Anthropic,
+        ProviderType::Gemini => &gemini::Gemini,
+        ProviderType::Bedrock => &bedrock::Bedrock,
     }
 }
 
