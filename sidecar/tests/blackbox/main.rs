@@ -2,6 +2,8 @@
 //! front of the in-process mock provider and the `sluice-tests` mock
 //! upstreams.
 
+mod binary;
 mod harness;
+mod python;
 mod standalone_mock;
 mod upstream;
