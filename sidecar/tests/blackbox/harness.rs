@@ -30,6 +30,7 @@ fn env(name: &str) -> Option<String> {
     match name {
         "TEST_KEY" => Some(TEST_KEY.to_owned()),
         "SECRET_KEY" => Some("sk-do-not-leak-0123456789".to_owned()),
+        "AWS_PAIR" => Some("AKIDMOCK:mock-secret".to_owned()),
         _ => None,
     }
 }

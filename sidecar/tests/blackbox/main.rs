@@ -4,6 +4,7 @@
 
 mod binary;
 mod harness;
+mod providers;
 mod python;
 mod standalone_mock;
 mod upstream;
