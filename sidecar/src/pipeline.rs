@@ -338,7 +338,7 @@ async fn pump(
                     }
                     if first && token {
                         first = false;
-                        tracker.first_token(c.started);
+                        tracker.first_token();
                     }
                 }
                 StreamEvent::Usage(u) => {
@@ -464,10 +464,11 @@ impl Tracker {
         }
     }
 
-    fn first_token(&self, since: Instant) {
+    /// The first token reached the client: time since the request came in.
+    fn first_token(&self) {
         self.app
             .metrics
-            .first_token(&self.labels(), since.elapsed().as_secs_f64());
+            .first_token(&self.labels(), self.started.elapsed().as_secs_f64());
     }
 
     fn succeed(&mut self, usage: Option<Usage>) {

@@ -305,3 +305,34 @@ spec:
     assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
     assert_eq!(seen.header("api-key"), Some("mock-key"));
 }
+
+#[tokio::test]
+async fn client_disconnect_cancels_a_non_stream_call() {
+    let (primary, backup) = mocks().await;
+    let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "4s")).await;
+    primary.set_default(Behaviour::ok().with_latency(Duration::from_secs(5)));
+    let url = sc.url("/v1/chat/completions");
+    let body = ask("chat", "hi").to_string();
+    let call = tokio::spawn(async move {
+        sluice_tests::mock::client::send(
+            http::Method::POST,
+            &url,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    });
+    assert!(primary.wait_for_requests(1, Duration::from_secs(3)).await);
+    call.abort();
+    assert!(
+        primary.wait_for_aborts(1, Duration::from_secs(3)).await,
+        "the upstream call outlived its client"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("sluice_requests_total{route=\"chat\",outcome=\"client_cancelled\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(backup.request_count(), 0);
+}
