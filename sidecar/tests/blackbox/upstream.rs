@@ -336,3 +336,32 @@ async fn client_disconnect_cancels_a_non_stream_call() {
     );
     assert_eq!(backup.request_count(), 0);
 }
+
+#[tokio::test]
+async fn https_upstream_with_an_extra_ca_speaks_h2() {
+    let tls = MockProvider::start_tls(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let backup = MockProvider::start(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let config = yaml(&tls.url(), &backup.url(), "2s");
+    let sc = Sidecar::start_with(&config, tls.ca_pem()).await;
+    for stream in [false, true] {
+        let mut body = ask("solo", "hi");
+        body["stream"] = json!(stream);
+        let resp = sc.chat(body).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    assert_eq!(tls.requests()[0].version, http::Version::HTTP_2);
+    // Without the CA the handshake fails: a connect failure, fallen back from.
+    let untrusting = Sidecar::start(&config).await;
+    let resp = untrusting.chat(ask("chat", "hi")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    let metrics = untrusting
+        .get(&untrusting.admin_url("/metrics"))
+        .await
+        .text();
+    assert!(metrics.contains("class=\"connect\""), "{metrics}");
+}
