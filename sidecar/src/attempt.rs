@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sluice_crds::FailureClass;
 use tokio::time::Instant;
 
-use crate::config::{Route, Target};
+use crate::config::{Route, Slot, Target};
 use crate::egress::{Egress, UpstreamBody, UpstreamResponse};
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::provider::{self, Failure, StreamContext, StreamDecoder, StreamEvent};
@@ -101,6 +101,8 @@ pub struct Whole {
 
 /// A stream past its commit point: the events so far and the rest to read.
 pub struct Committed {
+    /// The provider slot, held until the stream ends.
+    pub slot: Slot,
     pub pending: Vec<StreamEvent>,
     pub decoder: Box<dyn StreamDecoder>,
     pub body: UpstreamBody,
@@ -205,6 +207,15 @@ async fn try_target(
     let deadline = started + t.total.get();
     let first_token_by = (started + t.first_token.get()).min(deadline);
     let idle = t.idle.get();
+    let Some(slot) = target.provider.gate.enter(first_token_by).await else {
+        return Err(Failure::new(
+            FailureClass::Overloaded,
+            format!(
+                "provider {} is at its limits.maxConcurrent with its queue full",
+                target.provider.name
+            ),
+        ));
+    };
     let upstream = match call {
         Call::Chat { raw, req, stream } => {
             adapter.build_chat_raw(endpoint, raw, req, &target.model, *stream)?
@@ -236,7 +247,7 @@ async fn try_target(
                 max_line: bounds.max_line,
             };
             let decoder = adapter.stream_decoder(&ctx);
-            first_token(decoder, body, first_token_by, idle, deadline).await
+            first_token(slot, decoder, body, first_token_by, idle, deadline).await
         }
         Call::Chat { stream: false, .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
@@ -265,6 +276,7 @@ async fn try_target(
 
 /// Reads a stream until its first token (or its end), the commit point.
 async fn first_token(
+    slot: Slot,
     mut decoder: Box<dyn StreamDecoder>,
     mut body: UpstreamBody,
     first_token_by: Instant,
@@ -290,6 +302,7 @@ async fn first_token(
         }
         if commit {
             return Ok(Answer::Stream(Committed {
+                slot,
                 pending,
                 decoder,
                 body,

@@ -77,7 +77,63 @@ pub struct Provider {
     pub namespace: String,
     pub endpoint: Endpoint,
     pub timeouts: ResolvedTimeouts,
+    /// `limits.maxConcurrent` / `limits.maxQueued`.
+    pub gate: Gate,
     pub spec: ProviderSpec,
+}
+
+/// Bounds the calls in flight to one provider (`limits.maxConcurrent`) and
+/// the requests waiting for a slot (`limits.maxQueued`); past both, a
+/// request is refused at once as `overloaded` instead of piling up.
+#[derive(Debug)]
+pub struct Gate {
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    waiting: std::sync::atomic::AtomicU32,
+    max_waiting: u32,
+}
+
+/// A slot in a provider's [`Gate`], held until the call ends.
+#[derive(Debug)]
+pub struct Slot {
+    /// Released when the slot is dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Gate {
+    /// A gate with `max_concurrent` slots (unbounded when `None`).
+    pub fn new(max_concurrent: Option<u32>, max_queued: Option<u32>) -> Self {
+        Self {
+            slots: max_concurrent.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize))),
+            waiting: std::sync::atomic::AtomicU32::new(0),
+            max_waiting: max_queued.unwrap_or(0),
+        }
+    }
+
+    /// A slot, waiting (at most until `by`) only if fewer than `maxQueued`
+    /// already wait. `None`: refuse the call.
+    pub async fn enter(&self, by: tokio::time::Instant) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let Some(slots) = &self.slots else {
+            return Some(Slot { _permit: None });
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(Slot {
+                _permit: Some(permit),
+            });
+        }
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let result = if waiting < self.max_waiting {
+            tokio::time::timeout_at(by, slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|p| Slot { _permit: Some(p) })
+        } else {
+            None
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
 }
 
 /// Why a snapshot could not become a configuration: every reason.
@@ -141,6 +197,10 @@ impl TryFrom<&Snapshot> for Config {
                     mock: spec.mock.clone(),
                 },
                 timeouts: spec.timeouts.over(Timeouts::DEFAULT),
+                gate: Gate::new(
+                    spec.limits.as_ref().and_then(|l| l.max_concurrent),
+                    spec.limits.as_ref().and_then(|l| l.max_queued),
+                ),
                 spec: spec.clone(),
             });
             providers.insert(

@@ -365,3 +365,34 @@ async fn https_upstream_with_an_extra_ca_speaks_h2() {
         .text();
     assert!(metrics.contains("class=\"connect\""), "{metrics}");
 }
+
+#[tokio::test]
+async fn past_max_concurrent_a_provider_is_skipped_at_once() {
+    let (primary, backup) = mocks().await;
+    let config = yaml(&primary.url(), &backup.url(), "2s").replacen(
+        "  models: [{name: gpt-4o-mini}]",
+        "  limits: {maxConcurrent: 1, maxQueued: 0}\n  models: [{name: gpt-4o-mini}]",
+        1,
+    );
+    let sc = Sidecar::start(&config).await;
+    primary.set_default(Behaviour::ok().with_latency(Duration::from_millis(600)));
+    let url = sc.url("/v1/chat/completions");
+    let slow = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            sluice_tests::mock::client::post_json(&url, &[], &ask("chat", "first")).await
+        })
+    };
+    assert!(primary.wait_for_requests(1, Duration::from_secs(3)).await);
+    let started = std::time::Instant::now();
+    let resp = sc.chat(ask("chat", "second")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not queued"
+    );
+    let first = slow.await.expect("join").expect("response");
+    assert_eq!(first.header("x-sluice-provider"), Some("primary"));
+    assert_eq!(primary.request_count(), 1);
+}
