@@ -9,12 +9,14 @@
 //! that talks to providers), then the response and accounting in
 //! [`pipeline`], which reads top to bottom.
 
+pub mod accounting;
 pub mod app;
 pub mod attempt;
 pub mod body;
 pub mod config;
 pub mod egress;
 pub mod error;
+pub mod framing;
 pub mod ingress;
 pub mod messages;
 pub mod metrics;

@@ -15,16 +15,17 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use sluice_crds::FailureClass;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
+use crate::accounting::Tracker;
 use crate::app::App;
 use crate::attempt::{self, Answer, Call, Committed, Outcome};
 use crate::body::{self, Body};
 use crate::config::{Route, Target};
 use crate::error::{ApiError, Fault};
+use crate::framing::{Framing, estimate_input_tokens};
 use crate::ingress;
 use crate::messages;
-use crate::metrics::{self, TargetLabels};
+use crate::metrics::TargetLabels;
 use crate::openai::Usage;
 use crate::policy;
 use crate::provider::{Failure, StreamEvent};
@@ -44,7 +45,7 @@ pub enum Operation {
 
 impl Operation {
     /// The `gen_ai.operation.name`.
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Operation::Chat | Operation::Messages => "chat",
             Operation::Embeddings => "embeddings",
@@ -137,93 +138,6 @@ where
 
     // respond
     respond(app, &route, outcome, framing, tracker)
-}
-
-/// A rough prompt size for Anthropic's `message_start` (the real count
-/// comes in `message_delta`): a token per four characters.
-fn estimate_input_tokens(req: &crate::openai::ChatRequest) -> u64 {
-    let chars: usize = req
-        .messages
-        .iter()
-        .filter_map(|m| m.content.as_ref())
-        .map(|c| c.text().len())
-        .sum();
-    (chars as u64).div_ceil(4)
-}
-
-/// How events become bytes for the client.
-enum Framing {
-    /// OpenAI `chat.completion.chunk` frames; the usage chunk only when the
-    /// client asked for it.
-    OpenAi { wants_usage: bool },
-    /// Anthropic's SSE event sequence and message object.
-    Anthropic(Box<messages::MessagesStream>),
-}
-
-impl Framing {
-    /// The bytes for a chunk, if any.
-    fn chunk(&mut self, chunk: &crate::openai::ChatChunk, raw: Option<Bytes>) -> Option<Bytes> {
-        match self {
-            Framing::OpenAi { wants_usage } => {
-                if chunk.choices.is_empty() && chunk.usage.is_some() && !*wants_usage {
-                    return None;
-                }
-                let data = match raw {
-                    Some(raw) => raw,
-                    None => serde_json::to_vec(chunk)
-                        .map(Bytes::from)
-                        .unwrap_or_default(),
-                };
-                Some(sse_frame(&data))
-            }
-            Framing::Anthropic(s) => non_empty(s.on_chunk(chunk)),
-        }
-    }
-
-    fn usage(&mut self, usage: Usage) {
-        match self {
-            Framing::OpenAi { .. } => {}
-            Framing::Anthropic(s) => s.on_usage(usage),
-        }
-    }
-
-    fn done(&mut self) -> Bytes {
-        match self {
-            Framing::OpenAi { .. } => Bytes::from_static(b"data: [DONE]\n\n"),
-            Framing::Anthropic(s) => Bytes::from(s.finish()),
-        }
-    }
-
-    fn error(&mut self, failure: &Failure) -> Bytes {
-        let e = ApiError::from_failure(failure);
-        match self {
-            Framing::OpenAi { .. } => sse_frame(&e.json()),
-            Framing::Anthropic(s) => Bytes::from(s.error(e.status.as_u16(), &e.message)),
-        }
-    }
-
-    /// A whole response body for the client.
-    fn whole(&self, body: Bytes) -> Result<Bytes, ApiError> {
-        match self {
-            Framing::OpenAi { .. } => Ok(body),
-            Framing::Anthropic(_) => {
-                let resp: crate::openai::ChatResponse =
-                    serde_json::from_slice(&body).map_err(|_| {
-                        ApiError::from_failure(&Failure::new(
-                            FailureClass::Malformed,
-                            "the upstream answer is not a chat completion",
-                        ))
-                    })?;
-                serde_json::to_vec(&messages::from_chat_response(&resp))
-                    .map(Bytes::from)
-                    .map_err(|e| ApiError::invalid_json(format!("cannot encode the answer: {e}")))
-            }
-        }
-    }
-}
-
-fn non_empty(s: String) -> Option<Bytes> {
-    (!s.is_empty()).then(|| Bytes::from(s))
 }
 
 fn respond(
@@ -373,14 +287,6 @@ async fn pump(
     }
 }
 
-fn sse_frame(data: &[u8]) -> Bytes {
-    let mut frame = Vec::with_capacity(data.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
-}
-
 fn labels(route: &Route, target: &Target) -> TargetLabels {
     TargetLabels {
         route: route.name.clone(),
@@ -406,189 +312,4 @@ pub fn models(app: &App) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// Follows one request to its end for metrics and the access log. A
-/// tracker dropped before it was finished means the client went away.
-struct Tracker {
-    app: Arc<App>,
-    op: Operation,
-    request_id: String,
-    route: Option<String>,
-    target: Option<Target>,
-    attempts: u32,
-    started: Instant,
-    finished: bool,
-}
-
-impl Tracker {
-    fn new(app: Arc<App>, op: Operation, request_id: String) -> Self {
-        Self {
-            app,
-            op,
-            request_id,
-            route: None,
-            target: None,
-            attempts: 0,
-            started: Instant::now(),
-            finished: false,
-        }
-    }
-
-    fn labels(&self) -> TargetLabels {
-        match &self.target {
-            Some(t) => TargetLabels {
-                route: self
-                    .route
-                    .clone()
-                    .unwrap_or_else(|| metrics::UNKNOWN.into()),
-                provider: t.provider.name.clone(),
-                model: t.model.clone(),
-            },
-            None => TargetLabels::unrouted(self.route.as_deref()),
-        }
-    }
-
-    /// The pump takes over; this one must not count a cancellation.
-    fn hand_over(&mut self) -> Tracker {
-        self.finished = true;
-        Tracker {
-            app: self.app.clone(),
-            op: self.op,
-            request_id: self.request_id.clone(),
-            route: self.route.clone(),
-            target: self.target.clone(),
-            attempts: self.attempts,
-            started: self.started,
-            finished: false,
-        }
-    }
-
-    /// The first token reached the client: time since the request came in.
-    fn first_token(&self) {
-        self.app
-            .metrics
-            .first_token(&self.labels(), self.started.elapsed().as_secs_f64());
-    }
-
-    fn succeed(&mut self, usage: Option<Usage>) {
-        self.finished = true;
-        let labels = self.labels();
-        let m = &self.app.metrics;
-        m.operation(
-            self.op.as_str(),
-            &labels,
-            self.started.elapsed().as_secs_f64(),
-        );
-        if let Some(u) = usage {
-            m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
-        }
-        m.request(&labels.route, metrics::Outcome::Success);
-        tracing::info!(
-            request_id = %self.request_id,
-            operation = self.op.as_str(),
-            route = %labels.route,
-            provider = %labels.provider,
-            model = %labels.model,
-            attempts = self.attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            input_tokens = usage.map(|u| u.prompt_tokens),
-            output_tokens = usage.map(|u| u.completion_tokens),
-            outcome = "success",
-            "request"
-        );
-    }
-
-    /// Records an error answer and builds it in the shape of `op`'s API.
-    fn refuse(&mut self, e: ApiError, op: Operation) -> Response<Body> {
-        self.finished = true;
-        let labels = self.labels();
-        self.app.metrics.error(&labels, e.class, e.fault);
-        self.app
-            .metrics
-            .request(&labels.route, metrics::Outcome::Error);
-        tracing::info!(
-            request_id = %self.request_id,
-            operation = self.op.as_str(),
-            route = %labels.route,
-            provider = %labels.provider,
-            model = %labels.model,
-            attempts = self.attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            status = e.status.as_u16(),
-            code = e.code,
-            class = e.class.map(FailureClass::as_str),
-            outcome = "error",
-            "request"
-        );
-        match op {
-            Operation::Messages => e.into_anthropic_response(),
-            Operation::Chat | Operation::Embeddings => e.into_response(),
-        }
-    }
-
-    fn fail_stream(&mut self, f: &Failure, usage: Option<Usage>) {
-        self.finished = true;
-        let labels = self.labels();
-        let m = &self.app.metrics;
-        m.error(&labels, Some(f.class), Fault::Provider);
-        m.request(&labels.route, metrics::Outcome::Error);
-        if let Some(u) = usage {
-            m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
-        }
-        tracing::warn!(
-            request_id = %self.request_id,
-            route = %labels.route,
-            provider = %labels.provider,
-            model = %labels.model,
-            class = %f.class,
-            detail = %f.message,
-            outcome = "error",
-            "stream failed after commit"
-        );
-    }
-
-    fn cancel(&mut self) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        let labels = self.labels();
-        let m = &self.app.metrics;
-        m.error(&labels, Some(FailureClass::ClientCancelled), Fault::Caller);
-        m.request(&labels.route, metrics::Outcome::ClientCancelled);
-        tracing::info!(
-            request_id = %self.request_id,
-            route = %labels.route,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome = "client_cancelled",
-            "request"
-        );
-    }
-
-    /// Adds the response headers every answer carries.
-    fn stamp(&self, mut resp: Response<Body>) -> Response<Body> {
-        let h = resp.headers_mut();
-        let mut put = |name: &'static str, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
-            }
-        };
-        put("x-request-id", &self.request_id);
-        if let Some(route) = &self.route {
-            put("x-sluice-route", route);
-            put("x-sluice-attempts", &self.attempts.to_string());
-        }
-        if let Some(t) = &self.target {
-            put("x-sluice-provider", &t.provider.name);
-            put("x-sluice-model", &t.model);
-        }
-        resp
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        self.cancel();
-    }
 }
