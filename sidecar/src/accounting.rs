@@ -63,6 +63,11 @@ impl Tracker {
         }
     }
 
+    /// The request's id (the client's `x-request-id` or a fresh one).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
     /// The stream pump takes over; this one must not count a cancellation.
     pub fn hand_over(&mut self) -> Tracker {
         self.finished = true;

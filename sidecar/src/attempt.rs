@@ -82,6 +82,27 @@ pub enum Call<'a> {
     },
 }
 
+/// Request headers carried to the upstream so one request can be followed
+/// across both hops.
+#[derive(Clone, Debug, Default)]
+pub struct Propagate {
+    /// `x-request-id`.
+    pub request_id: Option<http::HeaderValue>,
+    /// W3C `traceparent`, as the client sent it.
+    pub traceparent: Option<http::HeaderValue>,
+}
+
+impl Propagate {
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        if let Some(v) = &self.request_id {
+            headers.insert("x-request-id", v.clone());
+        }
+        if let Some(v) = &self.traceparent {
+            headers.insert("traceparent", v.clone());
+        }
+    }
+}
+
 /// Size and time bounds of one attempt.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
@@ -137,6 +158,7 @@ pub async fn run(
     route: &Route,
     targets: &[Target],
     call: &Call<'_>,
+    propagate: &Propagate,
 ) -> Outcome {
     let mut fell_back = Vec::new();
     let mut attempts = 0;
@@ -146,7 +168,7 @@ pub async fn run(
             fell_back.push(prev);
         }
         attempts += 1;
-        match try_target(egress, bounds, route, target, call).await {
+        match try_target(egress, bounds, route, target, call, propagate).await {
             Ok(answer) => {
                 return Outcome {
                     result: Ok(answer),
@@ -199,6 +221,7 @@ async fn try_target(
     route: &Route,
     target: &Target,
     call: &Call<'_>,
+    propagate: &Propagate,
 ) -> Result<Answer, Failure> {
     let endpoint = &target.provider.endpoint;
     let adapter = provider::adapter(endpoint.kind);
@@ -216,12 +239,14 @@ async fn try_target(
             ),
         ));
     };
-    let upstream = match call {
+    let mut upstream = match call {
         Call::Chat { raw, req, stream } => {
             adapter.build_chat_raw(endpoint, raw, req, &target.model, *stream)?
         }
         Call::Embeddings { req } => adapter.build_embeddings(endpoint, req, &target.model)?,
     };
+    // Unsigned extra headers are fine for SigV4 (it signs a named list).
+    propagate.apply(&mut upstream.headers);
     let UpstreamResponse {
         status,
         headers,

@@ -120,7 +120,11 @@ where
         (None, Some(req)) => Call::Embeddings { req },
         (None, None) => return Err(ApiError::invalid_json("empty request")),
     };
-    let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call).await;
+    let propagate = attempt::Propagate {
+        request_id: HeaderValue::from_str(tracker.request_id()).ok(),
+        traceparent: headers.get("traceparent").cloned(),
+    };
+    let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call, &propagate).await;
     let framing = match op {
         Operation::Messages => Framing::Anthropic(Box::new(messages::MessagesStream::new(
             format!("msg_{}", request_id::generate()),

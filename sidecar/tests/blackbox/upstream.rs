@@ -70,10 +70,27 @@ async fn passthrough_rewrites_only_the_model_and_sends_the_key() {
     let (primary, backup) = mocks().await;
     let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "2s")).await;
     let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "seed": 7, "logit_bias": {"50256": -100}});
-    let resp = sc.chat(body).await;
+    let resp = sluice_tests::mock::client::post_json(
+        &sc.url("/v1/chat/completions"),
+        &[
+            ("x-request-id", "req-7"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ],
+        &body,
+    )
+    .await
+    .expect("response");
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.header("x-sluice-provider"), Some("primary"));
     let seen = &primary.requests()[0];
+    assert_eq!(seen.header("x-request-id"), Some("req-7"));
+    assert_eq!(
+        seen.header("traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
     assert_eq!(seen.path, "/v1/chat/completions");
     assert_eq!(seen.header("authorization"), Some("Bearer mock-key"));
     let sent = seen.json.clone().expect("json");
