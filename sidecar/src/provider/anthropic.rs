@@ -411,12 +411,15 @@ fn push_turn(turns: &mut Vec<AnthropicMessage>, role: &str, blocks: Vec<Block>) 
     });
 }
 
+/// Anthropic rejects empty text blocks, so empty text is left out.
 fn user_blocks(m: &Message) -> Result<Vec<Block>, Failure> {
     match &m.content {
         None => Ok(Vec::new()),
+        Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
         Some(Content::Text(t)) => Ok(vec![Block::text(t.clone())]),
         Some(Content::Parts(parts)) => parts
             .iter()
+            .filter(|p| !(p.kind == "text" && p.text.as_deref().unwrap_or("").is_empty()))
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(Block::text(p.text.clone().unwrap_or_default())),
                 "image_url" => {

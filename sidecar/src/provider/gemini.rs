@@ -9,6 +9,9 @@
 //!   turn, named after the call they answer (looked up by id).
 //! - Tool schemas go in `parametersJsonSchema` (full JSON Schema), JSON
 //!   mode in `responseMimeType` (+ `responseJsonSchema`).
+//! - Replayed function calls carry `thoughtSignature:
+//!   skip_thought_signature_validator` (Gemini 3 requires a signature; the
+//!   OpenAI format cannot keep the real one).
 //! - Images: data URLs → `inlineData`; other URLs → `fileData` (mime type
 //!   guessed from the extension, `image/jpeg` by default).
 //! - `finishReason`: `STOP`/`OTHER`/unknown → `stop` (or `tool_calls` when
@@ -424,12 +427,22 @@ fn model_parts(m: &Message) -> Result<Vec<Part>, Failure> {
         }
     }
     for call in m.tool_calls.iter().flatten() {
+        let mut extra = Map::new();
+        // Gemini 3 refuses replayed function calls without the thought
+        // signature it issued; OpenAI tool calls have nowhere to keep one
+        // (and long ids break OpenAI's id limit on fallback), so send the
+        // sentinel Google documents for history it did not produce.
+        extra.insert(
+            "thoughtSignature".into(),
+            Value::String(SKIP_THOUGHT_SIGNATURE.into()),
+        );
         parts.push(Part {
             function_call: Some(GeminiFunctionCall {
                 id: gemini_call_id(&call.id),
                 name: call.function.name.clone(),
                 args: wire::arguments_object(&call.function.arguments)?,
             }),
+            extra,
             ..Part::default()
         });
     }
@@ -442,6 +455,10 @@ fn gemini_call_id(id: &str) -> Option<String> {
 }
 
 const SYNTHETIC_CALL_ID: &str = "call_gemini_";
+
+/// The `thoughtSignature` Google documents for function calls whose real
+/// signature is not available.
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// A `tool` message → `functionResponse`, named after the call it answers.
 fn function_response(m: &Message, all: &[Message]) -> Result<Part, Failure> {

@@ -1,0 +1,126 @@
+//! The three translating adapters through the `Adapter` trait, as the
+//! attempt stage reaches them, and stream decoding under arbitrary splits.
+
+use http::{HeaderMap, StatusCode};
+use proptest::prelude::*;
+use sluice_crds::{FailureClass, ProviderType};
+use sluice_sidecar::openai::ChatRequest;
+use sluice_sidecar::provider::bedrock::eventstream::Frame;
+use sluice_sidecar::provider::{StreamEvent, adapter};
+
+use crate::golden;
+
+fn hello() -> ChatRequest {
+    serde_json::from_value(serde_json::json!({
+        "model": "chat", "messages": [{"role": "user", "content": "hello"}]
+    }))
+    .expect("request")
+}
+
+#[test]
+fn every_translating_type_dispatches_to_its_adapter() {
+    let cases = [
+        (
+            ProviderType::Anthropic,
+            "https://api.anthropic.com",
+            "/v1/messages",
+            "x-api-key",
+        ),
+        (
+            ProviderType::Gemini,
+            "https://generativelanguage.googleapis.com",
+            ":generateContent",
+            "x-goog-api-key",
+        ),
+        (ProviderType::Bedrock, "", "/converse", "authorization"),
+    ];
+    for (kind, base, path, key_header) in cases {
+        let mut ep = golden::endpoint(kind, base, "AKID:SECRET");
+        ep.region = Some("eu-west-1".into());
+        let a = adapter(kind);
+        let up = a
+            .build_chat(&ep, &hello(), "model-x", false)
+            .expect("builds");
+        assert!(up.url.ends_with(path), "{kind}: {}", up.url);
+        assert!(up.headers.contains_key(key_header), "{kind}");
+        assert!(up.headers[key_header].is_sensitive(), "{kind}");
+        let f = a.classify(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), b"");
+        assert_eq!(f.class, FailureClass::RateLimited, "{kind}");
+        let f = a.classify(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"");
+        assert_eq!(f.class, FailureClass::Overloaded, "{kind}");
+        let f = a
+            .parse_chat(StatusCode::OK, &HeaderMap::new(), b"<html>")
+            .expect_err("malformed");
+        assert_eq!(f.class, FailureClass::Malformed, "{kind}");
+        let mut d = a.stream_decoder(&golden::ctx());
+        let ev = d.finish();
+        assert!(
+            matches!(ev.last(), Some(Err(f)) if f.class == FailureClass::StreamInterrupted),
+            "{kind}: an empty stream is interrupted"
+        );
+    }
+}
+
+#[test]
+fn trait_parse_chat_reads_real_bodies() {
+    let body = golden::read("anthropic/response_text.in.json");
+    let r = adapter(ProviderType::Anthropic)
+        .parse_chat(StatusCode::OK, &HeaderMap::new(), body.as_bytes())
+        .expect("parses");
+    assert_eq!(r.usage.map(|u| u.cached_tokens()), Some(2000));
+    let body = golden::read("gemini/response_function_call.in.json");
+    let r = adapter(ProviderType::Gemini)
+        .parse_chat(StatusCode::OK, &HeaderMap::new(), body.as_bytes())
+        .expect("parses");
+    assert_eq!(r.choices[0].finish_reason.as_deref(), Some("tool_calls"));
+    let mut h = HeaderMap::new();
+    h.insert("x-amzn-requestid", "req-7".parse().expect("value"));
+    let body = golden::read("bedrock/response_tool_use.in.json");
+    let r = adapter(ProviderType::Bedrock)
+        .parse_chat(StatusCode::OK, &h, body.as_bytes())
+        .expect("parses");
+    assert_eq!(r.id, "chatcmpl-req-7");
+}
+
+fn bedrock_stream() -> Vec<u8> {
+    let mut out = Vec::new();
+    for (event, payload) in [
+        ("messageStart", r#"{"role":"assistant"}"#),
+        (
+            "contentBlockDelta",
+            r#"{"contentBlockIndex":0,"delta":{"text":"héllo"}}"#,
+        ),
+        ("messageStop", r#"{"stopReason":"end_turn"}"#),
+        (
+            "metadata",
+            r#"{"usage":{"inputTokens":3,"outputTokens":2,"totalTokens":5}}"#,
+        ),
+    ] {
+        out.extend(Frame::encode(
+            &[(":event-type", event), (":message-type", "event")],
+            payload.as_bytes(),
+        ));
+    }
+    out
+}
+
+proptest! {
+    /// Any split of a valid stream gives the same events as no split.
+    #[test]
+    fn splits_never_change_the_events(cuts in proptest::collection::vec(0usize..4000, 0..16)) {
+        let cases: [(ProviderType, Vec<u8>); 3] = [
+            (ProviderType::Anthropic, golden::read("anthropic/stream_tool_use.sse").into_bytes()),
+            (ProviderType::Gemini, golden::read("gemini/stream_text.sse").into_bytes()),
+            (ProviderType::Bedrock, bedrock_stream()),
+        ];
+        for (kind, bytes) in cases {
+            let a = adapter(kind);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let whole = golden::decode_split(a.stream_decoder(&golden::ctx()), &bytes, &[]);
+            let split = golden::decode_split(a.stream_decoder(&golden::ctx()), &bytes, &cuts);
+            prop_assert_eq!(&split, &whole);
+            prop_assert!(matches!(whole.last(), Some(Ok(StreamEvent::Done))));
+        }
+    }
+}
