@@ -1,0 +1,242 @@
+//! Standalone YAML with `type: mock` providers: answers, streams,
+//! fallback, errors, reload, metrics and /debug/config.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Sidecar, ask, stream_text};
+
+const FIXTURE: &str = include_str!("../fixtures/quickstart.yaml");
+
+#[tokio::test]
+async fn non_stream_answer_with_route_headers() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let resp = sluice_tests::mock::client::post_json(
+        &sc.url("/v1/chat/completions"),
+        &[("x-request-id", "req-42")],
+        &ask("chat", "hi"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from steady.");
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["usage"]["total_tokens"].as_u64().is_some());
+    assert_eq!(resp.header("x-request-id"), Some("req-42"));
+    assert_eq!(resp.header("x-sluice-route"), Some("chat"));
+    assert_eq!(resp.header("x-sluice-provider"), Some("steady"));
+    assert_eq!(resp.header("x-sluice-model"), Some("mock-small"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
+    // An alias reaches the same route; a fresh request id is generated.
+    let resp = sc.chat(ask("gpt-4o-mini", "hi")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-request-id").map(str::len), Some(32));
+}
+
+#[tokio::test]
+async fn stream_answer_chunk_by_chunk() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let mut body = ask("chat", "hi");
+    body["stream"] = json!(true);
+    let resp = sc.chat(body.clone()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let (text, done, errors) = stream_text(&resp.text());
+    assert_eq!(text, "Hello from steady.");
+    assert!(done && errors.is_empty());
+    // Usage was asked upstream but not by this client: not forwarded.
+    assert!(!resp.text().contains("\"usage\":{"), "{}", resp.text());
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = sc.chat(body).await;
+    assert!(resp.text().contains("\"usage\":{"), "{}", resp.text());
+}
+
+#[tokio::test]
+async fn failing_target_falls_back_to_the_next() {
+    let sc = Sidecar::start(FIXTURE).await;
+    for stream in [false, true] {
+        let mut body = ask("resilient", "hi");
+        body["stream"] = json!(stream);
+        let resp = sc.chat(body).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-sluice-provider"), Some("steady"));
+        assert_eq!(resp.header("x-sluice-attempts"), Some("2"));
+    }
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains(r#"sluice_fallbacks_total{route="resilient",from="flaky",to="steady",reason="overloaded"} 2"#),
+        "{metrics}"
+    );
+    // With nothing to fall back to, the last failure is the answer.
+    let resp = sc.chat(ask("doomed", "hi")).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["error"]["code"], "overloaded");
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_error_objects() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let cases: Vec<(&'static [u8], u16, &str, Option<&str>)> = vec![
+        (b"{not json", 400, "invalid_json", None),
+        (b"\xff\xfe\x00", 400, "invalid_json", None),
+        (
+            br#"{"model":"chat","messages":"hi"}"#,
+            400,
+            "invalid_parameter",
+            Some("messages"),
+        ),
+        (
+            br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"max_tokens":"many"}"#,
+            400,
+            "invalid_parameter",
+            Some("max_tokens"),
+        ),
+        (
+            br#"{"model":"chat"}"#,
+            400,
+            "invalid_parameter",
+            Some("messages"),
+        ),
+        (
+            br#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#,
+            404,
+            "model_not_found",
+            Some("model"),
+        ),
+    ];
+    for (body, status, code, param) in cases {
+        let resp = sc.post_raw("/v1/chat/completions", body).await;
+        assert_eq!(resp.status, status, "{}", String::from_utf8_lossy(body));
+        let e = &resp.json()["error"];
+        assert_eq!(e["code"], code, "{}", resp.text());
+        assert_eq!(e["param"].as_str(), param, "{}", resp.text());
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(e["type"].as_str().is_some());
+        assert_eq!(resp.header("x-should-retry"), Some("false"));
+    }
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let resp = sluice_tests::mock::client::send(
+        http::Method::POST,
+        &sc.url("/v1/chat/completions"),
+        &[],
+        deep,
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["error"]["code"], "invalid_json");
+    let huge = vec![b' '; 9 << 20];
+    let resp = sluice_tests::mock::client::send(
+        http::Method::POST,
+        &sc.url("/v1/chat/completions"),
+        &[],
+        huge,
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.json()["error"]["code"], "request_too_large");
+    let resp = sc.get(&sc.url("/v1/chat/completions")).await;
+    assert_eq!(resp.status, 405);
+}
+
+#[tokio::test]
+async fn models_and_embeddings() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let resp = sc.get(&sc.url("/v1/models")).await;
+    assert_eq!(resp.status, 200);
+    let ids: Vec<String> = resp.json()["data"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids, ["chat", "doomed", "gpt-4o-mini", "resilient"]);
+    let resp = sluice_tests::mock::client::post_json(
+        &sc.url("/v1/embeddings"),
+        &[],
+        &json!({"model": "chat", "input": ["a", "b"]}),
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["data"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test]
+async fn reload_applies_good_edits_and_keeps_serving_through_bad_ones() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let added = format!(
+        "{FIXTURE}---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: extra}}\nspec:\n  model: extra\n  targets: [{{providerRef: {{name: steady}}, model: mock-small}}]\n"
+    );
+    std::fs::write(&sc.path, &added).expect("write");
+    let mut ok = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if sc.chat(ask("extra", "hi")).await.status == 200 {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the new route was never served");
+    // A bad edit: unknown provider type and a dangling reference.
+    std::fs::write(
+        &sc.path,
+        added.replace("type: mock\n  mock: {failWith: 503}", "type: nope"),
+    )
+    .expect("write");
+    // Give the watcher time to see (and refuse) it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sc.chat(ask("extra", "hi")).await.status, 200);
+    assert_eq!(sc.chat(ask("resilient", "hi")).await.status, 200);
+    let ready = sc.get(&sc.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200);
+}
+
+#[tokio::test]
+async fn admin_endpoints_and_redaction() {
+    let yaml = format!(
+        "{FIXTURE}---\napiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {{name: openai}}\nspec:\n  type: openai\n  credentials: {{env: SECRET_KEY}}\n  headers: {{x-extra: also-secret}}\n  models: [{{name: gpt-4o}}]\n"
+    );
+    let sc = Sidecar::start(&yaml).await;
+    assert_eq!(sc.get(&sc.admin_url("/healthz")).await.status, 200);
+    assert_eq!(sc.get(&sc.admin_url("/readyz")).await.status, 200);
+    let debug = sc.get(&sc.admin_url("/debug/config")).await;
+    assert_eq!(debug.status, 200);
+    let text = debug.text();
+    assert!(text.contains("\"openai\""), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!text.contains("sk-do-not-leak"), "{text}");
+    assert!(!text.contains("also-secret"), "{text}");
+    let _ = sc.chat(ask("chat", "hi")).await;
+    for i in 0..50 {
+        let _ = sc.chat(ask(&format!("bogus-{i}"), "hi")).await;
+    }
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("gen_ai_client_operation_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "gen_ai_client_token_usage_count{gen_ai_token_type=\"output\",route=\"chat\""
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_requests_total{route=\"chat\",outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_requests_total{route=\"unknown\",outcome=\"error\"} 50"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("bogus"),
+        "client model names must not become labels"
+    );
+    assert!(!metrics.contains("sk-do-not-leak"));
+}
