@@ -94,6 +94,11 @@ pub fn build_chat(
     upstream_model: &str,
     stream: bool,
 ) -> Result<UpstreamRequest, Failure> {
+    if stream && req.n.is_some_and(|n| n > 1) {
+        // Only the first candidate would be streamed: refuse rather than
+        // silently answer fewer choices than asked.
+        return Err(bad_request("n > 1 cannot be streamed from gemini"));
+    }
     let body = to_generate_request(req)?;
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;

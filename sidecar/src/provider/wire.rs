@@ -10,7 +10,7 @@ use sluice_crds::common::FailureClass;
 
 use super::retry_hint::{self, MAX_HINT};
 use super::{Failure, StreamContext, StreamEvent};
-use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, Delta};
+use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, Delta, Usage};
 
 /// Longest provider message carried into a [`Failure`].
 const MAX_MESSAGE: usize = 200;
@@ -169,6 +169,29 @@ impl ChunkBuilder {
             },
             raw: None,
         }
+    }
+}
+
+impl ChunkBuilder {
+    /// The end-of-stream usage, twice: as OpenAI's usage chunk (empty
+    /// `choices`, sent to clients that asked for `include_usage`) and as
+    /// the [`StreamEvent::Usage`] accounting reads.
+    pub fn usage(&self, usage: Usage) -> [StreamEvent; 2] {
+        [
+            StreamEvent::Chunk {
+                chunk: ChatChunk {
+                    id: self.id.clone(),
+                    object: "chat.completion.chunk".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: Vec::new(),
+                    usage: Some(usage),
+                    system_fingerprint: None,
+                },
+                raw: None,
+            },
+            StreamEvent::Usage(usage),
+        ]
     }
 }
 

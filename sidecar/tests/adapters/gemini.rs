@@ -24,6 +24,10 @@ fn request_translation() {
         "gemini/request_full.out.json",
         &golden::request_json(&up, false),
     );
+    let f = gemini::build_chat(&ep, &req, "gemini-2.5-flash", true).expect_err("n > 1 streams");
+    assert_eq!(f.class, FailureClass::BadRequest);
+    let mut req = req;
+    req.n = None;
     let up = gemini::build_chat(&ep, &req, "models/gemini-2.5-flash", true).expect("builds");
     assert_eq!(
         up.url,

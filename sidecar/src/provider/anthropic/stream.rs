@@ -162,7 +162,7 @@ impl AnthropicStream {
                 }
             }
             "message_stop" => {
-                out.push(Ok(StreamEvent::Usage(self.usage.to_openai())));
+                out.extend(self.out.usage(self.usage.to_openai()).map(Ok));
                 out.push(Ok(StreamEvent::Done));
                 self.done = true;
             }

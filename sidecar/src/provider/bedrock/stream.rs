@@ -165,7 +165,7 @@ impl BedrockStream {
 
     fn complete(&mut self, out: &mut Vec<Result<StreamEvent, Failure>>) {
         if let Some(u) = self.usage {
-            out.push(Ok(StreamEvent::Usage(u.to_openai())));
+            out.extend(self.out.usage(u.to_openai()).map(Ok));
         }
         out.push(Ok(StreamEvent::Done));
         self.done = true;

@@ -157,7 +157,7 @@ impl StreamDecoder for GeminiStream {
         self.done = true;
         if self.finished {
             if let Some(u) = self.usage {
-                out.push(Ok(StreamEvent::Usage(u.to_openai())));
+                out.extend(self.out.usage(u.to_openai()).map(Ok));
             }
             out.push(Ok(StreamEvent::Done));
         } else {
