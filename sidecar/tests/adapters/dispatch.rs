@@ -124,3 +124,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_200_that_is_not_a_stream_is_malformed() {
+    for kind in [
+        ProviderType::Anthropic,
+        ProviderType::Gemini,
+        ProviderType::Bedrock,
+    ] {
+        for body in [
+            &b"<html><body>502 Bad Gateway</body></html>"[..],
+            br#"{"error":{"code":500,"message":"x","status":"INTERNAL"}}"#,
+            b"{}",
+        ] {
+            let events =
+                golden::decode_split(adapter(kind).stream_decoder(&golden::ctx()), body, &[]);
+            let last = events.last().expect("events").as_ref().expect_err("fails");
+            assert_eq!(last.class, FailureClass::Malformed, "{kind}: {last:?}");
+        }
+    }
+}

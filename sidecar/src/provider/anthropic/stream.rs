@@ -23,6 +23,9 @@ pub struct AnthropicStream {
     usage: AnthropicUsage,
     stopped: bool,
     done: bool,
+    /// Bytes arrived but never one SSE event: not a stream at all.
+    bytes_seen: bool,
+    events_seen: bool,
 }
 
 impl AnthropicStream {
@@ -36,6 +39,8 @@ impl AnthropicStream {
             usage: AnthropicUsage::default(),
             stopped: false,
             done: false,
+            bytes_seen: false,
+            events_seen: false,
         }
     }
 
@@ -207,6 +212,7 @@ fn malformed(message: &str) -> Failure {
 
 impl StreamDecoder for AnthropicStream {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
+        self.bytes_seen |= !bytes.is_empty();
         let events = self.sse.feed(bytes);
         self.take(events)
     }
@@ -221,7 +227,11 @@ impl StreamDecoder for AnthropicStream {
             } else {
                 "anthropic stream ended before its stop reason"
             };
-            out.push(Err(failure(FailureClass::StreamInterrupted, None, what)));
+            out.push(Err(if self.bytes_seen && !self.events_seen {
+                malformed("anthropic answered 200 with a body that is not an SSE stream")
+            } else {
+                failure(FailureClass::StreamInterrupted, None, what)
+            }));
         }
         out
     }
@@ -238,7 +248,10 @@ impl AnthropicStream {
                 break;
             }
             match e {
-                Ok(e) => self.on_event(e.event.as_deref().unwrap_or(""), &e.data, &mut out),
+                Ok(e) => {
+                    self.events_seen = true;
+                    self.on_event(e.event.as_deref().unwrap_or(""), &e.data, &mut out);
+                }
                 Err(f) => {
                     out.push(Err(f));
                     self.done = true;

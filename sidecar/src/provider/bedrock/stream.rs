@@ -19,6 +19,7 @@ pub struct BedrockStream {
     usage: Option<BedrockUsage>,
     stopped: bool,
     done: bool,
+    frames_seen: bool,
 }
 
 impl BedrockStream {
@@ -30,6 +31,7 @@ impl BedrockStream {
             usage: None,
             stopped: false,
             done: false,
+            frames_seen: false,
         }
     }
 
@@ -184,6 +186,7 @@ impl StreamDecoder for BedrockStream {
         }
         match self.framer.push(bytes) {
             Ok(frames) => {
+                self.frames_seen |= !frames.is_empty();
                 for f in &frames {
                     if self.done {
                         break;
@@ -204,6 +207,9 @@ impl StreamDecoder for BedrockStream {
         if self.stopped && !self.framer.has_partial() {
             // messageStop arrived; metadata (usage) is optional.
             self.complete(&mut out);
+        } else if !self.frames_seen && self.framer.has_partial() {
+            let f = malformed("bedrock answered 200 with a body that is not an event stream");
+            self.fail(&mut out, f);
         } else {
             self.fail(
                 &mut out,

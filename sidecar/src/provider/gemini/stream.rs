@@ -23,6 +23,9 @@ pub struct GeminiStream {
     usage: Option<UsageMetadata>,
     finished: bool,
     done: bool,
+    /// Bytes arrived but never one SSE event: not a stream at all.
+    bytes_seen: bool,
+    events_seen: bool,
 }
 
 impl GeminiStream {
@@ -34,6 +37,8 @@ impl GeminiStream {
             usage: None,
             finished: false,
             done: false,
+            bytes_seen: false,
+            events_seen: false,
         }
     }
 
@@ -134,7 +139,10 @@ impl GeminiStream {
                 break;
             }
             match e {
-                Ok(e) => self.on_data(&e.data, &mut out),
+                Ok(e) => {
+                    self.events_seen = true;
+                    self.on_data(&e.data, &mut out);
+                }
                 Err(f) => self.fail(&mut out, f),
             }
         }
@@ -144,6 +152,7 @@ impl GeminiStream {
 
 impl StreamDecoder for GeminiStream {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
+        self.bytes_seen |= !bytes.is_empty();
         let events = self.sse.feed(bytes);
         self.take(events)
     }
@@ -160,6 +169,10 @@ impl StreamDecoder for GeminiStream {
                 out.extend(self.out.usage(u.to_openai()).map(Ok));
             }
             out.push(Ok(StreamEvent::Done));
+        } else if self.bytes_seen && !self.events_seen {
+            out.push(Err(malformed(
+                "gemini answered 200 with a body that is not an SSE stream",
+            )));
         } else {
             out.push(Err(failure(
                 FailureClass::StreamInterrupted,
