@@ -106,7 +106,6 @@ pub struct Committed {
     pub body: UpstreamBody,
     pub idle: Duration,
     pub deadline: Instant,
-    pub started: Instant,
 }
 
 /// A successful attempt.
@@ -237,7 +236,7 @@ async fn try_target(
                 max_line: bounds.max_line,
             };
             let decoder = adapter.stream_decoder(&ctx);
-            first_token(decoder, body, first_token_by, idle, deadline, started).await
+            first_token(decoder, body, first_token_by, idle, deadline).await
         }
         Call::Chat { stream: false, .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
@@ -271,7 +270,6 @@ async fn first_token(
     first_token_by: Instant,
     idle: Duration,
     deadline: Instant,
-    started: Instant,
 ) -> Result<Answer, Failure> {
     let mut pending = Vec::new();
     loop {
@@ -297,7 +295,6 @@ async fn first_token(
                 body,
                 idle,
                 deadline,
-                started,
             }));
         }
         if ended {

@@ -265,7 +265,18 @@ impl ApiError {
 
     /// The whole HTTP answer.
     pub fn into_response(self) -> Response<Body> {
-        let mut resp = Response::new(body::full(self.json()));
+        let json = self.json();
+        self.respond_with(json)
+    }
+
+    /// The whole HTTP answer in Anthropic's error shape (`/v1/messages`).
+    pub fn into_anthropic_response(self) -> Response<Body> {
+        let value = crate::messages::from_openai_error(self.status.as_u16(), &self.body());
+        self.respond_with(Bytes::from(value.to_string()))
+    }
+
+    fn respond_with(self, json: Bytes) -> Response<Body> {
+        let mut resp = Response::new(body::full(json));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(

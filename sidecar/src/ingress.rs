@@ -56,6 +56,30 @@ where
 /// Parses and validates a chat completion request.
 pub fn parse_chat(raw: &[u8], limits: &Limits) -> Result<ChatRequest, ApiError> {
     let req: ChatRequest = parse(raw, limits)?;
+    validate_chat(req, limits)
+}
+
+/// Parses an Anthropic Messages request (`POST /v1/messages`) into the
+/// canonical chat request, with the same limits and validation.
+pub fn parse_messages(raw: &[u8], limits: &Limits) -> Result<ChatRequest, ApiError> {
+    if std::str::from_utf8(raw).is_err() {
+        return Err(ApiError::invalid_json(
+            "the request body is not valid UTF-8",
+        ));
+    }
+    check_depth(raw, limits.max_depth)?;
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+        return Err(ApiError::invalid_json(format!(
+            "the request body is not valid JSON: {e}"
+        )));
+    }
+    let req = crate::messages::parse_request(raw)
+        .map_err(|e| ApiError::invalid_parameter("", e.message))?;
+    validate_chat(req, limits)
+}
+
+/// What every chat request must satisfy, however it came in.
+fn validate_chat(req: ChatRequest, limits: &Limits) -> Result<ChatRequest, ApiError> {
     if req.model.is_empty() {
         return Err(ApiError::invalid_parameter(
             "model",

@@ -23,6 +23,7 @@ use crate::body::{self, Body};
 use crate::config::{Route, Target};
 use crate::error::{ApiError, Fault};
 use crate::ingress;
+use crate::messages;
 use crate::metrics::{self, TargetLabels};
 use crate::openai::Usage;
 use crate::policy;
@@ -33,20 +34,25 @@ use crate::route;
 /// Which API a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
+    /// `POST /v1/chat/completions`.
     Chat,
+    /// `POST /v1/messages`: Anthropic's API in, the same chat path inside.
+    Messages,
+    /// `POST /v1/embeddings`.
     Embeddings,
 }
 
 impl Operation {
+    /// The `gen_ai.operation.name`.
     fn as_str(self) -> &'static str {
         match self {
-            Operation::Chat => "chat",
+            Operation::Chat | Operation::Messages => "chat",
             Operation::Embeddings => "embeddings",
         }
     }
 }
 
-/// `POST /v1/chat/completions` and `POST /v1/embeddings`.
+/// `POST /v1/chat/completions`, `POST /v1/messages` and `POST /v1/embeddings`.
 pub async fn handle<B>(app: Arc<App>, op: Operation, headers: HeaderMap, body: B) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
@@ -55,7 +61,7 @@ where
     let mut tracker = Tracker::new(app.clone(), op, request_id::from_headers(&headers));
     let resp = match serve(&app, op, &headers, body, &mut tracker).await {
         Ok(resp) => resp,
-        Err(e) => tracker.refuse(e),
+        Err(e) => tracker.refuse(e, op),
     };
     tracker.stamp(resp)
 }
@@ -77,7 +83,16 @@ where
     let raw = ingress::read_body(headers, body, app.limits.max_body).await?;
     let (chat, embeddings) = match op {
         Operation::Chat => (Some(ingress::parse_chat(&raw, &app.limits)?), None),
+        Operation::Messages => (Some(ingress::parse_messages(&raw, &app.limits)?), None),
         Operation::Embeddings => (None, Some(ingress::parse_embeddings(&raw, &app.limits)?)),
+    };
+    // What the OpenAI-family adapters pass through: the client's own bytes,
+    // or the translation of an Anthropic request.
+    let raw = match (op, &chat) {
+        (Operation::Messages, Some(req)) => serde_json::to_vec(req)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::invalid_json(format!("cannot encode the request: {e}")))?,
+        _ => raw,
     };
     let model = chat
         .as_ref()
@@ -105,21 +120,117 @@ where
         (None, None) => return Err(ApiError::invalid_json("empty request")),
     };
     let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call).await;
-    let wants_usage = chat
-        .as_ref()
-        .and_then(|c| c.stream_options.as_ref())
-        .and_then(|o| o.include_usage)
-        == Some(true);
+    let framing = match op {
+        Operation::Messages => Framing::Anthropic(Box::new(messages::MessagesStream::new(
+            format!("msg_{}", request_id::generate()),
+            outcome.target.as_ref().map_or("", |t| t.model.as_str()),
+            chat.as_ref().map_or(0, estimate_input_tokens),
+        ))),
+        Operation::Chat | Operation::Embeddings => Framing::OpenAi {
+            wants_usage: chat
+                .as_ref()
+                .and_then(|c| c.stream_options.as_ref())
+                .and_then(|o| o.include_usage)
+                == Some(true),
+        },
+    };
 
     // respond
-    respond(app, &route, outcome, wants_usage, tracker)
+    respond(app, &route, outcome, framing, tracker)
+}
+
+/// A rough prompt size for Anthropic's `message_start` (the real count
+/// comes in `message_delta`): a token per four characters.
+fn estimate_input_tokens(req: &crate::openai::ChatRequest) -> u64 {
+    let chars: usize = req
+        .messages
+        .iter()
+        .filter_map(|m| m.content.as_ref())
+        .map(|c| c.text().len())
+        .sum();
+    (chars as u64).div_ceil(4)
+}
+
+/// How events become bytes for the client.
+enum Framing {
+    /// OpenAI `chat.completion.chunk` frames; the usage chunk only when the
+    /// client asked for it.
+    OpenAi { wants_usage: bool },
+    /// Anthropic's SSE event sequence and message object.
+    Anthropic(Box<messages::MessagesStream>),
+}
+
+impl Framing {
+    /// The bytes for a chunk, if any.
+    fn chunk(&mut self, chunk: &crate::openai::ChatChunk, raw: Option<Bytes>) -> Option<Bytes> {
+        match self {
+            Framing::OpenAi { wants_usage } => {
+                if chunk.choices.is_empty() && chunk.usage.is_some() && !*wants_usage {
+                    return None;
+                }
+                let data = match raw {
+                    Some(raw) => raw,
+                    None => serde_json::to_vec(chunk)
+                        .map(Bytes::from)
+                        .unwrap_or_default(),
+                };
+                Some(sse_frame(&data))
+            }
+            Framing::Anthropic(s) => non_empty(s.on_chunk(chunk)),
+        }
+    }
+
+    fn usage(&mut self, usage: Usage) {
+        match self {
+            Framing::OpenAi { .. } => {}
+            Framing::Anthropic(s) => s.on_usage(usage),
+        }
+    }
+
+    fn done(&mut self) -> Bytes {
+        match self {
+            Framing::OpenAi { .. } => Bytes::from_static(b"data: [DONE]\n\n"),
+            Framing::Anthropic(s) => Bytes::from(s.finish()),
+        }
+    }
+
+    fn error(&mut self, failure: &Failure) -> Bytes {
+        let e = ApiError::from_failure(failure);
+        match self {
+            Framing::OpenAi { .. } => sse_frame(&e.json()),
+            Framing::Anthropic(s) => Bytes::from(s.error(e.status.as_u16(), &e.message)),
+        }
+    }
+
+    /// A whole response body for the client.
+    fn whole(&self, body: Bytes) -> Result<Bytes, ApiError> {
+        match self {
+            Framing::OpenAi { .. } => Ok(body),
+            Framing::Anthropic(_) => {
+                let resp: crate::openai::ChatResponse =
+                    serde_json::from_slice(&body).map_err(|_| {
+                        ApiError::from_failure(&Failure::new(
+                            FailureClass::Malformed,
+                            "the upstream answer is not a chat completion",
+                        ))
+                    })?;
+                serde_json::to_vec(&messages::from_chat_response(&resp))
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::invalid_json(format!("cannot encode the answer: {e}")))
+            }
+        }
+    }
+}
+
+fn non_empty(s: String) -> Option<Bytes> {
+    (!s.is_empty()).then(|| Bytes::from(s))
 }
 
 fn respond(
     app: &Arc<App>,
     route: &Route,
     outcome: Outcome,
-    wants_usage: bool,
+    framing: Framing,
     tracker: &mut Tracker,
 ) -> Result<Response<Body>, ApiError> {
     tracker.attempts = outcome.attempts;
@@ -146,8 +257,9 @@ fn respond(
     match outcome.result {
         Err(failure) => Err(final_error(route, &failure)),
         Ok(Answer::Whole(whole)) => {
+            let body = framing.whole(whole.body)?;
             tracker.succeed(whole.usage);
-            let mut resp = Response::new(body::full(whole.body));
+            let mut resp = Response::new(body::full(body));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -157,7 +269,7 @@ fn respond(
         Ok(Answer::Stream(committed)) => {
             let (tx, body) = body::channel(16);
             let pump_tracker = tracker.hand_over();
-            tokio::spawn(pump(committed, tx, wants_usage, pump_tracker));
+            tokio::spawn(pump(committed, tx, framing, pump_tracker));
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
             h.insert(
@@ -195,7 +307,12 @@ fn final_error(route: &Route, failure: &Failure) -> ApiError {
 }
 
 /// Streams a committed response to the client until its end.
-async fn pump(mut c: Committed, tx: mpsc::Sender<Bytes>, wants_usage: bool, mut tracker: Tracker) {
+async fn pump(
+    mut c: Committed,
+    tx: mpsc::Sender<Bytes>,
+    mut framing: Framing,
+    mut tracker: Tracker,
+) {
     let mut usage: Option<Usage> = None;
     let mut first = true;
     let mut events: VecDeque<Result<StreamEvent, Failure>> = c.pending.drain(..).map(Ok).collect();
@@ -204,8 +321,7 @@ async fn pump(mut c: Committed, tx: mpsc::Sender<Bytes>, wants_usage: bool, mut 
             let ev = match ev {
                 Ok(ev) => ev,
                 Err(f) => {
-                    let frame = sse_frame(&ApiError::from_failure(&f).json());
-                    let _ = tx.send(frame).await;
+                    let _ = tx.send(framing.error(&f)).await;
                     tracker.fail_stream(&f, usage);
                     return;
                 }
@@ -213,27 +329,24 @@ async fn pump(mut c: Committed, tx: mpsc::Sender<Bytes>, wants_usage: bool, mut 
             let token = ev.is_token();
             match ev {
                 StreamEvent::Chunk { chunk, raw } => {
-                    if chunk.choices.is_empty() && chunk.usage.is_some() && !wants_usage {
+                    let Some(frame) = framing.chunk(&chunk, raw) else {
                         continue;
-                    }
-                    let data = match raw {
-                        Some(raw) => raw,
-                        None => serde_json::to_vec(&chunk)
-                            .map(Bytes::from)
-                            .unwrap_or_default(),
                     };
-                    if tx.send(sse_frame(&data)).await.is_err() {
+                    if tx.send(frame).await.is_err() {
                         tracker.cancel();
                         return;
                     }
                     if first && token {
                         first = false;
-                        tracker.first_token(c.started);
+                        tracker.first_token();
                     }
                 }
-                StreamEvent::Usage(u) => usage = Some(u),
+                StreamEvent::Usage(u) => {
+                    usage = Some(u);
+                    framing.usage(u);
+                }
                 StreamEvent::Done => {
-                    let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+                    let _ = tx.send(framing.done()).await;
                     tracker.succeed(usage);
                     return;
                 }
@@ -351,10 +464,11 @@ impl Tracker {
         }
     }
 
-    fn first_token(&self, since: Instant) {
+    /// The first token reached the client: time since the request came in.
+    fn first_token(&self) {
         self.app
             .metrics
-            .first_token(&self.labels(), since.elapsed().as_secs_f64());
+            .first_token(&self.labels(), self.started.elapsed().as_secs_f64());
     }
 
     fn succeed(&mut self, usage: Option<Usage>) {
@@ -385,8 +499,8 @@ impl Tracker {
         );
     }
 
-    /// Records an error answer and builds it.
-    fn refuse(&mut self, e: ApiError) -> Response<Body> {
+    /// Records an error answer and builds it in the shape of `op`'s API.
+    fn refuse(&mut self, e: ApiError, op: Operation) -> Response<Body> {
         self.finished = true;
         let labels = self.labels();
         self.app.metrics.error(&labels, e.class, e.fault);
@@ -407,7 +521,10 @@ impl Tracker {
             outcome = "error",
             "request"
         );
-        e.into_response()
+        match op {
+            Operation::Messages => e.into_anthropic_response(),
+            Operation::Chat | Operation::Embeddings => e.into_response(),
+        }
     }
 
     fn fail_stream(&mut self, f: &Failure, usage: Option<Usage>) {

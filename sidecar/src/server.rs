@@ -69,8 +69,11 @@ async fn api(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/v1/embeddings") => {
             pipeline::handle(app, Operation::Embeddings, parts.headers, body).await
         }
+        (&Method::POST, "/v1/messages") => {
+            pipeline::handle(app, Operation::Messages, parts.headers, body).await
+        }
         (&Method::GET, "/v1/models") => pipeline::models(&app),
-        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models") => {
+        (_, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/v1/messages") => {
             ApiError::method_not_allowed().into_response()
         }
         _ => ApiError::no_such_path().into_response(),

@@ -262,9 +262,13 @@ pub fn parse_chat_body(body: &[u8]) -> Result<ChatResponse, Failure> {
             format!("upstream 200 is not a chat completion: {e}"),
         )
     })?;
-    if resp.choices.iter().any(|c| {
-        c.finish_reason.as_deref() == Some("content_filter") || c.message.refusal.is_some()
-    }) {
+    // Output cut by the provider's filter. A structured-output `refusal`
+    // message is the model's own answer and goes to the client as is.
+    if resp
+        .choices
+        .iter()
+        .any(|c| c.finish_reason.as_deref() == Some("content_filter"))
+    {
         return Err(Failure::new(
             FailureClass::Refusal,
             "the provider filtered or refused the output",

@@ -30,12 +30,18 @@ fn env(name: &str) -> Option<String> {
     match name {
         "TEST_KEY" => Some(TEST_KEY.to_owned()),
         "SECRET_KEY" => Some("sk-do-not-leak-0123456789".to_owned()),
+        "AWS_PAIR" => Some("AKIDMOCK:mock-secret".to_owned()),
         _ => None,
     }
 }
 
 impl Sidecar {
     pub async fn start(yaml: &str) -> Sidecar {
+        Self::start_with(yaml, None).await
+    }
+
+    /// Like [`Sidecar::start`], trusting the PEM CA `extra_ca` for upstreams.
+    pub async fn start_with(yaml: &str, extra_ca: Option<&str>) -> Sidecar {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = std::env::temp_dir().join(format!(
             "sluice-sidecar-test-{}-{}",
@@ -47,6 +53,11 @@ impl Sidecar {
         std::fs::write(&path, yaml).expect("write config");
         let any = "127.0.0.1:0".parse().expect("addr");
         let mut opts = run::Options::new(path.clone(), any, any);
+        if let Some(pem) = extra_ca {
+            let ca = dir.join("ca.pem");
+            std::fs::write(&ca, pem).expect("write ca");
+            opts.extra_ca = Some(ca);
+        }
         opts.reload_interval = Duration::from_millis(50);
         let running = run::standalone(opts, env).await.expect("sidecar starts");
         Sidecar { running, path, dir }

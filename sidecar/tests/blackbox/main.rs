@@ -2,6 +2,9 @@
 //! front of the in-process mock provider and the `sluice-tests` mock
 //! upstreams.
 
+mod binary;
 mod harness;
+mod providers;
+mod python;
 mod standalone_mock;
 mod upstream;

@@ -305,3 +305,63 @@ spec:
     assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
     assert_eq!(seen.header("api-key"), Some("mock-key"));
 }
+
+#[tokio::test]
+async fn client_disconnect_cancels_a_non_stream_call() {
+    let (primary, backup) = mocks().await;
+    let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "4s")).await;
+    primary.set_default(Behaviour::ok().with_latency(Duration::from_secs(5)));
+    let url = sc.url("/v1/chat/completions");
+    let body = ask("chat", "hi").to_string();
+    let call = tokio::spawn(async move {
+        sluice_tests::mock::client::send(
+            http::Method::POST,
+            &url,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
+    });
+    assert!(primary.wait_for_requests(1, Duration::from_secs(3)).await);
+    call.abort();
+    assert!(
+        primary.wait_for_aborts(1, Duration::from_secs(3)).await,
+        "the upstream call outlived its client"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("sluice_requests_total{route=\"chat\",outcome=\"client_cancelled\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(backup.request_count(), 0);
+}
+
+#[tokio::test]
+async fn https_upstream_with_an_extra_ca_speaks_h2() {
+    let tls = MockProvider::start_tls(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let backup = MockProvider::start(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let config = yaml(&tls.url(), &backup.url(), "2s");
+    let sc = Sidecar::start_with(&config, tls.ca_pem()).await;
+    for stream in [false, true] {
+        let mut body = ask("solo", "hi");
+        body["stream"] = json!(stream);
+        let resp = sc.chat(body).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    assert_eq!(tls.requests()[0].version, http::Version::HTTP_2);
+    // Without the CA the handshake fails: a connect failure, fallen back from.
+    let untrusting = Sidecar::start(&config).await;
+    let resp = untrusting.chat(ask("chat", "hi")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    let metrics = untrusting
+        .get(&untrusting.admin_url("/metrics"))
+        .await
+        .text();
+    assert!(metrics.contains("class=\"connect\""), "{metrics}");
+}

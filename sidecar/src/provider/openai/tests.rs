@@ -152,3 +152,23 @@ fn stream_error_frames_are_failures() {
     let out = d.feed(b"data: {not json\n\n");
     assert!(matches!(&out[0], Err(f) if f.class == FailureClass::Malformed));
 }
+
+proptest::proptest! {
+    #[test]
+    fn the_stream_decoder_never_panics(
+        parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0..8),
+        prefix in "(data: |event: |: |data: \\{\"choices\":\\[)?",
+    ) {
+        let mut d = OpenAi.stream_decoder(&StreamContext {
+            model: "m".into(),
+            id: "x".into(),
+            created: 0,
+            max_line: 512,
+        });
+        let _ = d.feed(prefix.as_bytes());
+        for p in &parts {
+            let _ = d.feed(p);
+        }
+        let _ = d.finish();
+    }
+}
