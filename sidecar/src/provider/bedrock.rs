@@ -12,6 +12,8 @@
 //! - `tool_choice`: `auto` → `{auto:{}}`, `required` → `{any:{}}`, named →
 //!   `{tool:{name}}`; `none` has no Converse equivalent: the tools are left
 //!   out when the conversation has no tool blocks, else sent with `auto`.
+//!   (Bedrock honours `any` and `tool` only for models that support them,
+//!   e.g. Anthropic and Nova; others answer a validation error.)
 //! - `response_format` JSON: an instruction appended to `system`.
 //! - `stopReason`: `end_turn`, `stop_sequence` → `stop`; `max_tokens`,
 //!   `model_context_window_exceeded` → `length`; `tool_use` → `tool_calls`;

@@ -144,3 +144,51 @@ fn a_200_that_is_not_a_stream_is_malformed() {
         }
     }
 }
+
+fn message_strategy() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!({"role": "system", "content": "s"})),
+        Just(json!({"role": "developer", "content": [{"type": "text", "text": ""}]})),
+        Just(json!({"role": "user", "content": ""})),
+        Just(
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/gif;base64,R0lG"}}]})
+        ),
+        Just(
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:;base64,"}}]})
+        ),
+        Just(json!({"role": "user", "content": [{"type": "text"}]})),
+        Just(json!({"role": "assistant", "content": null})),
+        Just(
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]})
+        ),
+        Just(
+            json!({"role": "assistant", "tool_calls": [{"id": "", "type": "function", "function": {"name": "", "arguments": "nope"}}]})
+        ),
+        Just(json!({"role": "tool", "tool_call_id": "a", "content": "r"})),
+        Just(json!({"role": "tool", "content": null})),
+        "[a-z]{0,6}".prop_map(|r| json!({"role": r, "content": "x"})),
+    ]
+}
+
+proptest! {
+    /// No request shape makes a translator panic: it builds or refuses.
+    #[test]
+    fn request_translation_never_panics(
+        messages in proptest::collection::vec(message_strategy(), 0..8),
+        choice in prop_oneof![Just(serde_json::json!("auto")), Just(serde_json::json!("none")), Just(serde_json::json!("required")), Just(serde_json::json!({"type": "function"})), Just(serde_json::json!(3))],
+        n in 0u32..3,
+        stream in any::<bool>(),
+    ) {
+        let req: ChatRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": messages, "n": n, "tool_choice": choice,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_schema"},
+        })).expect("request");
+        for kind in [ProviderType::Anthropic, ProviderType::Gemini, ProviderType::Bedrock] {
+            let mut ep = golden::endpoint(kind, "https://x.example", "AK:SK");
+            ep.region = Some("us-west-2".into());
+            let _ = adapter(kind).build_chat(&ep, &req, "model", stream);
+        }
+    }
+}
