@@ -98,8 +98,10 @@ pub fn build_chat(
         format!("{base}/v1/messages")
     };
     let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
+    // A version (or beta) set in `spec.headers` wins over the default.
     out.headers
-        .insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        .entry("anthropic-version")
+        .or_insert(HeaderValue::from_static(API_VERSION));
     if let Some(key) = &endpoint.credential {
         let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
             failure(

@@ -103,15 +103,24 @@ pub fn build_chat(
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
     let base = wire::trim_base(&endpoint.base_url);
-    let base = base.strip_suffix("/v1beta").unwrap_or(base);
+    // An endpoint naming its API version (`…/v1`, `…/v1beta`) keeps it;
+    // a bare host gets `v1beta`, where every field used here exists.
+    let versioned = ["/v1", "/v1beta", "/v1alpha"]
+        .iter()
+        .any(|v| base.ends_with(v));
+    let base = if versioned {
+        base.to_owned()
+    } else {
+        format!("{base}/v1beta")
+    };
     let model = upstream_model
         .strip_prefix("models/")
         .unwrap_or(upstream_model);
     let model = super::bedrock::encode_path_segment(model);
     let url = if stream {
-        format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
+        format!("{base}/models/{model}:streamGenerateContent?alt=sse")
     } else {
-        format!("{base}/v1beta/models/{model}:generateContent")
+        format!("{base}/models/{model}:generateContent")
     };
     let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
     if let Some(key) = &endpoint.credential {

@@ -136,3 +136,33 @@ proptest! {
         let _ = gemini::classify(status, &HeaderMap::new(), &body, now());
     }
 }
+
+#[test]
+fn endpoints_that_name_a_version_keep_it() {
+    let req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .expect("request");
+    for (base, url) in [
+        (
+            "https://g.example",
+            "https://g.example/v1beta/models/gm:generateContent",
+        ),
+        (
+            "https://g.example/v1beta/",
+            "https://g.example/v1beta/models/gm:generateContent",
+        ),
+        (
+            "https://g.example/v1",
+            "https://g.example/v1/models/gm:generateContent",
+        ),
+    ] {
+        let ep = golden::endpoint(ProviderType::Gemini, base, "k");
+        assert_eq!(
+            gemini::build_chat(&ep, &req, "gm", false)
+                .expect("builds")
+                .url,
+            url
+        );
+    }
+}
