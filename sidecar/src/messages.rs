@@ -26,6 +26,7 @@ use crate::openai::{
 use crate::provider::anthropic::{
     AnthropicContent, AnthropicUsage, Block, MessagesRequest, MessagesResponse,
 };
+use crate::provider::wire::safe_message;
 
 /// A request the ingress refuses, in Anthropic's terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +53,12 @@ impl IngressError {
 
 /// Parses and translates a `/v1/messages` body.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, IngressError> {
-    let req: MessagesRequest = serde_json::from_slice(body)
-        .map_err(|e| IngressError::invalid(format!("invalid request body: {e}")))?;
+    let req: MessagesRequest = serde_json::from_slice(body).map_err(|e| {
+        IngressError::invalid(format!(
+            "invalid request body: {}",
+            safe_message(&e.to_string())
+        ))
+    })?;
     to_chat_request(req)
 }
 

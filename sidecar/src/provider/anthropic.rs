@@ -17,22 +17,21 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::sse::SseParser;
-use super::wire::{self, ChunkBuilder, failure, safe_message};
-use super::{
-    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
-};
-use crate::openai::{
-    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
-    ToolCall, ToolCallDelta, Usage,
-};
+use super::wire::{self, failure, safe_message};
+use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
+
+mod stream;
+mod types;
+
+pub use stream::AnthropicStream;
+pub use types::*;
 
 /// The `anthropic-version` header every call carries.
 pub const API_VERSION: &str = "2023-06-01";
@@ -44,206 +43,6 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// send in the OpenAI body (or that the Anthropic ingress carries over) and
 /// that are forwarded to Anthropic untouched.
 const PASS_THROUGH: &[&str] = &["top_k", "thinking", "service_tier"];
-
-// ---------------------------------------------------------------- wire types
-
-/// `POST /v1/messages` body.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct MessagesRequest {
-    pub model: String,
-    pub messages: Vec<AnthropicMessage>,
-    pub max_tokens: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<AnthropicContent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_sequences: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Vec<AnthropicTool>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_choice: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct AnthropicMessage {
-    /// `user` or `assistant`.
-    pub role: String,
-    pub content: AnthropicContent,
-}
-
-/// A string, or content blocks.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(untagged)]
-pub enum AnthropicContent {
-    Text(String),
-    Blocks(Vec<Block>),
-}
-
-impl AnthropicContent {
-    /// The content as blocks (a string is one text block).
-    pub fn into_blocks(self) -> Vec<Block> {
-        match self {
-            AnthropicContent::Text(t) => vec![Block::text(t)],
-            AnthropicContent::Blocks(b) => b,
-        }
-    }
-
-    /// All text blocks joined by newlines.
-    pub fn text(&self) -> String {
-        match self {
-            AnthropicContent::Text(t) => t.clone(),
-            AnthropicContent::Blocks(b) => b
-                .iter()
-                .filter(|b| b.kind == "text")
-                .filter_map(|b| b.text.as_deref())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
-    }
-}
-
-/// One content block: `text`, `image`, `tool_use`, `tool_result`,
-/// `thinking`… Fields of other kinds pass through in `extra`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct Block {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// `image`: `{"type":"base64","media_type","data"}` or `{"type":"url","url"}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Value>,
-    /// `tool_use`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<Value>,
-    /// `tool_result`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_use_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<AnthropicContent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_error: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl Block {
-    pub fn text(text: impl Into<String>) -> Self {
-        Block {
-            kind: "text".into(),
-            text: Some(text.into()),
-            ..Block::default()
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct AnthropicTool {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Absent on Anthropic's server tools (which carry a `type` in `extra`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_schema: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// A non-stream `/v1/messages` response (also `message_start.message`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct MessagesResponse {
-    #[serde(default)]
-    pub id: String,
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    #[serde(default)]
-    pub role: String,
-    #[serde(default)]
-    pub model: String,
-    #[serde(default)]
-    pub content: Vec<Block>,
-    #[serde(default)]
-    pub stop_reason: Option<String>,
-    #[serde(default)]
-    pub stop_sequence: Option<String>,
-    #[serde(default)]
-    pub usage: AnthropicUsage,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct AnthropicUsage {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_creation_input_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_read_input_tokens: Option<u64>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl AnthropicUsage {
-    /// OpenAI counts every prompt token in `prompt_tokens`; Anthropic
-    /// splits out cache reads and cache writes. Cache reads are the cached
-    /// tokens; cache writes are ordinary (if dearer) prompt tokens.
-    pub fn to_openai(&self) -> Usage {
-        let read = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt =
-            self.input_tokens.unwrap_or(0) + read + self.cache_creation_input_tokens.unwrap_or(0);
-        Usage::new(prompt, self.output_tokens.unwrap_or(0), read)
-    }
-
-    /// Later counts (a `message_delta`) override earlier ones.
-    fn merge(&mut self, later: &AnthropicUsage) {
-        let pick = |a: &mut Option<u64>, b: Option<u64>| {
-            if b.is_some() {
-                *a = b;
-            }
-        };
-        pick(&mut self.input_tokens, later.input_tokens);
-        pick(&mut self.output_tokens, later.output_tokens);
-        pick(
-            &mut self.cache_creation_input_tokens,
-            later.cache_creation_input_tokens,
-        );
-        pick(
-            &mut self.cache_read_input_tokens,
-            later.cache_read_input_tokens,
-        );
-    }
-}
-
-/// `{"type":"error","error":{"type","message"}}`.
-#[derive(Deserialize, Debug, Default)]
-struct ErrorEnvelope {
-    #[serde(default)]
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize, Debug, Default)]
-struct ErrorDetail {
-    #[serde(rename = "type", default)]
-    kind: String,
-    #[serde(default)]
-    message: String,
-}
 
 // ------------------------------------------------------------------ request
 
@@ -299,8 +98,10 @@ pub fn build_chat(
         format!("{base}/v1/messages")
     };
     let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
+    // A version (or beta) set in `spec.headers` wins over the default.
     out.headers
-        .insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        .entry("anthropic-version")
+        .or_insert(HeaderValue::from_static(API_VERSION));
     if let Some(key) = &endpoint.credential {
         let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
             failure(
@@ -411,12 +212,15 @@ fn push_turn(turns: &mut Vec<AnthropicMessage>, role: &str, blocks: Vec<Block>) 
     });
 }
 
+/// Anthropic rejects empty text blocks, so empty text is left out.
 fn user_blocks(m: &Message) -> Result<Vec<Block>, Failure> {
     match &m.content {
         None => Ok(Vec::new()),
+        Some(Content::Text(t)) if t.is_empty() => Ok(Vec::new()),
         Some(Content::Text(t)) => Ok(vec![Block::text(t.clone())]),
         Some(Content::Parts(parts)) => parts
             .iter()
+            .filter(|p| !(p.kind == "text" && p.text.as_deref().unwrap_or("").is_empty()))
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(Block::text(p.text.clone().unwrap_or_default())),
                 "image_url" => {
@@ -704,245 +508,4 @@ fn ratelimit_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         .filter_map(|at| SystemTime::from(at).duration_since(now).ok())
         .filter(|d| *d <= super::retry_hint::MAX_HINT)
         .max()
-}
-
-// ------------------------------------------------------------------- stream
-
-/// Anthropic SSE (`message_start`, `content_block_*`, `ping`,
-/// `message_delta`, `message_stop`, `error`) → OpenAI chunks, one event at
-/// a time. The role is sent with the first token, never alone, so the
-/// first chunk out is a real token (the commit point).
-#[derive(Debug)]
-pub struct AnthropicStream {
-    sse: SseParser,
-    out: ChunkBuilder,
-    /// Anthropic block index → OpenAI tool call index.
-    tool_index: Vec<(u64, u32)>,
-    usage: AnthropicUsage,
-    stopped: bool,
-    done: bool,
-}
-
-impl AnthropicStream {
-    /// The context's `id` and `model` are used until `message_start`
-    /// names its own.
-    pub fn new(ctx: &StreamContext) -> Self {
-        Self {
-            sse: SseParser::new(ctx.max_line),
-            out: ChunkBuilder::new(ctx),
-            tool_index: Vec::new(),
-            usage: AnthropicUsage::default(),
-            stopped: false,
-            done: false,
-        }
-    }
-
-    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        self.out.event(delta, finish_reason)
-    }
-
-    fn on_event(&mut self, event: &str, data: &str, out: &mut Vec<Result<StreamEvent, Failure>>) {
-        let value: Value = match serde_json::from_str(data) {
-            Ok(v) => v,
-            Err(_) => {
-                out.push(Err(malformed("an anthropic stream event is not JSON")));
-                self.done = true;
-                return;
-            }
-        };
-        // The `type` in the data is authoritative; `event:` is a hint.
-        let kind = value.get("type").and_then(Value::as_str).unwrap_or(event);
-        match kind {
-            "message_start" => {
-                if let Some(m) = value.get("message") {
-                    if let Some(id) = m.get("id").and_then(Value::as_str) {
-                        self.out.id = id.to_owned();
-                    }
-                    if let Some(model) = m.get("model").and_then(Value::as_str) {
-                        self.out.model = model.to_owned();
-                    }
-                    if let Some(u) = m.get("usage") {
-                        self.merge_usage(u);
-                    }
-                }
-            }
-            "content_block_start" => {
-                let block = value.get("content_block");
-                let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
-                match block.and_then(|b| b.get("type")).and_then(Value::as_str) {
-                    Some("tool_use") => {
-                        let n = self.tool_index.len() as u32;
-                        self.tool_index.push((index, n));
-                        let field = |k| block.and_then(|b| b.get(k)).and_then(Value::as_str);
-                        let delta = Delta {
-                            tool_calls: Some(vec![ToolCallDelta {
-                                index: n,
-                                id: field("id").map(str::to_owned),
-                                kind: Some("function".into()),
-                                function: Some(FunctionCallDelta {
-                                    name: field("name").map(str::to_owned),
-                                    arguments: Some(String::new()),
-                                }),
-                            }]),
-                            ..Delta::default()
-                        };
-                        out.push(Ok(self.chunk(delta, None)));
-                    }
-                    Some("text") => {
-                        let text = block
-                            .and_then(|b| b.get("text"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        if !text.is_empty() {
-                            let delta = Delta {
-                                content: Some(text.to_owned()),
-                                ..Delta::default()
-                            };
-                            out.push(Ok(self.chunk(delta, None)));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            "content_block_delta" => {
-                let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let delta = value.get("delta");
-                let field = |k| delta.and_then(|d| d.get(k)).and_then(Value::as_str);
-                match field("type") {
-                    Some("text_delta") => {
-                        let delta = Delta {
-                            content: Some(field("text").unwrap_or("").to_owned()),
-                            ..Delta::default()
-                        };
-                        out.push(Ok(self.chunk(delta, None)));
-                    }
-                    Some("input_json_delta") => {
-                        let Some(&(_, n)) = self.tool_index.iter().find(|(i, _)| *i == index)
-                        else {
-                            return;
-                        };
-                        let partial = field("partial_json").unwrap_or("");
-                        if partial.is_empty() {
-                            return;
-                        }
-                        let delta = Delta {
-                            tool_calls: Some(vec![ToolCallDelta {
-                                index: n,
-                                function: Some(FunctionCallDelta {
-                                    name: None,
-                                    arguments: Some(partial.to_owned()),
-                                }),
-                                ..ToolCallDelta::default()
-                            }]),
-                            ..Delta::default()
-                        };
-                        out.push(Ok(self.chunk(delta, None)));
-                    }
-                    // thinking_delta, signature_delta, citations_delta.
-                    _ => {}
-                }
-            }
-            "message_delta" => {
-                if let Some(u) = value.get("usage") {
-                    self.merge_usage(u);
-                }
-                let reason = value.pointer("/delta/stop_reason").and_then(Value::as_str);
-                match finish_reason(reason) {
-                    Ok(Some(r)) => {
-                        self.stopped = true;
-                        out.push(Ok(self.chunk(Delta::default(), Some(r))));
-                    }
-                    Ok(None) => {}
-                    Err(f) => {
-                        out.push(Err(f));
-                        self.done = true;
-                    }
-                }
-            }
-            "message_stop" => {
-                out.push(Ok(StreamEvent::Usage(self.usage.to_openai())));
-                out.push(Ok(StreamEvent::Done));
-                self.done = true;
-            }
-            "error" => {
-                let kind = value
-                    .pointer("/error/type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let message = value
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                // Mid-stream errors carry no HTTP status of their own.
-                let class = error_class(0, kind, message);
-                let class = if class == FailureClass::BadRequest && kind.is_empty() {
-                    FailureClass::StreamInterrupted
-                } else {
-                    class
-                };
-                out.push(Err(failure(
-                    class,
-                    None,
-                    format!("anthropic stream error {kind}: {}", safe_message(message)),
-                )));
-                self.done = true;
-            }
-            // ping, and event types newer than this code.
-            _ => {}
-        }
-    }
-
-    fn merge_usage(&mut self, u: &Value) {
-        if let Ok(u) = serde_json::from_value::<AnthropicUsage>(u.clone()) {
-            self.usage.merge(&u);
-        }
-    }
-}
-
-fn malformed(message: &str) -> Failure {
-    failure(FailureClass::Malformed, Some(200), message)
-}
-
-impl StreamDecoder for AnthropicStream {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
-        let events = self.sse.feed(bytes);
-        self.take(events)
-    }
-
-    fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
-        let events = self.sse.finish();
-        let mut out = self.take(events);
-        if !self.done {
-            self.done = true;
-            let what = if self.stopped {
-                "anthropic stream ended before message_stop"
-            } else {
-                "anthropic stream ended before its stop reason"
-            };
-            out.push(Err(failure(FailureClass::StreamInterrupted, None, what)));
-        }
-        out
-    }
-}
-
-impl AnthropicStream {
-    fn take(
-        &mut self,
-        events: Vec<Result<super::sse::SseEvent, Failure>>,
-    ) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        for e in events {
-            if self.done {
-                break;
-            }
-            match e {
-                Ok(e) => self.on_event(e.event.as_deref().unwrap_or(""), &e.data, &mut out),
-                Err(f) => {
-                    out.push(Err(f));
-                    self.done = true;
-                }
-            }
-        }
-        out
-    }
 }

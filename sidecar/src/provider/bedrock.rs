@@ -12,6 +12,8 @@
 //! - `tool_choice`: `auto` → `{auto:{}}`, `required` → `{any:{}}`, named →
 //!   `{tool:{name}}`; `none` has no Converse equivalent: the tools are left
 //!   out when the conversation has no tool blocks, else sent with `auto`.
+//!   (Bedrock honours `any` and `tool` only for models that support them,
+//!   e.g. Anthropic and Nova; others answer a validation error.)
 //! - `response_format` JSON: an instruction appended to `system`.
 //! - `stopReason`: `end_turn`, `stop_sequence` → `stop`; `max_tokens`,
 //!   `model_context_window_exceeded` → `length`; `tool_use` → `tool_calls`;
@@ -23,135 +25,26 @@
 
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::wire::{self, ChunkBuilder, failure, safe_message};
-use super::{
-    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
-};
-use crate::openai::{
-    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
-    ToolCall, ToolCallDelta, Usage,
-};
+use super::wire::{self, failure, safe_message};
+use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
+
+mod stream;
+mod types;
+
+pub use stream::BedrockStream;
+pub use types::*;
 
 pub mod eventstream;
 
-use eventstream::{EventStreamFramer, Frame};
-
 /// SigV4 service name of the Bedrock runtime.
 pub const SIGNING_SERVICE: &str = "bedrock";
-
-// ---------------------------------------------------------------- wire types
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ConverseRequest {
-    pub messages: Vec<BedrockMessage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system: Option<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inference_config: Option<InferenceConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_config: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct BedrockMessage {
-    pub role: String,
-    #[serde(default)]
-    pub content: Vec<BedrockBlock>,
-}
-
-/// A content block is a union: exactly one of its fields is set.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct BedrockBlock {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_use: Option<ToolUse>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_result: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolUse {
-    pub tool_use_id: String,
-    pub name: String,
-    #[serde(default)]
-    pub input: Value,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct InferenceConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_sequences: Option<Vec<String>>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ConverseResponse {
-    #[serde(default)]
-    pub output: Option<ConverseOutput>,
-    #[serde(default)]
-    pub stop_reason: Option<String>,
-    #[serde(default)]
-    pub usage: Option<BedrockUsage>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct ConverseOutput {
-    #[serde(default)]
-    pub message: Option<BedrockMessage>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct BedrockUsage {
-    #[serde(default)]
-    pub input_tokens: u64,
-    #[serde(default)]
-    pub output_tokens: u64,
-    #[serde(default)]
-    pub total_tokens: u64,
-    #[serde(default)]
-    pub cache_read_input_tokens: u64,
-    #[serde(default)]
-    pub cache_write_input_tokens: u64,
-}
-
-impl BedrockUsage {
-    /// Like Anthropic, `inputTokens` leaves out cache reads and writes;
-    /// OpenAI's `prompt_tokens` counts them all.
-    pub fn to_openai(self) -> Usage {
-        Usage::new(
-            self.input_tokens + self.cache_read_input_tokens + self.cache_write_input_tokens,
-            self.output_tokens,
-            self.cache_read_input_tokens,
-        )
-    }
-}
 
 // ------------------------------------------------------------------ request
 
@@ -741,215 +634,4 @@ fn is_context_length(lower: &str) -> bool {
         || lower.contains("context window")
         || lower.contains("context length")
         || lower.contains("max_tokens exceed")
-}
-
-// ------------------------------------------------------------------- stream
-
-/// ConverseStream (binary event stream) → OpenAI chunks.
-#[derive(Debug)]
-pub struct BedrockStream {
-    framer: EventStreamFramer,
-    out: ChunkBuilder,
-    /// `contentBlockIndex` → OpenAI tool call index.
-    tool_index: Vec<(u64, u32)>,
-    usage: Option<BedrockUsage>,
-    stopped: bool,
-    done: bool,
-}
-
-impl BedrockStream {
-    pub fn new(ctx: &StreamContext) -> Self {
-        Self {
-            framer: EventStreamFramer::new(),
-            out: ChunkBuilder::new(ctx),
-            tool_index: Vec::new(),
-            usage: None,
-            stopped: false,
-            done: false,
-        }
-    }
-
-    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        self.out.event(delta, finish_reason)
-    }
-
-    fn fail(&mut self, out: &mut Vec<Result<StreamEvent, Failure>>, f: Failure) {
-        out.push(Err(f));
-        self.done = true;
-    }
-
-    fn on_frame(&mut self, frame: &Frame, out: &mut Vec<Result<StreamEvent, Failure>>) {
-        let payload: Value = serde_json::from_slice(&frame.payload).unwrap_or(Value::Null);
-        match frame.header(":message-type").unwrap_or("event") {
-            "event" => {}
-            "exception" => {
-                let kind = frame.header(":exception-type").unwrap_or("");
-                let message = payload.get("message").and_then(Value::as_str).unwrap_or("");
-                let class = match error_class(0, kind, message) {
-                    // A model stream error mid-stream is an interruption.
-                    FailureClass::ServerError if kind == "modelStreamErrorException" => {
-                        FailureClass::StreamInterrupted
-                    }
-                    c => c,
-                };
-                let f = failure(
-                    class,
-                    None,
-                    format!("bedrock stream {kind}: {}", safe_message(message)),
-                );
-                return self.fail(out, f);
-            }
-            _ => {
-                let code = frame.header(":error-code").unwrap_or("");
-                let message = frame.header(":error-message").unwrap_or("");
-                let f = failure(
-                    FailureClass::StreamInterrupted,
-                    None,
-                    format!("bedrock stream error {code}: {}", safe_message(message)),
-                );
-                return self.fail(out, f);
-            }
-        }
-        if payload.is_null() {
-            return self.fail(out, malformed("a bedrock stream event is not JSON"));
-        }
-        match frame.header(":event-type").unwrap_or("") {
-            "contentBlockStart" => {
-                let index = payload
-                    .get("contentBlockIndex")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if let Some(tu) = payload.pointer("/start/toolUse") {
-                    let n = self.tool_index.len() as u32;
-                    self.tool_index.push((index, n));
-                    let field = |k| tu.get(k).and_then(Value::as_str).map(str::to_owned);
-                    let delta = Delta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: n,
-                            id: field("toolUseId"),
-                            kind: Some("function".into()),
-                            function: Some(FunctionCallDelta {
-                                name: field("name"),
-                                arguments: Some(String::new()),
-                            }),
-                        }]),
-                        ..Delta::default()
-                    };
-                    out.push(Ok(self.chunk(delta, None)));
-                }
-            }
-            "contentBlockDelta" => {
-                let index = payload
-                    .get("contentBlockIndex")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                if let Some(t) = payload.pointer("/delta/text").and_then(Value::as_str) {
-                    if !t.is_empty() {
-                        let delta = Delta {
-                            content: Some(t.to_owned()),
-                            ..Delta::default()
-                        };
-                        out.push(Ok(self.chunk(delta, None)));
-                    }
-                } else if let Some(input) = payload
-                    .pointer("/delta/toolUse/input")
-                    .and_then(Value::as_str)
-                {
-                    let Some(&(_, n)) = self.tool_index.iter().find(|(i, _)| *i == index) else {
-                        return;
-                    };
-                    if input.is_empty() {
-                        return;
-                    }
-                    let delta = Delta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: n,
-                            function: Some(FunctionCallDelta {
-                                name: None,
-                                arguments: Some(input.to_owned()),
-                            }),
-                            ..ToolCallDelta::default()
-                        }]),
-                        ..Delta::default()
-                    };
-                    out.push(Ok(self.chunk(delta, None)));
-                }
-            }
-            "messageStop" => {
-                let reason = payload.get("stopReason").and_then(Value::as_str);
-                match finish_reason(reason) {
-                    Ok(r) => {
-                        self.stopped = true;
-                        let r = r.unwrap_or_else(|| "stop".into());
-                        out.push(Ok(self.chunk(Delta::default(), Some(r))));
-                    }
-                    Err(f) => self.fail(out, f),
-                }
-            }
-            "metadata" => {
-                if let Some(u) = payload.get("usage") {
-                    self.usage = serde_json::from_value(u.clone()).ok();
-                }
-                if self.stopped {
-                    self.complete(out);
-                }
-            }
-            // messageStart, contentBlockStop, newer events.
-            _ => {}
-        }
-    }
-
-    fn complete(&mut self, out: &mut Vec<Result<StreamEvent, Failure>>) {
-        if let Some(u) = self.usage {
-            out.push(Ok(StreamEvent::Usage(u.to_openai())));
-        }
-        out.push(Ok(StreamEvent::Done));
-        self.done = true;
-    }
-}
-
-fn malformed(message: &str) -> Failure {
-    failure(FailureClass::Malformed, Some(200), message)
-}
-
-impl StreamDecoder for BedrockStream {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        match self.framer.push(bytes) {
-            Ok(frames) => {
-                for f in &frames {
-                    if self.done {
-                        break;
-                    }
-                    self.on_frame(f, &mut out);
-                }
-            }
-            Err(e) => self.fail(&mut out, malformed(&e)),
-        }
-        out
-    }
-
-    fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        if self.stopped && !self.framer.has_partial() {
-            // messageStop arrived; metadata (usage) is optional.
-            self.complete(&mut out);
-        } else {
-            self.fail(
-                &mut out,
-                failure(
-                    FailureClass::StreamInterrupted,
-                    None,
-                    "bedrock stream ended before messageStop",
-                ),
-            );
-        }
-        out
-    }
 }

@@ -9,6 +9,9 @@
 //!   turn, named after the call they answer (looked up by id).
 //! - Tool schemas go in `parametersJsonSchema` (full JSON Schema), JSON
 //!   mode in `responseMimeType` (+ `responseJsonSchema`).
+//! - Replayed function calls carry `thoughtSignature:
+//!   skip_thought_signature_validator` (Gemini 3 requires a signature; the
+//!   OpenAI format cannot keep the real one).
 //! - Images: data URLs → `inlineData`; other URLs → `fileData` (mime type
 //!   guessed from the extension, `image/jpeg` by default).
 //! - `finishReason`: `STOP`/`OTHER`/unknown → `stop` (or `tool_calls` when
@@ -24,160 +27,21 @@
 
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sluice_crds::common::FailureClass;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::sse::{SseEvent, SseParser};
-use super::wire::{self, ChunkBuilder, failure, safe_message};
-use super::{
-    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
-};
-use crate::openai::{
-    ChatRequest, ChatResponse, Choice, Content, Delta, FunctionCall, FunctionCallDelta, Message,
-    ToolCall, ToolCallDelta, Usage,
-};
+use super::wire::{self, failure, safe_message};
+use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
 
-// ---------------------------------------------------------------- wire types
+mod stream;
+mod types;
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerateContentRequest {
-    pub contents: Vec<GeminiContent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_instruction: Option<GeminiContent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tools: Option<Vec<Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_config: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation_config: Option<GenerationConfig>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct GeminiContent {
-    /// `user` or `model`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub parts: Vec<Part>,
-}
-
-/// One part: text, inline data, a file, a function call or response.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Part {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inline_data: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file_data: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub function_call: Option<GeminiFunctionCall>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub function_response: Option<Value>,
-    /// A thought summary, not answer text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub thought: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-pub struct GeminiFunctionCall {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub args: Value,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerationConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_output_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_sequences: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub candidate_count: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_mime_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_json_schema: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct GenerateContentResponse {
-    #[serde(default)]
-    pub candidates: Vec<Candidate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt_feedback: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage_metadata: Option<UsageMetadata>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_id: Option<String>,
-    /// Present when a stream carries an error instead of a response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Candidate {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<GeminiContent>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finish_reason: Option<String>,
-    #[serde(default)]
-    pub index: u32,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct UsageMetadata {
-    #[serde(default)]
-    pub prompt_token_count: u64,
-    #[serde(default)]
-    pub candidates_token_count: u64,
-    #[serde(default)]
-    pub total_token_count: u64,
-    #[serde(default)]
-    pub cached_content_token_count: u64,
-    #[serde(default)]
-    pub thoughts_token_count: u64,
-}
-
-impl UsageMetadata {
-    /// `promptTokenCount` already includes cached tokens; thinking tokens
-    /// are billed as output, so they count as completion tokens.
-    pub fn to_openai(self) -> Usage {
-        Usage::new(
-            self.prompt_token_count,
-            self.candidates_token_count + self.thoughts_token_count,
-            self.cached_content_token_count,
-        )
-    }
-}
+pub use stream::GeminiStream;
+pub use types::*;
 
 // ------------------------------------------------------------------ request
 
@@ -230,19 +94,33 @@ pub fn build_chat(
     upstream_model: &str,
     stream: bool,
 ) -> Result<UpstreamRequest, Failure> {
+    if stream && req.n.is_some_and(|n| n > 1) {
+        // Only the first candidate would be streamed: refuse rather than
+        // silently answer fewer choices than asked.
+        return Err(bad_request("n > 1 cannot be streamed from gemini"));
+    }
     let body = to_generate_request(req)?;
     let body = serde_json::to_vec(&body)
         .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
     let base = wire::trim_base(&endpoint.base_url);
-    let base = base.strip_suffix("/v1beta").unwrap_or(base);
+    // An endpoint naming its API version (`…/v1`, `…/v1beta`) keeps it;
+    // a bare host gets `v1beta`, where every field used here exists.
+    let versioned = ["/v1", "/v1beta", "/v1alpha"]
+        .iter()
+        .any(|v| base.ends_with(v));
+    let base = if versioned {
+        base.to_owned()
+    } else {
+        format!("{base}/v1beta")
+    };
     let model = upstream_model
         .strip_prefix("models/")
         .unwrap_or(upstream_model);
     let model = super::bedrock::encode_path_segment(model);
     let url = if stream {
-        format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
+        format!("{base}/models/{model}:streamGenerateContent?alt=sse")
     } else {
-        format!("{base}/v1beta/models/{model}:generateContent")
+        format!("{base}/models/{model}:generateContent")
     };
     let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
     if let Some(key) = &endpoint.credential {
@@ -424,12 +302,22 @@ fn model_parts(m: &Message) -> Result<Vec<Part>, Failure> {
         }
     }
     for call in m.tool_calls.iter().flatten() {
+        let mut extra = Map::new();
+        // Gemini 3 refuses replayed function calls without the thought
+        // signature it issued; OpenAI tool calls have nowhere to keep one
+        // (and long ids break OpenAI's id limit on fallback), so send the
+        // sentinel Google documents for history it did not produce.
+        extra.insert(
+            "thoughtSignature".into(),
+            Value::String(SKIP_THOUGHT_SIGNATURE.into()),
+        );
         parts.push(Part {
             function_call: Some(GeminiFunctionCall {
                 id: gemini_call_id(&call.id),
                 name: call.function.name.clone(),
                 args: wire::arguments_object(&call.function.arguments)?,
             }),
+            extra,
             ..Part::default()
         });
     }
@@ -442,6 +330,10 @@ fn gemini_call_id(id: &str) -> Option<String> {
 }
 
 const SYNTHETIC_CALL_ID: &str = "call_gemini_";
+
+/// The `thoughtSignature` Google documents for function calls whose real
+/// signature is not available.
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// A `tool` message → `functionResponse`, named after the call it answers.
 fn function_response(m: &Message, all: &[Message]) -> Result<Part, Failure> {
@@ -747,165 +639,4 @@ pub fn classify_error(status: u16, error: &Value) -> Failure {
     );
     f.retry_after = retry_after;
     f
-}
-
-// ------------------------------------------------------------------- stream
-
-/// `streamGenerateContent?alt=sse` → OpenAI chunks. Each SSE event is a
-/// whole `GenerateContentResponse`; the stream has no terminating event, so
-/// it is complete when it ends after a `finishReason`.
-#[derive(Debug)]
-pub struct GeminiStream {
-    sse: SseParser,
-    out: ChunkBuilder,
-    calls: usize,
-    usage: Option<UsageMetadata>,
-    finished: bool,
-    done: bool,
-}
-
-impl GeminiStream {
-    pub fn new(ctx: &StreamContext) -> Self {
-        Self {
-            sse: SseParser::new(ctx.max_line),
-            out: ChunkBuilder::new(ctx),
-            calls: 0,
-            usage: None,
-            finished: false,
-            done: false,
-        }
-    }
-
-    fn chunk(&mut self, delta: Delta, finish_reason: Option<String>) -> StreamEvent {
-        self.out.event(delta, finish_reason)
-    }
-
-    fn on_data(&mut self, data: &str, out: &mut Vec<Result<StreamEvent, Failure>>) {
-        let value: Value = match serde_json::from_str(data) {
-            Ok(v) => v,
-            Err(_) => return self.fail(out, malformed("a gemini stream event is not JSON")),
-        };
-        let error = match &value {
-            Value::Array(items) => items.first().and_then(|v| v.get("error")),
-            v => v.get("error"),
-        };
-        if let Some(e) = error {
-            let f = classify_error(0, e);
-            return self.fail(out, f);
-        }
-        let resp: GenerateContentResponse = match serde_json::from_value(value) {
-            Ok(r) => r,
-            Err(_) => return self.fail(out, malformed("unexpected gemini stream event shape")),
-        };
-        if let Err(f) = prompt_blocked(&resp) {
-            return self.fail(out, f);
-        }
-        if let Some(u) = resp.usage_metadata {
-            self.usage = Some(u);
-        }
-        if let Some(v) = &resp.model_version {
-            self.out.model.clone_from(v);
-        }
-        if let Some(id) = &resp.response_id {
-            self.out.id = format!("chatcmpl-{id}");
-        }
-        // Only the first candidate streams (n > 1 is not streamed).
-        let Some(c) = resp.candidates.iter().find(|c| c.index == 0) else {
-            return;
-        };
-        for p in c.content.iter().flat_map(|c| &c.parts) {
-            if p.thought == Some(true) {
-                continue;
-            }
-            if let Some(t) = p.text.as_ref().filter(|t| !t.is_empty()) {
-                let delta = Delta {
-                    content: Some(t.clone()),
-                    ..Delta::default()
-                };
-                out.push(Ok(self.chunk(delta, None)));
-            }
-            if let Some(fc) = &p.function_call {
-                let rid = resp.response_id.as_deref().unwrap_or("gemini");
-                let delta = Delta {
-                    tool_calls: Some(vec![ToolCallDelta {
-                        index: self.calls as u32,
-                        id: Some(call_id(fc, rid, 0, self.calls)),
-                        kind: Some("function".into()),
-                        function: Some(FunctionCallDelta {
-                            name: Some(fc.name.clone()),
-                            arguments: Some(args_text(&fc.args)),
-                        }),
-                    }]),
-                    ..Delta::default()
-                };
-                self.calls += 1;
-                out.push(Ok(self.chunk(delta, None)));
-            }
-        }
-        match finish_reason(c.finish_reason.as_deref(), self.calls > 0) {
-            Ok(Some(r)) => {
-                self.finished = true;
-                out.push(Ok(self.chunk(Delta::default(), Some(r))));
-            }
-            Ok(None) => {}
-            Err(f) => self.fail(out, f),
-        }
-    }
-
-    fn fail(&mut self, out: &mut Vec<Result<StreamEvent, Failure>>, f: Failure) {
-        out.push(Err(f));
-        self.done = true;
-    }
-}
-
-fn malformed(message: &str) -> Failure {
-    failure(FailureClass::Malformed, Some(200), message)
-}
-
-impl GeminiStream {
-    fn take(
-        &mut self,
-        events: Vec<Result<SseEvent, Failure>>,
-    ) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::new();
-        for e in events {
-            if self.done {
-                break;
-            }
-            match e {
-                Ok(e) => self.on_data(&e.data, &mut out),
-                Err(f) => self.fail(&mut out, f),
-            }
-        }
-        out
-    }
-}
-
-impl StreamDecoder for GeminiStream {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
-        let events = self.sse.feed(bytes);
-        self.take(events)
-    }
-
-    fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
-        let events = self.sse.finish();
-        let mut out = self.take(events);
-        if self.done {
-            return out;
-        }
-        self.done = true;
-        if self.finished {
-            if let Some(u) = self.usage {
-                out.push(Ok(StreamEvent::Usage(u.to_openai())));
-            }
-            out.push(Ok(StreamEvent::Done));
-        } else {
-            out.push(Err(failure(
-                FailureClass::StreamInterrupted,
-                None,
-                "gemini stream ended before a finishReason",
-            )));
-        }
-        out
-    }
 }

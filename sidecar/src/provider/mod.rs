@@ -31,7 +31,7 @@ pub mod mock;
 pub mod openai;
 pub mod retry_hint;
 pub mod sse;
-mod wire;
+pub(crate) mod wire;
 
 /// Where and how requests for one Provider go: everything an adapter needs
 /// to build a request, and nothing it would have to look up.

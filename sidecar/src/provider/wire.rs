@@ -10,7 +10,7 @@ use sluice_crds::common::FailureClass;
 
 use super::retry_hint::{self, MAX_HINT};
 use super::{Failure, StreamContext, StreamEvent};
-use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, Delta};
+use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, Delta, Usage};
 
 /// Longest provider message carried into a [`Failure`].
 const MAX_MESSAGE: usize = 200;
@@ -25,19 +25,48 @@ pub fn failure(class: FailureClass, status: Option<u16>, message: impl Into<Stri
 }
 
 /// A provider's error message made fit for logs: control characters
-/// dropped, cut at [`MAX_MESSAGE`] characters. Provider error messages
-/// describe the request's shape (limits, parameter names), not its text.
+/// dropped, quoted values longer than [`MAX_QUOTED`] characters replaced
+/// (providers sometimes echo an offending value, which may be prompt
+/// text), cut at [`MAX_MESSAGE`] characters. What remains describes the
+/// request's shape (limits, parameter names), not its content.
 pub fn safe_message(s: &str) -> String {
-    let mut out: String = s
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        match after.find('"') {
+            Some(close) => {
+                let quoted = &after[..close];
+                if quoted.chars().count() > MAX_QUOTED {
+                    out.push_str("<redacted>");
+                } else {
+                    out.push_str(quoted);
+                }
+                out.push('"');
+                rest = &after[close + 1..];
+            }
+            None => {
+                // An unterminated quote: drop what follows it.
+                out.push_str("<redacted>");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut cut: String = out
         .chars()
         .filter(|c| !c.is_control())
         .take(MAX_MESSAGE)
         .collect();
-    if s.chars().count() > MAX_MESSAGE {
-        out.push('…');
+    if out.chars().count() > MAX_MESSAGE {
+        cut.push('…');
     }
-    out
+    cut
 }
+
+/// Longest quoted value kept in a provider message.
+const MAX_QUOTED: usize = 40;
 
 /// The class a bare status implies when the body says nothing we know.
 pub fn class_for_status(status: u16) -> FailureClass {
@@ -45,6 +74,8 @@ pub fn class_for_status(status: u16) -> FailureClass {
         200..=299 => FailureClass::Malformed,
         401 | 403 => FailureClass::Auth,
         402 => FailureClass::QuotaExhausted,
+        // As the shared table reads a bare 408.
+        408 => FailureClass::TimeoutHeaders,
         404 => FailureClass::NotFound,
         413 => FailureClass::BadRequest,
         429 => FailureClass::RateLimited,
@@ -172,6 +203,29 @@ impl ChunkBuilder {
     }
 }
 
+impl ChunkBuilder {
+    /// The end-of-stream usage, twice: as OpenAI's usage chunk (empty
+    /// `choices`, sent to clients that asked for `include_usage`) and as
+    /// the [`StreamEvent::Usage`] accounting reads.
+    pub fn usage(&self, usage: Usage) -> [StreamEvent; 2] {
+        [
+            StreamEvent::Chunk {
+                chunk: ChatChunk {
+                    id: self.id.clone(),
+                    object: "chat.completion.chunk".into(),
+                    created: self.created,
+                    model: self.model.clone(),
+                    choices: Vec::new(),
+                    usage: Some(usage),
+                    system_fingerprint: None,
+                },
+                raw: None,
+            },
+            StreamEvent::Usage(usage),
+        ]
+    }
+}
+
 /// Seconds since the Unix epoch of `t` (0 before it).
 pub fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -193,6 +247,26 @@ mod tests {
         assert_eq!(parse_seconds_suffix("-1s"), None);
         assert_eq!(parse_seconds_suffix("99999999s"), None);
         assert_eq!(parse_seconds_suffix("30"), None);
+    }
+
+    #[test]
+    fn messages_lose_long_quoted_values() {
+        assert_eq!(
+            safe_message(
+                "Invalid value at 'x' (TYPE_INT), \"tell me a very long secret story about dragons\""
+            ),
+            "Invalid value at 'x' (TYPE_INT), \"<redacted>\""
+        );
+        assert_eq!(
+            safe_message("Unknown name \"foo\"."),
+            "Unknown name \"foo\"."
+        );
+        assert_eq!(safe_message("bad \"unterminated"), "bad \"<redacted>");
+        assert_eq!(safe_message("a\nb"), "ab");
+        assert_eq!(
+            safe_message(&"x".repeat(300)).chars().count(),
+            MAX_MESSAGE + 1
+        );
     }
 
     #[test]

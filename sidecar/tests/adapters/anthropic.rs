@@ -199,3 +199,14 @@ proptest! {
         let _ = anthropic::classify(status, &HeaderMap::new(), &body, now());
     }
 }
+
+#[test]
+fn a_configured_version_header_wins() {
+    let mut ep = golden::endpoint(ProviderType::Anthropic, "https://api.anthropic.com", "k");
+    ep.headers.push((
+        HeaderName::from_static("anthropic-version"),
+        HeaderValue::from_static("2099-01-01"),
+    ));
+    let up = anthropic::build_chat(&ep, &request("request_minimal"), "m", false).expect("builds");
+    assert_eq!(up.headers["anthropic-version"], "2099-01-01");
+}

@@ -24,6 +24,10 @@ fn request_translation() {
         "gemini/request_full.out.json",
         &golden::request_json(&up, false),
     );
+    let f = gemini::build_chat(&ep, &req, "gemini-2.5-flash", true).expect_err("n > 1 streams");
+    assert_eq!(f.class, FailureClass::BadRequest);
+    let mut req = req;
+    req.n = None;
     let up = gemini::build_chat(&ep, &req, "models/gemini-2.5-flash", true).expect("builds");
     assert_eq!(
         up.url,
@@ -130,5 +134,35 @@ proptest! {
     #[test]
     fn classify_never_panics(status in 0u16..1000, body in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = gemini::classify(status, &HeaderMap::new(), &body, now());
+    }
+}
+
+#[test]
+fn endpoints_that_name_a_version_keep_it() {
+    let req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .expect("request");
+    for (base, url) in [
+        (
+            "https://g.example",
+            "https://g.example/v1beta/models/gm:generateContent",
+        ),
+        (
+            "https://g.example/v1beta/",
+            "https://g.example/v1beta/models/gm:generateContent",
+        ),
+        (
+            "https://g.example/v1",
+            "https://g.example/v1/models/gm:generateContent",
+        ),
+    ] {
+        let ep = golden::endpoint(ProviderType::Gemini, base, "k");
+        assert_eq!(
+            gemini::build_chat(&ep, &req, "gm", false)
+                .expect("builds")
+                .url,
+            url
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod bedrock;
+mod dispatch;
 mod gemini;
 mod golden;
 mod messages;

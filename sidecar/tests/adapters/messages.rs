@@ -219,3 +219,11 @@ proptest! {
         check_well_formed(&out);
     }
 }
+
+#[test]
+fn parse_errors_do_not_echo_long_values() {
+    let body = json!({"model": "m", "max_tokens": "please summarise my confidential medical history in detail", "messages": []});
+    let err = messages::parse_request(body.to_string().as_bytes()).expect_err("refused");
+    assert!(!err.message.contains("medical"), "{}", err.message);
+    assert!(err.message.contains("invalid type"), "{}", err.message);
+}

@@ -31,7 +31,8 @@ impl Frame {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Encodes a frame with string headers (tests and mock upstreams).
+    /// Encodes a frame with string headers (tests and mock upstreams);
+    /// names are at most 255 bytes and values 65,535, as the format allows.
     pub fn encode(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
         let mut h = Vec::new();
         for (name, value) in headers {
