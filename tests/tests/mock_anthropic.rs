@@ -258,6 +258,23 @@ async fn auth_version_and_validation() {
         assert_eq!(r.json()["error"]["message"], "max_tokens: Field required");
         let rec = &mock.requests()[1];
         assert_eq!(rec.header("x-api-key"), Some("sk-ant-wrong"));
+        // Current SDKs send the key as a bearer token.
+        let bearer = [
+            ("authorization", "Bearer mock-key"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let r = client::post_json(&url, &bearer, &body(false))
+            .await
+            .expect("r");
+        assert_eq!(r.status, StatusCode::OK);
+        let wrong = [
+            ("authorization", "Bearer nope"),
+            ("anthropic-version", "2023-06-01"),
+        ];
+        let r = client::post_json(&url, &wrong, &body(false))
+            .await
+            .expect("r");
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     })
     .await;
 }
@@ -279,7 +296,7 @@ async fn every_error_kind_has_its_type_and_status() {
                 429,
                 "rate_limit_error",
             ),
-            (ErrorKind::QuotaExhausted, 400, "invalid_request_error"),
+            (ErrorKind::QuotaExhausted, 402, "billing_error"),
             (ErrorKind::ServerError, 500, "api_error"),
             (ErrorKind::Overloaded, 529, "overloaded_error"),
             (ErrorKind::ModelNotReady, 529, "overloaded_error"),
@@ -339,7 +356,7 @@ async fn rate_limit_hints() {
         )
         .expect("RFC 3339");
         let ahead = reset.signed_duration_since(before).num_seconds();
-        assert!((28..=31).contains(&ahead), "reset {ahead}s ahead");
+        assert!((28..=35).contains(&ahead), "reset {ahead}s ahead");
 
         mock.enqueue(
             1,

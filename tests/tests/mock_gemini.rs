@@ -303,3 +303,48 @@ async fn mid_stream_error_event() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn embeddings_single_and_batch() {
+    bounded(async {
+        let mock = start().await;
+        let one = json!({"content": {"parts": [{"text": "abcd"}]}, "outputDimensionality": 4});
+        let v = client::post_json(
+            &format!(
+                "{}/v1beta/models/text-embedding-004:embedContent",
+                mock.url()
+            ),
+            &[KEY],
+            &one,
+        )
+        .await
+        .expect("r")
+        .json();
+        let values = v["embedding"]["values"].as_array().expect("values");
+        assert_eq!(values.len(), 4);
+        let batch = json!({"requests": [
+            {"model": "models/text-embedding-004", "content": {"parts": [{"text": "a"}]}},
+            {"model": "models/text-embedding-004", "content": {"parts": [{"text": "bb"}]}},
+        ]});
+        let v = client::post_json(
+            &format!(
+                "{}/v1beta/models/text-embedding-004:batchEmbedContents",
+                mock.url()
+            ),
+            &[KEY],
+            &batch,
+        )
+        .await
+        .expect("r")
+        .json();
+        assert_eq!(v["embeddings"].as_array().expect("list").len(), 2);
+        assert_eq!(
+            v["embeddings"][0]["values"]
+                .as_array()
+                .expect("values")
+                .len(),
+            8
+        );
+    })
+    .await;
+}

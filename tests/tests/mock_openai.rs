@@ -103,6 +103,9 @@ async fn chat_stream_with_usage_frame_by_frame() {
         for c in &chunks {
             assert_eq!(c["object"], "chat.completion.chunk");
             assert_eq!(c["model"], "gpt-4o-mini");
+            if c["choices"] != json!([]) {
+                assert!(c["obfuscation"].is_string(), "obfuscation is on by default");
+            }
         }
         assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
         assert!(chunks[0]["usage"].is_null() && chunks[0].get("usage").is_some());
@@ -130,11 +133,13 @@ async fn stream_without_include_usage_has_no_usage() {
         let mock = start(ProviderKind::OpenAi, MockConfig::default()).await;
         let r = chat(
             &mock,
-            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "m", "stream": true, "stream_options": {"include_obfuscation": false},
+                   "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
         let evs = events(&r);
         assert!(evs.iter().all(|e| e.json().get("usage").is_none()));
+        assert!(evs.iter().all(|e| e.json().get("obfuscation").is_none()));
         assert!(evs[evs.len() - 2].json()["choices"][0]["finish_reason"] == "stop");
     })
     .await;

@@ -1,5 +1,6 @@
-//! Anthropic's Messages API wire format: `POST /v1/messages` with
-//! `x-api-key` and a required `anthropic-version`, the `message` object with
+//! Anthropic's Messages API wire format: `POST /v1/messages` with the key in
+//! `x-api-key` (or `Authorization: Bearer`, as anthropic-sdk-python 2.x sends
+//! it) and a required `anthropic-version`, the `message` object with
 //! content blocks (`text`, `tool_use`), `stop_reason` (`end_turn`,
 //! `max_tokens`, `tool_use`, `refusal`), usage with cache counters, and the
 //! SSE sequence `message_start`, `content_block_start`, `ping`,
@@ -8,9 +9,9 @@
 //! `message_stop`, plus `event: error` mid-stream.
 //!
 //! Errors are `{"type":"error","error":{"type","message"},"request_id"}`:
-//! 400 `invalid_request_error` (bad request, context length, credit balance
-//! for quota, output blocked for the content filter), 401
-//! `authentication_error`, 403 `permission_error`, 404 `not_found_error`, 413
+//! 400 `invalid_request_error` (bad request, context length, output blocked
+//! for the content filter), 401 `authentication_error`, 402 `billing_error`
+//! (quota: the credit balance; the SDK's `PaymentRequiredError`), 403 `permission_error`, 404 `not_found_error`, 413
 //! `request_too_large`, 429 `rate_limit_error` with `retry-after` and
 //! `anthropic-ratelimit-requests-*` headers (reset in RFC 3339), 500
 //! `api_error`, 504 `timeout_error`, 529 `overloaded_error` (also for
@@ -44,8 +45,15 @@ pub(crate) fn route(req: &RequestView<'_>) -> Routed {
             None,
         ));
     }
-    match req.header("x-api-key") {
-        None => {
+    // The key comes in `x-api-key` or, as the current SDKs send it, as a
+    // bearer token.
+    let bearer = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "));
+    let (key, message) = match (req.header("x-api-key"), bearer) {
+        (Some(k), _) => (k, "invalid x-api-key"),
+        (None, Some(t)) => (t, "Invalid bearer token"),
+        (None, None) => {
             return Routed::Immediate(error_body(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
@@ -53,10 +61,14 @@ pub(crate) fn route(req: &RequestView<'_>) -> Routed {
                 None,
             ));
         }
-        Some(k) if k.is_empty() || req.config.api_key.as_deref().is_some_and(|e| e != k) => {
-            return Routed::Immediate(invalid_key(None));
-        }
-        Some(_) => {}
+    };
+    if key.is_empty() || req.config.api_key.as_deref().is_some_and(|e| e != key) {
+        return Routed::Immediate(error_body(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            message,
+            None,
+        ));
     }
     if req.header("anthropic-version").is_none() {
         return Routed::Immediate(error_body(
@@ -70,15 +82,6 @@ pub(crate) fn route(req: &RequestView<'_>) -> Routed {
         Ok(call) => Routed::Call(call),
         Err(r) => Routed::Immediate(r),
     }
-}
-
-fn invalid_key(ctx: Option<&Ctx<'_>>) -> Rendered {
-    error_body(
-        StatusCode::UNAUTHORIZED,
-        "authentication_error",
-        "invalid x-api-key",
-        ctx,
-    )
 }
 
 #[allow(
@@ -375,8 +378,8 @@ fn describe(kind: &ErrorKind, ctx: &Ctx<'_>) -> (StatusCode, &'static str, Strin
             ),
         ),
         ErrorKind::QuotaExhausted => (
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
+            StatusCode::PAYMENT_REQUIRED,
+            "billing_error",
             "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.".into(),
         ),
         ErrorKind::ServerError => (

@@ -38,7 +38,7 @@ pub enum ErrorKind {
     /// Transient rate limit (429) with the provider's retry hints.
     RateLimited(RateLimit),
     /// Out of quota or credit (OpenAI 429 `insufficient_quota`, Bedrock
-    /// `ServiceQuotaExceededException`, Anthropic 400 credit balance).
+    /// `ServiceQuotaExceededException`, Anthropic 402 `billing_error`, Gemini 429 per-day quota).
     QuotaExhausted,
     /// Internal error (500).
     ServerError,
@@ -100,9 +100,11 @@ pub enum Fault {
     /// `finish_reason: content_filter`, Anthropic `stop_reason: refusal`,
     /// Gemini `finishReason: SAFETY`, Bedrock `stopReason: content_filtered`).
     Refusal,
-    /// Stream `after` content frames, then the provider's in-stream error
-    /// event for `kind`, then end the stream. Non-stream calls get `kind` as a
-    /// plain error.
+    /// Stream the first `after` frames of the normal stream (every frame
+    /// counts, `message_start` and `ping` included), then the provider's
+    /// in-stream error event for `kind`, then end the stream. Non-stream calls
+    /// get `kind` as a plain error. (Gemini's JSON-array stream needs
+    /// `after >= 1` to stay a well-formed array.)
     MidStreamError {
         /// Content frames sent before the error event.
         after: usize,
@@ -128,6 +130,14 @@ pub enum Fault {
         /// Frames sent before the cut.
         after: usize,
     },
+    /// Answer exactly this, for what the model above does not cover.
+    Raw {
+        status: u16,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+        #[serde(default)]
+        body: String,
+    },
 }
 
 /// A fault plus timing: what the mock does with one request.
@@ -145,6 +155,10 @@ pub struct Behaviour {
     /// Delay before every body frame after the first.
     #[serde(default, with = "millis")]
     pub chunk_delay: Duration,
+    /// Headers set on the response after the provider rendered it
+    /// (replacing any of the same name), e.g. chosen rate-limit values.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 impl Behaviour {
@@ -181,6 +195,12 @@ impl Behaviour {
     /// Wait `d` before each body frame after the first.
     pub fn with_chunk_delay(mut self, d: Duration) -> Self {
         self.chunk_delay = d;
+        self
+    }
+
+    /// Set header `name: value` on the response, over what the provider sent.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 }

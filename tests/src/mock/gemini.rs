@@ -4,7 +4,7 @@
 //! `x-goog-api-key` or `?key=`, `candidates[].content.parts[]` (`text`,
 //! `functionCall`), `finishReason` (`STOP`, `MAX_TOKENS`, `SAFETY`),
 //! `promptFeedback.blockReason` for a blocked prompt (inside a 200) and
-//! `usageMetadata`.
+//! `usageMetadata`; embeddings by `:embedContent` and `:batchEmbedContents`.
 //!
 //! Errors are Google's `{"error":{"code","message","status","details"}}`:
 //! missing key 403 `PERMISSION_DENIED`; wrong key 400 `INVALID_ARGUMENT` with
@@ -22,7 +22,7 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::render::{Rendered, RequestView, Routed};
-use super::reply::{self, Call, Content, Finish, Reply};
+use super::reply::{self, Call, Content, Finish, Op, Reply};
 use super::{Ctx, ErrorKind};
 
 pub(crate) fn route(req: &RequestView<'_>) -> Routed {
@@ -31,7 +31,12 @@ pub(crate) fn route(req: &RequestView<'_>) -> Routed {
         .strip_prefix("/v1beta/models/")
         .or_else(|| req.path.strip_prefix("/v1/models/"))
         .and_then(|rest| rest.rsplit_once(':'))
-        .filter(|(_, method)| *method == "generateContent" || *method == "streamGenerateContent");
+        .filter(|(_, method)| {
+            matches!(
+                *method,
+                "generateContent" | "streamGenerateContent" | "embedContent" | "batchEmbedContents"
+            )
+        });
     let Some((model, method)) = target.filter(|_| req.method == Method::POST) else {
         return Routed::Immediate(google_error(
             StatusCode::NOT_FOUND,
@@ -57,6 +62,12 @@ pub(crate) fn route(req: &RequestView<'_>) -> Routed {
             return Routed::Immediate(api_key_invalid());
         }
         Some(_) => {}
+    }
+    if method == "embedContent" || method == "batchEmbedContents" {
+        return match parse_embeddings(req, model, method == "batchEmbedContents") {
+            Ok(call) => Routed::Call(call),
+            Err(r) => Routed::Immediate(r),
+        };
     }
     let stream = method == "streamGenerateContent";
     let sse = req.query_param("alt").as_deref() == Some("sse");
@@ -141,6 +152,49 @@ fn parse(req: &RequestView<'_>, model: &str) -> Result<Call, Rendered> {
     })
 }
 
+/// `embedContent` (`{"content": …}`) or `batchEmbedContents`
+/// (`{"requests": [{"content": …}, …]}`), with `outputDimensionality`.
+#[allow(
+    clippy::result_large_err,
+    reason = "an early answer on a cold path of a test mock; boxing buys nothing"
+)]
+fn parse_embeddings(req: &RequestView<'_>, model: &str, batch: bool) -> Result<Call, Rendered> {
+    let invalid =
+        |msg: &str| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, vec![]);
+    let Some(body) = req.json.filter(|v| v.is_object()) else {
+        return Err(invalid("Invalid JSON payload received. Unexpected token."));
+    };
+    let requests: Vec<&Value> = if batch {
+        body["requests"]
+            .as_array()
+            .map(|r| r.iter().collect())
+            .unwrap_or_default()
+    } else {
+        vec![body]
+    };
+    if requests.is_empty() || requests.iter().any(|r| !r["content"].is_object()) {
+        return Err(invalid(
+            "* EmbedContentRequest.content: content is not specified\n",
+        ));
+    }
+    let inputs: Vec<usize> = requests
+        .iter()
+        .map(|r| parts_text(&r["content"]["parts"]).chars().count())
+        .collect();
+    let dims = requests[0]["outputDimensionality"]
+        .as_u64()
+        .and_then(|d| usize::try_from(d).ok());
+    Ok(Call {
+        op: Op::Embeddings,
+        model: model.to_owned(),
+        input_chars: inputs.iter().sum(),
+        embedding_inputs: inputs,
+        dimensions: dims,
+        batch,
+        ..Call::default()
+    })
+}
+
 fn parts_text(parts: &Value) -> String {
     parts
         .as_array()
@@ -204,6 +258,9 @@ fn response(ctx: &Ctx<'_>, parts: Option<Value>, finish: Option<Finish>, usage: 
 }
 
 pub(crate) fn success(call: &Call, reply: &Reply, ctx: &Ctx<'_>) -> Rendered {
+    if call.op == Op::Embeddings {
+        return embeddings(call);
+    }
     let (input, output) = (reply.input_tokens, reply.output_tokens);
     let events: Vec<Value> = match (&reply.content, reply.finish) {
         (_, Finish::Refusal) => vec![response(ctx, None, Some(Finish::Refusal), usage(input, 0))],
@@ -255,6 +312,23 @@ pub(crate) fn success(call: &Call, reply: &Reply, ctx: &Ctx<'_>) -> Rendered {
         )],
     };
     render_events(call, events)
+}
+
+/// `{"embedding": {"values"}}`, or `{"embeddings": [...]}` for a batch.
+fn embeddings(call: &Call) -> Rendered {
+    let dims = call.dimensions.unwrap_or(8).clamp(1, 4096);
+    let vectors: Vec<Value> = call
+        .embedding_inputs
+        .iter()
+        .enumerate()
+        .map(|(i, chars)| json!({"values": reply::embedding(i, *chars, dims)}))
+        .collect();
+    let body = if call.batch {
+        json!({ "embeddings": vectors })
+    } else {
+        json!({ "embedding": vectors.into_iter().next().unwrap_or(Value::Null) })
+    };
+    Rendered::json(StatusCode::OK, &body)
 }
 
 /// Events as one JSON body, an SSE stream, or a streamed JSON array.

@@ -2,7 +2,9 @@
 //! `chat.completion.chunk` stream ending in `data: [DONE]`), `POST
 //! /v1/embeddings`, `GET /v1/models`, `Authorization: Bearer` keys, the error
 //! object `{"error":{"message","type","param","code"}}` and the
-//! `x-ratelimit-*` / `retry-after(-ms)` / `x-request-id` headers.
+//! `x-ratelimit-*` / `retry-after(-ms)` / `x-request-id` headers. Stream
+//! chunks carry `service_tier` and the `obfuscation` padding field unless
+//! `stream_options.include_obfuscation` is false.
 //!
 //! Azure OpenAI shares the bodies (`Flavor::Azure` adds its content-filter
 //! annotations); its paths, auth and a few errors live in `azure.rs`. Errors
@@ -27,6 +29,9 @@ pub(crate) enum Flavor {
     OpenAi,
     Azure,
 }
+
+/// Padding characters for the `obfuscation` field of stream chunks.
+const OBFUSCATION: &str = "Xq3ZpL0aVt7KmB2w";
 
 /// Requests per minute the success headers advertise.
 pub const RATE_LIMIT_REQUESTS: u32 = 10_000;
@@ -194,6 +199,9 @@ pub(crate) fn parse(req: &RequestView<'_>, op: Op, model: Option<&str>) -> Resul
         include_usage: body["stream_options"]["include_usage"]
             .as_bool()
             .unwrap_or(false),
+        obfuscation: body["stream_options"]["include_obfuscation"]
+            .as_bool()
+            .unwrap_or(true),
         input_chars: texts.join("\n").chars().count(),
         last_user_chars,
         tools,
@@ -425,6 +433,15 @@ fn chat_stream(flavor: Flavor, call: &Call, reply: &Reply, ctx: &Ctx<'_>) -> Ren
         });
         if call.include_usage {
             c["usage"] = Value::Null;
+        }
+        if flavor == Flavor::OpenAi {
+            c["service_tier"] = json!("default");
+            if call.obfuscation {
+                // OpenAI pads delta events to hide token lengths; clients
+                // must ignore the field.
+                let len = 16 - delta.to_string().len() % 16;
+                c["obfuscation"] = json!(&OBFUSCATION[..len]);
+            }
         }
         sse(None, &c)
     };

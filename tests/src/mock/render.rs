@@ -120,6 +120,17 @@ impl Rendered {
         self
     }
 
+    /// Set header `name: value` given at run time (replacing that name);
+    /// invalid names or values are skipped.
+    pub(crate) fn set_header(&mut self, name: &str, value: &str) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.headers.insert(n, v);
+        }
+    }
+
     /// The whole body as one buffer.
     pub(crate) fn body(&self) -> Bytes {
         self.frames.concat().into()

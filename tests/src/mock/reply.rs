@@ -30,6 +30,8 @@ pub(crate) struct Call {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`.
     pub include_usage: bool,
+    /// OpenAI `stream_options.include_obfuscation` (on unless turned off).
+    pub obfuscation: bool,
     /// Gemini `:streamGenerateContent` without `alt=sse`: a streamed JSON array.
     pub json_array_stream: bool,
     /// All request text joined with "\n" (never echoed, only measured).
@@ -48,6 +50,9 @@ pub(crate) struct Call {
     pub embedding_inputs: Vec<usize>,
     /// Embeddings: requested dimensions.
     pub dimensions: Option<usize>,
+    /// Embeddings: a batch call (Gemini `batchEmbedContents`), answered as a
+    /// list.
+    pub batch: bool,
 }
 
 /// The two operations mocks serve.

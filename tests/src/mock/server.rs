@@ -336,7 +336,12 @@ async fn model_call(shared: &Arc<Shared>, view: &RequestView<'_>, seq: u64) -> O
         ..ctx
     };
     match apply(shared, &call, &behaviour.fault, &ctx) {
-        Applied::Respond(rendered, end) => Outcome::Paced(rendered, end, behaviour, guard),
+        Applied::Respond(mut rendered, end) => {
+            for (k, v) in &behaviour.headers {
+                rendered.set_header(k, v);
+            }
+            Outcome::Paced(rendered, end, behaviour, guard)
+        }
         Applied::Close => {
             guard.settle();
             Outcome::Drop
@@ -401,6 +406,20 @@ fn apply(shared: &Shared, call: &Call, fault: &Fault, ctx: &Ctx<'_>) -> Applied 
         }
         Fault::CutAfter { after } => {
             return Applied::Respond(truncate(normal(), *after), End::Abort);
+        }
+        Fault::Raw {
+            status,
+            headers,
+            body,
+        } => {
+            let mut r = Rendered::json(StatusCode::OK, &serde_json::Value::Null);
+            r.status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            r.headers.clear();
+            r.frames = vec![Bytes::from(body.clone())];
+            for (k, v) in headers {
+                r.set_header(k, v);
+            }
+            r
         }
     };
     Applied::Respond(rendered, End::Complete)
