@@ -57,6 +57,9 @@ struct Flags {
     /// Deepest JSON nesting accepted in a request.
     #[arg(long, default_value_t = 64)]
     max_json_depth: usize,
+    /// How long SIGTERM waits for requests in flight, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    shutdown_grace_ms: u64,
     /// How often the --config file is checked for changes, milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_interval_ms: u64,
@@ -118,6 +121,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         max_line: flags.max_sse_line_bytes,
     };
     opts.reload_interval = Duration::from_millis(flags.reload_interval_ms.max(50));
+    opts.grace = Duration::from_millis(flags.shutdown_grace_ms);
     let running = run::standalone(opts, standalone::process_env)
         .await
         .map_err(|e| {
@@ -129,8 +133,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             anyhow::anyhow!("{e}")
         })?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    drop(running);
+    tracing::info!(
+        grace_ms = flags.shutdown_grace_ms,
+        "shutting down: draining requests in flight"
+    );
+    running
+        .shutdown(Duration::from_millis(flags.shutdown_grace_ms))
+        .await;
     Ok(())
 }
 

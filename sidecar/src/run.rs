@@ -30,6 +30,8 @@ pub struct Options {
     pub limits: Limits,
     pub bounds: Bounds,
     pub reload_interval: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
 }
 
 impl Options {
@@ -46,6 +48,7 @@ impl Options {
                 max_line: 1 << 20,
             },
             reload_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -64,17 +67,31 @@ pub enum StartError {
     },
 }
 
-/// A running sidecar; dropping it stops the servers and the watcher.
+/// A running sidecar; dropping it stops the servers and the watcher at
+/// once, [`Running::shutdown`] drains them first.
 pub struct Running {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub app: Arc<App>,
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (at most `grace`),
+    /// then stops everything.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for server in std::mem::take(&mut self.servers) {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
+        }
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.servers) {
             t.abort();
         }
     }
@@ -116,22 +133,37 @@ where
         admin.local_addr().unwrap_or(opts.admin),
     );
     tracing::info!(listen = %api_addr, admin = %admin_addr, "sluice-sidecar serving");
-    let tasks = vec![
-        tokio::spawn(standalone::watch(
-            admission,
-            opts.config,
-            bytes,
-            handle,
-            opts.reload_interval,
-            env,
+    let tasks = vec![tokio::spawn(standalone::watch(
+        admission,
+        opts.config,
+        bytes,
+        handle,
+        opts.reload_interval,
+        env,
+    ))];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let servers = vec![
+        tokio::spawn(server::serve(
+            api,
+            app.clone(),
+            Role::Api,
+            stopped.clone(),
+            opts.grace,
         )),
-        tokio::spawn(server::serve(api, app.clone(), Role::Api)),
-        tokio::spawn(server::serve(admin, app.clone(), Role::Admin)),
+        tokio::spawn(server::serve(
+            admin,
+            app.clone(),
+            Role::Admin,
+            stopped,
+            opts.grace,
+        )),
     ];
     Ok(Running {
         api: api_addr,
         admin: admin_addr,
         app,
+        stop,
+        servers,
         tasks,
     })
 }

@@ -25,10 +25,23 @@ pub enum Role {
     Admin,
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, app: Arc<App>, role: Role) {
+/// Accepts connections on `listener` until `stop` turns true, then stops
+/// accepting, asks open connections to finish (HTTP/1 keep-alive off,
+/// HTTP/2 GOAWAY) and waits for them, at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    role: Role,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -38,6 +51,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, role: Role) {
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
@@ -49,13 +63,18 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, role: Role) {
                 }
             });
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(role = ?role, "connections still open after the grace period; closing them");
     }
 }
 

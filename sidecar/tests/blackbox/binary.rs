@@ -125,8 +125,28 @@ async fn serves_the_fixture_from_a_process() {
         resp.json()["choices"][0]["message"]["content"],
         "Hello from steady."
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM drains and exits cleanly.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = match exited {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            panic!("the sidecar did not exit after SIGTERM");
+        }
+    };
+    assert!(status.success(), "{status:?}");
     // The access log names ids, routes and numbers, never the prompt.
     let logs: Vec<String> = rx.try_iter().collect();
     assert!(

@@ -413,3 +413,41 @@ async fn past_max_concurrent_a_provider_is_skipped_at_once() {
     assert_eq!(first.header("x-sluice-provider"), Some("primary"));
     assert_eq!(primary.request_count(), 1);
 }
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let (primary, backup) = mocks().await;
+    primary.set_default(Behaviour::ok().with_latency(Duration::from_millis(400)));
+    let dir = std::env::temp_dir().join(format!("sluice-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml(&primary.url(), &backup.url(), "2s")).expect("write");
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let running = sluice_sidecar::run::standalone(
+        sluice_sidecar::run::Options::new(path, any, any),
+        |k: &str| (k == "TEST_KEY").then(|| "mock-key".to_owned()),
+    )
+    .await
+    .expect("starts");
+    let url = format!("http://{}/v1/chat/completions", running.api);
+    let in_flight = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            sluice_tests::mock::client::post_json(&url, &[], &ask("solo", "hi")).await
+        })
+    };
+    assert!(primary.wait_for_requests(1, Duration::from_secs(3)).await);
+    running.shutdown(Duration::from_secs(5)).await;
+    let resp = in_flight
+        .await
+        .expect("join")
+        .expect("answered before shutdown ended");
+    assert_eq!(resp.status, 200);
+    assert!(
+        sluice_tests::mock::client::post_json(&url, &[], &ask("solo", "hi"))
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
