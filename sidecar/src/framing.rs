@@ -32,6 +32,23 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// The framing of a chat answer: Anthropic's when the request came in
+    /// on `/v1/messages`, else OpenAI's.
+    pub fn for_chat(anthropic: bool, req: &crate::openai::ChatRequest, model: &str) -> Self {
+        if anthropic {
+            Framing::Anthropic(Box::new(messages::MessagesStream::new(
+                format!("msg_{}", crate::request_id::generate()),
+                model,
+                estimate_input_tokens(req),
+            )))
+        } else {
+            Framing::OpenAi {
+                wants_usage: req.stream_options.as_ref().and_then(|o| o.include_usage)
+                    == Some(true),
+            }
+        }
+    }
+
     /// The bytes for a chunk, if any.
     pub fn chunk(&mut self, chunk: &crate::openai::ChatChunk, raw: Option<Bytes>) -> Option<Bytes> {
         match self {

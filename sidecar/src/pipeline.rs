@@ -22,11 +22,10 @@ use crate::attempt::{self, Answer, Call, Committed, Outcome};
 use crate::body::{self, Body};
 use crate::config::{Route, Target};
 use crate::error::{ApiError, Fault};
-use crate::framing::{Framing, estimate_input_tokens};
+use crate::framing::Framing;
 use crate::ingress;
-use crate::messages;
 use crate::metrics::TargetLabels;
-use crate::openai::Usage;
+use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::policy;
 use crate::provider::{Failure, StreamEvent};
 use crate::request_id;
@@ -82,27 +81,22 @@ where
 
     // ingress
     let raw = ingress::read_body(headers, body, app.limits.max_body).await?;
-    let (chat, embeddings) = match op {
-        Operation::Chat => (Some(ingress::parse_chat(&raw, &app.limits)?), None),
-        Operation::Messages => (Some(ingress::parse_messages(&raw, &app.limits)?), None),
-        Operation::Embeddings => (None, Some(ingress::parse_embeddings(&raw, &app.limits)?)),
+    let parsed = match op {
+        Operation::Chat => Parsed::Chat(Box::new(ingress::parse_chat(&raw, &app.limits)?)),
+        Operation::Messages => Parsed::Chat(Box::new(ingress::parse_messages(&raw, &app.limits)?)),
+        Operation::Embeddings => Parsed::Embeddings(ingress::parse_embeddings(&raw, &app.limits)?),
     };
     // What the OpenAI-family adapters pass through: the client's own bytes,
     // or the translation of an Anthropic request.
-    let raw = match (op, &chat) {
-        (Operation::Messages, Some(req)) => serde_json::to_vec(req)
+    let raw = match (op, &parsed) {
+        (Operation::Messages, Parsed::Chat(req)) => serde_json::to_vec(req)
             .map(Bytes::from)
             .map_err(|e| ApiError::invalid_json(format!("cannot encode the request: {e}")))?,
         _ => raw,
     };
-    let model = chat
-        .as_ref()
-        .map(|c| c.model.as_str())
-        .or(embeddings.as_ref().map(|e| e.model.as_str()))
-        .unwrap_or_default();
 
     // route (which route), then policy on it, then the order of targets
-    let route = route::resolve(&config, model)?;
+    let route = route::resolve(&config, parsed.model())?;
     tracker.route = Some(route.name.clone());
     let _admitted = policy::admit(&route, headers)?;
     let targets = route::plan(&route);
@@ -111,37 +105,44 @@ where
     }
 
     // attempt
-    let call = match (&chat, &embeddings) {
-        (Some(req), _) => Call::Chat {
+    let call = match &parsed {
+        Parsed::Chat(req) => Call::Chat {
             raw: &raw,
             req,
             stream: req.is_stream(),
         },
-        (None, Some(req)) => Call::Embeddings { req },
-        (None, None) => return Err(ApiError::invalid_json("empty request")),
+        Parsed::Embeddings(req) => Call::Embeddings { req },
     };
     let propagate = attempt::Propagate {
         request_id: HeaderValue::from_str(tracker.request_id()).ok(),
         traceparent: headers.get("traceparent").cloned(),
     };
     let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call, &propagate).await;
-    let framing = match op {
-        Operation::Messages => Framing::Anthropic(Box::new(messages::MessagesStream::new(
-            format!("msg_{}", request_id::generate()),
-            outcome.target.as_ref().map_or("", |t| t.model.as_str()),
-            chat.as_ref().map_or(0, estimate_input_tokens),
-        ))),
-        Operation::Chat | Operation::Embeddings => Framing::OpenAi {
-            wants_usage: chat
-                .as_ref()
-                .and_then(|c| c.stream_options.as_ref())
-                .and_then(|o| o.include_usage)
-                == Some(true),
-        },
-    };
 
     // respond
+    let model = outcome.target.as_ref().map_or("", |t| t.model.as_str());
+    let framing = match &parsed {
+        Parsed::Chat(req) => Framing::for_chat(op == Operation::Messages, req, model),
+        Parsed::Embeddings(_) => Framing::OpenAi { wants_usage: false },
+    };
     respond(app, &route, outcome, framing, tracker)
+}
+
+/// The typed request, whichever API it came in on.
+enum Parsed {
+    /// `/v1/chat/completions`, or `/v1/messages` translated.
+    Chat(Box<ChatRequest>),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl Parsed {
+    /// The model the client asked for: a route's virtual model or alias.
+    fn model(&self) -> &str {
+        match self {
+            Parsed::Chat(req) => &req.model,
+            Parsed::Embeddings(req) => &req.model,
+        }
+    }
 }
 
 fn respond(

@@ -392,7 +392,7 @@ async fn past_max_concurrent_a_provider_is_skipped_at_once() {
         1,
     );
     let sc = Sidecar::start(&config).await;
-    primary.set_default(Behaviour::ok().with_latency(Duration::from_millis(600)));
+    primary.set_default(Behaviour::ok().with_latency(Duration::from_millis(1500)));
     let url = sc.url("/v1/chat/completions");
     let slow = {
         let url = url.clone();
@@ -406,7 +406,7 @@ async fn past_max_concurrent_a_provider_is_skipped_at_once() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(1200),
         "refused at once, not queued"
     );
     let first = slow.await.expect("join").expect("response");
