@@ -264,6 +264,16 @@ async fn try_target(
         return Err(adapter.classify(status, &headers, &text));
     }
     match call {
+        Call::Chat { stream: true, .. } if is_json(&headers) => {
+            // A 2xx JSON answer to a stream request: an error object, or a
+            // server that ignored `stream`. Either way not a stream.
+            let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
+            let detail = match adapter.parse_chat(status, &headers, &bytes) {
+                Ok(_) => "answered a stream request with a whole JSON body".to_owned(),
+                Err(f) => f.message,
+            };
+            Err(Failure::new(FailureClass::Malformed, detail).with_status(status.as_u16()))
+        }
         Call::Chat { stream: true, .. } => {
             let ctx = StreamContext {
                 model: target.model.clone(),
@@ -357,6 +367,18 @@ async fn read_whole(
                 FailureClass::Malformed,
                 format!("{TOO_LARGE} {} bytes", bounds.max_response),
             )
+        })
+}
+
+/// Whether a response says it is JSON.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
         })
 }
 

@@ -135,6 +135,7 @@ async fn pre_commit_failures_fall_back_invisibly() {
         ))),
         Behaviour::fault(Fault::Html { status: 200 }),
         Behaviour::fault(Fault::InvalidJson),
+        Behaviour::fault(Fault::ErrorIn200(ErrorKind::ServerError)),
         Behaviour::fault(Fault::CloseBeforeHeaders),
         Behaviour::fault(Fault::HangBeforeHeaders),
         Behaviour::fault(Fault::StallAfter { after: 0 }),
