@@ -173,17 +173,19 @@ impl ApiError {
     pub fn from_failure(f: &Failure) -> Self {
         use FailureClass as C;
         let (status, code, kind, fault) = match f.class {
-            C::Connect
-            | C::Reset
-            | C::ServerError
-            | C::Malformed
-            | C::NotFound
-            | C::Auth
-            | C::BadRequest => (
+            C::Connect | C::Reset | C::ServerError | C::Malformed | C::NotFound | C::Auth => (
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 "server_error",
                 Fault::Provider,
+            ),
+            // The provider refused the request itself: the caller's to fix,
+            // and an SDK's BadRequestError says so.
+            C::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "upstream_error",
+                "invalid_request_error",
+                Fault::Caller,
             ),
             C::TimeoutHeaders | C::TimeoutFirstToken | C::TimeoutIdle | C::TimeoutTotal => (
                 StatusCode::GATEWAY_TIMEOUT,

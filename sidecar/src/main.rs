@@ -100,6 +100,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             flags.listen
         );
     }
+    let stop = shutdown_signal().map_err(|e| anyhow::anyhow!("cannot watch for SIGTERM: {e}"))?;
     let path = match (&flags.config, &flags.operator) {
         (Some(path), _) => path.clone(),
         (None, Some(_)) => anyhow::bail!(
@@ -132,7 +133,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
             anyhow::anyhow!("{e}")
         })?;
-    shutdown_signal().await;
+    stop.await;
     tracing::info!(
         grace_ms = flags.shutdown_grace_ms,
         "shutting down: draining requests in flight"
@@ -143,24 +144,25 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers for SIGTERM and SIGINT now, before serving, so a signal that
+/// comes early is not lost to its default action; resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+    })
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }

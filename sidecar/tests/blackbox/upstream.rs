@@ -197,7 +197,8 @@ async fn terminal_errors_carry_codes_and_hints() {
     // A bad request is not fallen back from, even with a backup.
     primary.enqueue(1, Behaviour::error(ErrorKind::BadRequest));
     let resp = sc.chat(ask("chat", "hi")).await;
-    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "upstream_error");
     assert_eq!(backup.request_count(), 0);
 }
 
