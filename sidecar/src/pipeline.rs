@@ -125,7 +125,16 @@ where
         Parsed::Chat(req) => Framing::for_chat(op == Operation::Messages, req, model),
         Parsed::Embeddings(_) => Framing::OpenAi { wants_usage: false },
     };
-    respond(app, &route, outcome, framing, tracker)
+    let stream = matches!(&parsed, Parsed::Chat(req) if req.is_stream());
+    let catch_all = matches!(&parsed, Parsed::Chat(_))
+        .then(|| route.catch_all.as_ref().and_then(|c| c.response.clone()))
+        .flatten();
+    match (outcome.result.is_err(), catch_all) {
+        (true, Some(reply)) => {
+            catch_all_reply(app, &route, outcome, &reply, stream, framing, tracker)
+        }
+        _ => respond(app, &route, outcome, framing, tracker),
+    }
 }
 
 /// The typed request, whichever API it came in on.
@@ -202,6 +211,70 @@ fn respond(
             Ok(resp)
         }
     }
+}
+
+/// Every target failed and the route has a fixed `catchAll.response`: it
+/// is the answer, as a completion or a stream, from no provider.
+fn catch_all_reply(
+    app: &Arc<App>,
+    route: &Route,
+    outcome: Outcome,
+    reply: &str,
+    stream: bool,
+    mut framing: Framing,
+    tracker: &mut Tracker,
+) -> Result<Response<Body>, ApiError> {
+    tracker.attempts = outcome.attempts;
+    let failed = outcome
+        .fell_back
+        .iter()
+        .map(|(t, f)| (t, f))
+        .chain(outcome.target.as_ref().zip(outcome.result.as_ref().err()));
+    for (target, failure) in failed {
+        app.metrics
+            .error(&labels(route, target), Some(failure.class), Fault::Provider);
+    }
+    let id = format!("chatcmpl-{}", request_id::generate());
+    let created = attempt::unix_now();
+    let (body, content_type) = if stream {
+        let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+            serde_json::from_value::<crate::openai::ChatChunk>(serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": route.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }))
+        };
+        let first = chunk(
+            serde_json::json!({"role": "assistant", "content": reply}),
+            serde_json::Value::Null,
+        );
+        let last = chunk(serde_json::json!({}), serde_json::json!("stop"));
+        let mut out = Vec::new();
+        for c in [first, last].into_iter().flatten() {
+            if let Some(frame) = framing.chunk(&c, None) {
+                out.extend_from_slice(&frame);
+            }
+        }
+        out.extend_from_slice(&framing.done());
+        (Bytes::from(out), "text/event-stream")
+    } else {
+        let whole = serde_json::json!({
+            "id": id, "object": "chat.completion", "created": created, "model": route.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        });
+        (
+            framing.whole(Bytes::from(whole.to_string()))?,
+            "application/json",
+        )
+    };
+    tracker.succeed(None);
+    let mut resp = Response::new(body::full(body));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    h.insert("x-sluice-catch-all", HeaderValue::from_static("true"));
+    Ok(resp)
 }
 
 /// The client's answer when every target failed: the route's `catchAll`

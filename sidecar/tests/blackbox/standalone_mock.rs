@@ -240,3 +240,37 @@ async fn admin_endpoints_and_redaction() {
     );
     assert!(!metrics.contains("sk-do-not-leak"));
 }
+
+#[tokio::test]
+async fn catch_all_response_answers_when_every_target_failed() {
+    let yaml = format!(
+        "{FIXTURE}---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: fixed}}\nspec:\n  model: fixed\n  fallback:\n    catchAll: {{response: \"We are busy, try later.\"}}\n  targets: [{{providerRef: {{name: flaky}}, model: mock-large}}]\n"
+    );
+    let sc = Sidecar::start(&yaml).await;
+    let resp = sc.chat(ask("fixed", "hi")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-sluice-catch-all"), Some("true"));
+    assert_eq!(
+        resp.json()["choices"][0]["message"]["content"],
+        "We are busy, try later."
+    );
+    let mut body = ask("fixed", "hi");
+    body["stream"] = json!(true);
+    let resp = sc.chat(body).await;
+    let (text, done, errors) = stream_text(&resp.text());
+    assert_eq!(text, "We are busy, try later.");
+    assert!(done && errors.is_empty());
+    let resp = sluice_tests::mock::client::post_json(
+        &sc.url("/v1/messages"),
+        &[],
+        &json!({"model": "fixed", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.json()["content"][0]["text"], "We are busy, try later.");
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains("class=\"overloaded\",fault=\"provider\",route=\"fixed\""),
+        "{metrics}"
+    );
+}
