@@ -274,3 +274,25 @@ async fn catch_all_response_answers_when_every_target_failed() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn h2c_clients_are_served_too() {
+    let sc = Sidecar::start(FIXTURE).await;
+    let mut body = ask("chat", "hi");
+    body["stream"] = json!(true);
+    let s = sluice_tests::mock::client::open(
+        sluice_tests::mock::client::Proto::H2c,
+        http::Method::POST,
+        &sc.url("/v1/chat/completions"),
+        &[("content-type", "application/json")],
+        body.to_string(),
+    )
+    .await
+    .expect("h2c");
+    assert_eq!(s.status, 200);
+    let (bytes, err) = s.read_all().await;
+    assert!(err.is_none());
+    let (text, done, _) = stream_text(&String::from_utf8_lossy(&bytes));
+    assert_eq!(text, "Hello from steady.");
+    assert!(done);
+}
