@@ -296,3 +296,64 @@ async fn h2c_clients_are_served_too() {
     assert_eq!(text, "Hello from steady.");
     assert!(done);
 }
+
+#[tokio::test]
+async fn not_ready_until_a_config_is_loaded() {
+    use sluice_sidecar::{app::App, attempt::Bounds, config::ConfigHandle, egress::Egress};
+    use sluice_sidecar::{ingress::Limits, metrics::Metrics, server};
+    use std::sync::Arc;
+    let handle = ConfigHandle::default();
+    let app = Arc::new(App {
+        config: handle.clone(),
+        egress: Egress::new(None).expect("egress"),
+        metrics: Metrics::new(),
+        limits: Limits::default(),
+        bounds: Bounds {
+            max_response: 1 << 20,
+            max_line: 1 << 16,
+        },
+    });
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (api_addr, admin_addr) = (api.local_addr().expect("a"), admin.local_addr().expect("a"));
+    let grace = Duration::from_secs(1);
+    let t1 = tokio::spawn(server::serve(
+        api,
+        app.clone(),
+        server::Role::Api,
+        stop.clone(),
+        grace,
+    ));
+    let t2 = tokio::spawn(server::serve(admin, app, server::Role::Admin, stop, grace));
+    let get = |url: String| async move {
+        sluice_tests::mock::client::send(http::Method::GET, &url, &[], bytes::Bytes::new())
+            .await
+            .expect("response")
+    };
+    assert_eq!(
+        get(format!("http://{admin_addr}/healthz")).await.status,
+        200
+    );
+    assert_eq!(get(format!("http://{admin_addr}/readyz")).await.status, 503);
+    let resp = sluice_tests::mock::client::post_json(
+        &format!("http://{api_addr}/v1/chat/completions"),
+        &[],
+        &ask("chat", "hi"),
+    )
+    .await
+    .expect("response");
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-should-retry"), Some("false"));
+    let config =
+        sluice_sidecar::standalone::load(&sluice_crds::load::Admission::new(), FIXTURE, &|_| None)
+            .expect("loads");
+    handle.set(config);
+    assert_eq!(get(format!("http://{admin_addr}/readyz")).await.status, 200);
+    t1.abort();
+    t2.abort();
+}
