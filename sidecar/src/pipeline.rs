@@ -154,6 +154,8 @@ impl Parsed {
     }
 }
 
+/// Records what trying cost (fallbacks, failures), then answers: the whole
+/// body, a stream handed to its pump, or the last failure as an error.
 fn respond(
     app: &Arc<App>,
     route: &Route,
