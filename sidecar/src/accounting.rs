@@ -17,6 +17,29 @@ use crate::metrics::{self, TargetLabels};
 use crate::openai::Usage;
 use crate::pipeline::Operation;
 use crate::provider::Failure;
+use rust_decimal::prelude::ToPrimitive;
+use sluice_crds::Money;
+
+/// What `usage` cost at the target model's pricing, if it has one: cached
+/// prompt tokens at the cached price (the input price when none is set).
+pub fn cost(target: &Target, usage: &Usage) -> Option<Money> {
+    let model = target
+        .provider
+        .spec
+        .models
+        .iter()
+        .find(|m| m.name == target.model)?;
+    let pricing = model.pricing.as_ref()?;
+    let cached = usage.cached_tokens().min(usage.prompt_tokens);
+    let cached_price = pricing
+        .cached_input_per_million
+        .unwrap_or(pricing.input_per_million);
+    Some(
+        Money::per_million(pricing.input_per_million, usage.prompt_tokens - cached)
+            + Money::per_million(cached_price, cached)
+            + Money::per_million(pricing.output_per_million, usage.completion_tokens),
+    )
+}
 
 /// Follows one request to its end for metrics and the access log. A
 /// tracker dropped before it was finished means the client went away.
@@ -100,8 +123,14 @@ impl Tracker {
             &labels,
             self.started.elapsed().as_secs_f64(),
         );
+        let cost = usage
+            .zip(self.target.as_ref())
+            .and_then(|(u, t)| cost(t, &u));
         if let Some(u) = usage {
             m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
+        }
+        if let Some(c) = cost {
+            m.cost(&labels, c.get().to_f64().unwrap_or(0.0));
         }
         m.request(&labels.route, metrics::Outcome::Success);
         tracing::info!(
@@ -114,6 +143,7 @@ impl Tracker {
             duration_ms = self.started.elapsed().as_millis() as u64,
             input_tokens = usage.map(|u| u.prompt_tokens),
             output_tokens = usage.map(|u| u.completion_tokens),
+            cost_usd = cost.map(|c| c.to_string()),
             outcome = "success",
             "request"
         );
@@ -212,5 +242,39 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_follows_the_model_pricing_exactly() {
+        let yaml = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Provider
+metadata: {name: p}
+spec:
+  type: mock
+  models:
+  - {name: priced, pricing: {inputPerMillion: "2.50", outputPerMillion: "10.00", cachedInputPerMillion: "1.25"}}
+  - {name: free}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  model: r
+  targets: [{providerRef: {name: p}, model: priced}, {providerRef: {name: p}, model: free}]
+"#;
+        let config = crate::standalone::load(&sluice_crds::load::Admission::new(), yaml, &|_| None)
+            .expect("loads");
+        let route = config.route("r").expect("route");
+        let usage = Usage::new(1_000, 200, 400);
+        let c = cost(&route.targets[0], &usage).expect("priced");
+        // 600 × 2.50 + 400 × 1.25 + 200 × 10.00, per million.
+        assert_eq!(c.to_string(), "0.004");
+        assert_eq!(cost(&route.targets[1], &usage), None);
     }
 }

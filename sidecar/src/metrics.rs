@@ -102,6 +102,7 @@ pub struct Metrics {
     ttft: Hist<TargetLabels>,
     tokens: Hist<TokenLabels>,
     requests: Family<OutcomeLabels, Counter>,
+    cost: Family<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     errors: Family<ErrorLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
 }
@@ -134,6 +135,7 @@ impl Metrics {
         let ttft: Hist<TargetLabels> = Family::new_with_constructor(seconds);
         let tokens: Hist<TokenLabels> = Family::new_with_constructor(token_buckets);
         let requests = Family::<OutcomeLabels, Counter>::default();
+        let cost = Family::<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         registry.register(
@@ -168,6 +170,7 @@ impl Metrics {
             ttft,
             tokens,
             requests,
+            cost,
             errors,
             fallbacks,
         }
@@ -211,6 +214,12 @@ impl Metrics {
                 })
                 .observe(n as f64);
         }
+    }
+
+    /// What a request cost, in US dollars (exact amounts are summed
+    /// elsewhere; the metric is for dashboards).
+    pub fn cost(&self, t: &TargetLabels, usd: f64) {
+        self.cost.get_or_create(t).inc_by(usd);
     }
 
     /// A request ended.
