@@ -153,6 +153,11 @@ impl Metrics {
             "Tokens used per request, by gen_ai_token_type (input, output)",
             tokens.clone(),
         );
+        registry.register(
+            "sluice_cost_usd",
+            "Cost of answered requests in US dollars, from the Provider's pricing",
+            cost.clone(),
+        );
         registry.register("sluice_requests", "Requests by outcome", requests.clone());
         registry.register(
             "sluice_errors",
@@ -275,6 +280,7 @@ mod tests {
         m.first_token(&t, 0.05);
         m.tokens(&t, 10, 3);
         m.request("chat", Outcome::Success);
+        m.cost(&t, 0.25);
         m.error(&t, Some(FailureClass::RateLimited), Fault::Provider);
         let text = m.encode();
         for name in [
@@ -282,6 +288,7 @@ mod tests {
             "gen_ai_server_time_to_first_token_seconds_count",
             "gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"",
             "sluice_requests_total{route=\"chat\",outcome=\"success\"} 1",
+            "sluice_cost_usd_total{route=\"chat\",provider=\"p\",model=\"m\"} 0.25",
             "sluice_errors_total{class=\"rate-limited\",fault=\"provider\"",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
