@@ -163,7 +163,17 @@ pub async fn run(
     let mut fell_back = Vec::new();
     let mut attempts = 0;
     let mut last: Option<(Target, Failure)> = None;
-    for target in targets.iter().take(route.max_depth) {
+    // After a context-length failure only a larger window can help.
+    let mut larger_than: Option<u32> = None;
+    for target in targets {
+        if attempts as usize >= route.max_depth {
+            break;
+        }
+        if let Some(min) = larger_than
+            && target.context_window.is_none_or(|w| w <= min)
+        {
+            continue;
+        }
         if let Some(prev) = last.take() {
             fell_back.push(prev);
         }
@@ -188,6 +198,11 @@ pub async fn run(
                     "attempt failed"
                 );
                 let next = falls_back(route, failure.class);
+                if failure.class == FailureClass::ContextLength
+                    && let Some(w) = target.context_window
+                {
+                    larger_than = Some(larger_than.map_or(w, |m| m.max(w)));
+                }
                 last = Some((target.clone(), failure));
                 if !next {
                     break;

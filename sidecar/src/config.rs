@@ -60,6 +60,8 @@ pub struct Target {
     pub model: String,
     pub weight: u32,
     pub priority: u32,
+    /// The model's `contextWindow` in the Provider spec, when it says.
+    pub context_window: Option<u32>,
 }
 
 impl Target {
@@ -224,6 +226,12 @@ impl TryFrom<&Snapshot> for Config {
                         model: t.model.clone(),
                         weight: t.weight,
                         priority: t.priority,
+                        context_window: p
+                            .spec
+                            .models
+                            .iter()
+                            .find(|m| m.name == t.model)
+                            .and_then(|m| m.context_window),
                     }),
                     None => problems.push(format!(
                         "{what}: spec.targets[{i}]: Provider {:?} does not exist",

@@ -453,3 +453,47 @@ async fn shutdown_drains_requests_in_flight() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn context_length_falls_back_only_to_a_larger_window() {
+    let small = MockProvider::start(
+        ProviderKind::OpenAi,
+        MockConfig {
+            context_window: Some(50),
+            ..MockConfig::default()
+        },
+    )
+    .await
+    .expect("mock");
+    let smaller = MockProvider::start(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let large = MockProvider::start(ProviderKind::OpenAi, MockConfig::default())
+        .await
+        .expect("mock");
+    let provider = |name: &str, url: &str, window: u32| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {{name: {name}}}\nspec:\n  type: openai-compatible\n  endpoint: {url}/v1\n  credentials: {{env: TEST_KEY}}\n  models: [{{name: m, contextWindow: {window}}}]\n---\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: chat}}\nspec:\n  model: chat\n  targets:\n  - {{providerRef: {{name: small}}, model: m, priority: 0}}\n  - {{providerRef: {{name: smaller}}, model: m, priority: 1}}\n  - {{providerRef: {{name: large}}, model: m, priority: 2}}\n",
+        provider("small", &small.url(), 50),
+        provider("smaller", &smaller.url(), 40),
+        provider("large", &large.url(), 100_000),
+    );
+    let sc = Sidecar::start(&yaml).await;
+    let long = "word ".repeat(200);
+    let resp = sc.chat(ask("chat", &long)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-sluice-provider"), Some("large"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("2"));
+    assert_eq!(
+        smaller.request_count(),
+        0,
+        "a smaller window is never tried"
+    );
+    // A short prompt is served by the first target as usual.
+    let resp = sc.chat(ask("chat", "hi")).await;
+    assert_eq!(resp.header("x-sluice-provider"), Some("small"));
+}
