@@ -48,7 +48,7 @@ impl Balancer {
     }
 
     fn draw(&self) -> u64 {
-        self.rng.lock().map(|mut r| r.next()).unwrap_or(0)
+        self.rng.lock().map(|mut r| r.next_u64()).unwrap_or(0)
     }
 
     /// Indices of `candidates` in the order to try them.
@@ -138,7 +138,7 @@ impl Drop for InFlightGuard<'_> {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -1,8 +1,35 @@
 //! Sluice sidecar: the OpenAI-compatible data plane every application
 //! request passes through.
+//!
+//! A request meets, in order: [`ingress`] (parse, limits, validation),
+//! [`policy`] (the seam for PII, rate limits, budgets, idempotency, cache),
+//! [`route`] (which route and in which order its targets), [`attempt`]
+//! (timeouts, fallback; retries and breakers to come) calling a
+//! [`provider`] adapter (pure translation) over [`egress`] (the one client
+//! that talks to providers), then the response and accounting in
+//! [`pipeline`], which reads top to bottom.
 
+pub mod accounting;
+pub mod app;
+pub mod attempt;
 pub mod balance;
+pub mod body;
 pub mod breaker;
 pub mod cluster;
 pub mod complexity;
+pub mod config;
+pub mod egress;
+pub mod error;
+pub mod framing;
+pub mod ingress;
+pub mod messages;
+pub mod metrics;
 pub mod openai;
+pub mod pipeline;
+pub mod policy;
+pub mod provider;
+pub mod request_id;
+pub mod route;
+pub mod run;
+pub mod server;
+pub mod standalone;

@@ -1,0 +1,280 @@
+//! Accounting: follows each request to its end and records what happened —
+//! metrics, the access log (ids, routes, targets, classes and numbers, never
+//! prompts, completions or keys) and the response headers that say it.
+//! Issue 5 settles budget reservations here.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Response};
+use sluice_crds::FailureClass;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::body::Body;
+use crate::config::Target;
+use crate::error::{ApiError, Fault};
+use crate::metrics::{self, TargetLabels};
+use crate::openai::Usage;
+use crate::pipeline::Operation;
+use crate::provider::Failure;
+use rust_decimal::prelude::ToPrimitive;
+use sluice_crds::Money;
+
+/// What `usage` cost at the target model's pricing, if it has one: cached
+/// prompt tokens at the cached price (the input price when none is set).
+pub fn cost(target: &Target, usage: &Usage) -> Option<Money> {
+    let model = target
+        .provider
+        .spec
+        .models
+        .iter()
+        .find(|m| m.name == target.model)?;
+    let pricing = model.pricing.as_ref()?;
+    let cached = usage.cached_tokens().min(usage.prompt_tokens);
+    let cached_price = pricing
+        .cached_input_per_million
+        .unwrap_or(pricing.input_per_million);
+    Some(
+        Money::per_million(pricing.input_per_million, usage.prompt_tokens - cached)
+            + Money::per_million(cached_price, cached)
+            + Money::per_million(pricing.output_per_million, usage.completion_tokens),
+    )
+}
+
+/// Follows one request to its end for metrics and the access log. A
+/// tracker dropped before it was finished means the client went away.
+pub struct Tracker {
+    app: Arc<App>,
+    op: Operation,
+    request_id: String,
+    /// The route, once known.
+    pub route: Option<String>,
+    /// The target that answered or failed last.
+    pub target: Option<Target>,
+    /// Targets tried.
+    pub attempts: u32,
+    started: Instant,
+    finished: bool,
+}
+
+impl Tracker {
+    /// Starts following a request.
+    pub fn new(app: Arc<App>, op: Operation, request_id: String) -> Self {
+        Self {
+            app,
+            op,
+            request_id,
+            route: None,
+            target: None,
+            attempts: 0,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn labels(&self) -> TargetLabels {
+        match &self.target {
+            Some(t) => TargetLabels {
+                route: self
+                    .route
+                    .clone()
+                    .unwrap_or_else(|| metrics::UNKNOWN.into()),
+                provider: t.provider.name.clone(),
+                model: t.model.clone(),
+            },
+            None => TargetLabels::unrouted(self.route.as_deref()),
+        }
+    }
+
+    /// The request's id (the client's `x-request-id` or a fresh one).
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The stream pump takes over; this one must not count a cancellation.
+    pub fn hand_over(&mut self) -> Tracker {
+        self.finished = true;
+        Tracker {
+            app: self.app.clone(),
+            op: self.op,
+            request_id: self.request_id.clone(),
+            route: self.route.clone(),
+            target: self.target.clone(),
+            attempts: self.attempts,
+            started: self.started,
+            finished: false,
+        }
+    }
+
+    /// The first token reached the client: time since the request came in.
+    pub fn first_token(&self) {
+        self.app
+            .metrics
+            .first_token(&self.labels(), self.started.elapsed().as_secs_f64());
+    }
+
+    /// The request succeeded with `usage`.
+    pub fn succeed(&mut self, usage: Option<Usage>) {
+        self.finished = true;
+        let labels = self.labels();
+        let m = &self.app.metrics;
+        m.operation(
+            self.op.as_str(),
+            &labels,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let cost = usage
+            .zip(self.target.as_ref())
+            .and_then(|(u, t)| cost(t, &u));
+        if let Some(u) = usage {
+            m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
+        }
+        if let Some(c) = cost {
+            m.cost(&labels, c.get().to_f64().unwrap_or(0.0));
+        }
+        m.request(&labels.route, metrics::Outcome::Success);
+        tracing::info!(
+            request_id = %self.request_id,
+            operation = self.op.as_str(),
+            route = %labels.route,
+            provider = %labels.provider,
+            model = %labels.model,
+            attempts = self.attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            input_tokens = usage.map(|u| u.prompt_tokens),
+            output_tokens = usage.map(|u| u.completion_tokens),
+            cost_usd = cost.map(|c| c.to_string()),
+            outcome = "success",
+            "request"
+        );
+    }
+
+    /// Records an error answer and builds it in the shape of `op`'s API.
+    pub fn refuse(&mut self, e: ApiError, op: Operation) -> Response<Body> {
+        self.finished = true;
+        let labels = self.labels();
+        self.app.metrics.error(&labels, e.class, e.fault);
+        self.app
+            .metrics
+            .request(&labels.route, metrics::Outcome::Error);
+        tracing::info!(
+            request_id = %self.request_id,
+            operation = self.op.as_str(),
+            route = %labels.route,
+            provider = %labels.provider,
+            model = %labels.model,
+            attempts = self.attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            status = e.status.as_u16(),
+            code = e.code,
+            class = e.class.map(FailureClass::as_str),
+            outcome = "error",
+            "request"
+        );
+        match op {
+            Operation::Messages => e.into_anthropic_response(),
+            Operation::Chat | Operation::Embeddings => e.into_response(),
+        }
+    }
+
+    /// A committed stream failed after its first token.
+    pub fn fail_stream(&mut self, f: &Failure, usage: Option<Usage>) {
+        self.finished = true;
+        let labels = self.labels();
+        let m = &self.app.metrics;
+        m.error(&labels, Some(f.class), Fault::Provider);
+        m.request(&labels.route, metrics::Outcome::Error);
+        if let Some(u) = usage {
+            m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
+        }
+        tracing::warn!(
+            request_id = %self.request_id,
+            route = %labels.route,
+            provider = %labels.provider,
+            model = %labels.model,
+            class = %f.class,
+            detail = %f.message,
+            outcome = "error",
+            "stream failed after commit"
+        );
+    }
+
+    /// The client went away (also what dropping an unfinished tracker means).
+    pub fn cancel(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let labels = self.labels();
+        let m = &self.app.metrics;
+        m.error(&labels, Some(FailureClass::ClientCancelled), Fault::Caller);
+        m.request(&labels.route, metrics::Outcome::ClientCancelled);
+        tracing::info!(
+            request_id = %self.request_id,
+            route = %labels.route,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            outcome = "client_cancelled",
+            "request"
+        );
+    }
+
+    /// Adds the response headers every answer carries.
+    pub fn stamp(&self, mut resp: Response<Body>) -> Response<Body> {
+        let h = resp.headers_mut();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        put("x-request-id", &self.request_id);
+        if let Some(route) = &self.route {
+            put("x-sluice-route", route);
+            put("x-sluice-attempts", &self.attempts.to_string());
+        }
+        if let Some(t) = &self.target {
+            put("x-sluice-provider", &t.provider.name);
+            put("x-sluice-model", &t.model);
+        }
+        resp
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_follows_the_model_pricing_exactly() {
+        let yaml = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: Provider
+metadata: {name: p}
+spec:
+  type: mock
+  models:
+  - {name: priced, pricing: {inputPerMillion: "2.50", outputPerMillion: "10.00", cachedInputPerMillion: "1.25"}}
+  - {name: free}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: r}
+spec:
+  model: r
+  targets: [{providerRef: {name: p}, model: priced}, {providerRef: {name: p}, model: free}]
+"#;
+        let config = crate::standalone::load(&sluice_crds::load::Admission::new(), yaml, &|_| None)
+            .expect("loads");
+        let route = config.route("r").expect("route");
+        let usage = Usage::new(1_000, 200, 400);
+        let c = cost(&route.targets[0], &usage).expect("priced");
+        // 600 × 2.50 + 400 × 1.25 + 200 × 10.00, per million.
+        assert_eq!(c.to_string(), "0.004");
+        assert_eq!(cost(&route.targets[1], &usage), None);
+    }
+}

@@ -1,0 +1,445 @@
+//! Attempt: tries the route's targets in order until one answers, up to the
+//! commit point, and decides from the failure class alone whether to move
+//! on. Nothing reaches the client before the commit point (the whole body,
+//! or a stream's first token), so every failure before it can fall back
+//! invisibly.
+//!
+//! The class table ([`class_policy`]) is the one exhaustive `match` that
+//! says what each failure class means. Retries of the same target with
+//! backoff, breakers, throttling and the retry budget (issue 4) plug in
+//! here: `retry_same_target` and `counts_against_breaker` are already
+//! decided, only not acted on yet.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_crds::FailureClass;
+use tokio::time::Instant;
+
+use crate::config::{Route, Slot, Target};
+use crate::egress::{Egress, UpstreamBody, UpstreamResponse};
+use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
+use crate::provider::{self, Failure, StreamContext, StreamDecoder, StreamEvent};
+
+/// What one failure class means for routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClassPolicy {
+    /// Whether trying the same target again can help.
+    pub retry_same_target: bool,
+    /// Whether it is evidence the target is unhealthy.
+    pub counts_against_breaker: bool,
+    /// Whether the next target may be tried (when `fallback.triggers`
+    /// names the class's trigger).
+    pub may_fall_back: bool,
+}
+
+/// The table of DESIGN.md's "Failure semantics", one row per class.
+pub fn class_policy(class: FailureClass) -> ClassPolicy {
+    use FailureClass as C;
+    let p = |retry_same_target, counts_against_breaker, may_fall_back| ClassPolicy {
+        retry_same_target,
+        counts_against_breaker,
+        may_fall_back,
+    };
+    match class {
+        C::Connect | C::Reset => p(true, true, true),
+        C::TimeoutHeaders | C::TimeoutFirstToken | C::TimeoutIdle | C::TimeoutTotal => {
+            p(true, true, true)
+        }
+        C::ServerError | C::Overloaded => p(true, true, true),
+        // 429 is not an outage: throttle, do not feed the breaker.
+        C::RateLimited => p(true, false, true),
+        // Long cooldowns, not breaker evidence; a retry cannot help.
+        C::QuotaExhausted | C::Auth | C::NotFound => p(false, false, true),
+        // The request itself is at fault: nothing else will do better.
+        C::BadRequest => p(false, false, false),
+        C::ContextLength => p(false, false, true),
+        // Only when `fallback.triggers` names them.
+        C::ContentFilter | C::Refusal => p(false, false, true),
+        C::StreamInterrupted | C::Malformed => p(true, true, true),
+        C::ClientCancelled => p(false, false, false),
+    }
+}
+
+/// Whether `failure` moves on to the next target of `route`.
+pub fn falls_back(route: &Route, class: FailureClass) -> bool {
+    class_policy(class).may_fall_back
+        && class
+            .trigger()
+            .is_some_and(|t| route.fallback_triggers.contains(&t))
+}
+
+/// What is being asked of the targets.
+pub enum Call<'a> {
+    /// A chat completion; `raw` is the client's body for pass-through.
+    Chat {
+        raw: &'a [u8],
+        req: &'a ChatRequest,
+        stream: bool,
+    },
+    Embeddings {
+        req: &'a EmbeddingsRequest,
+    },
+}
+
+/// Request headers carried to the upstream so one request can be followed
+/// across both hops.
+#[derive(Clone, Debug, Default)]
+pub struct Propagate {
+    /// `x-request-id`.
+    pub request_id: Option<http::HeaderValue>,
+    /// W3C `traceparent`, as the client sent it.
+    pub traceparent: Option<http::HeaderValue>,
+}
+
+impl Propagate {
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        if let Some(v) = &self.request_id {
+            headers.insert("x-request-id", v.clone());
+        }
+        if let Some(v) = &self.traceparent {
+            headers.insert("traceparent", v.clone());
+        }
+    }
+}
+
+/// Size and time bounds of one attempt.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Largest non-stream response body.
+    pub max_response: usize,
+    /// Longest SSE line.
+    pub max_line: usize,
+}
+
+/// A whole answer, ready to send.
+pub struct Whole {
+    /// The body for the client: the upstream's own bytes on pass-through,
+    /// re-encoded OpenAI JSON after translation.
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// A stream past its commit point: the events so far and the rest to read.
+pub struct Committed {
+    /// The provider slot, held until the stream ends.
+    pub slot: Slot,
+    pub pending: Vec<StreamEvent>,
+    pub decoder: Box<dyn StreamDecoder>,
+    pub body: UpstreamBody,
+    pub idle: Duration,
+    pub deadline: Instant,
+}
+
+/// A successful attempt.
+pub enum Answer {
+    Whole(Whole),
+    Stream(Committed),
+}
+
+/// How trying ended.
+pub struct Outcome {
+    pub result: Result<Answer, Failure>,
+    /// Targets tried.
+    pub attempts: u32,
+    /// The target that answered (or failed last).
+    pub target: Option<Target>,
+    /// Failures of targets fallen back from, in order.
+    pub fell_back: Vec<(Target, Failure)>,
+}
+
+/// Prefix of the failure message of a response over the size cap.
+pub const TOO_LARGE: &str = "upstream response larger than";
+
+/// Tries `targets` in order (at most `route.max_depth`) until one answers.
+pub async fn run(
+    egress: &Egress,
+    bounds: Bounds,
+    route: &Route,
+    targets: &[Target],
+    call: &Call<'_>,
+    propagate: &Propagate,
+) -> Outcome {
+    let mut fell_back = Vec::new();
+    let mut attempts = 0;
+    let mut last: Option<(Target, Failure)> = None;
+    // After a context-length failure only a larger window can help.
+    let mut larger_than: Option<u32> = None;
+    for target in targets {
+        if attempts as usize >= route.max_depth {
+            break;
+        }
+        if let Some(min) = larger_than
+            && target.context_window.is_none_or(|w| w <= min)
+        {
+            continue;
+        }
+        if let Some(prev) = last.take() {
+            fell_back.push(prev);
+        }
+        attempts += 1;
+        match try_target(egress, bounds, route, target, call, propagate).await {
+            Ok(answer) => {
+                return Outcome {
+                    result: Ok(answer),
+                    attempts,
+                    target: Some(target.clone()),
+                    fell_back,
+                };
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    route = %route.name,
+                    provider = %target.provider.name,
+                    model = %target.model,
+                    class = %failure.class,
+                    status = failure.status,
+                    detail = %failure.message,
+                    "attempt failed"
+                );
+                let next = falls_back(route, failure.class);
+                if failure.class == FailureClass::ContextLength
+                    && let Some(w) = target.context_window
+                {
+                    larger_than = Some(larger_than.map_or(w, |m| m.max(w)));
+                }
+                last = Some((target.clone(), failure));
+                if !next {
+                    break;
+                }
+            }
+        }
+    }
+    match last {
+        Some((target, failure)) => Outcome {
+            result: Err(failure),
+            attempts,
+            target: Some(target),
+            fell_back,
+        },
+        None => Outcome {
+            result: Err(Failure::new(
+                FailureClass::NotFound,
+                format!("route {} has no target to try", route.name),
+            )),
+            attempts,
+            target: None,
+            fell_back,
+        },
+    }
+}
+
+/// One call to one target, up to the commit point.
+async fn try_target(
+    egress: &Egress,
+    bounds: Bounds,
+    route: &Route,
+    target: &Target,
+    call: &Call<'_>,
+    propagate: &Propagate,
+) -> Result<Answer, Failure> {
+    let endpoint = &target.provider.endpoint;
+    let adapter = provider::adapter(endpoint.kind);
+    let t = target.timeouts(route);
+    let started = Instant::now();
+    let deadline = started + t.total.get();
+    let first_token_by = (started + t.first_token.get()).min(deadline);
+    let idle = t.idle.get();
+    let Some(slot) = target.provider.gate.enter(first_token_by).await else {
+        return Err(Failure::new(
+            FailureClass::Overloaded,
+            format!(
+                "provider {} is at its limits.maxConcurrent with its queue full",
+                target.provider.name
+            ),
+        ));
+    };
+    let mut upstream = match call {
+        Call::Chat { raw, req, stream } => {
+            adapter.build_chat_raw(endpoint, raw, req, &target.model, *stream)?
+        }
+        Call::Embeddings { req } => adapter.build_embeddings(endpoint, req, &target.model)?,
+    };
+    // Unsigned extra headers are fine for SigV4 (it signs a named list).
+    propagate.apply(&mut upstream.headers);
+    let UpstreamResponse {
+        status,
+        headers,
+        mut body,
+    } = egress
+        .send(endpoint, upstream, t.connect.get(), first_token_by)
+        .await?;
+    if !status.is_success() {
+        let text = body
+            .collect(64 << 10, idle, deadline)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        return Err(adapter.classify(status, &headers, &text));
+    }
+    match call {
+        Call::Chat { stream: true, .. } if is_json(&headers) => {
+            // A 2xx JSON answer to a stream request: an error object, or a
+            // server that ignored `stream`. Either way not a stream.
+            let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
+            let detail = match adapter.parse_chat(status, &headers, &bytes) {
+                Ok(_) => "answered a stream request with a whole JSON body".to_owned(),
+                Err(f) => f.message,
+            };
+            Err(Failure::new(FailureClass::Malformed, detail).with_status(status.as_u16()))
+        }
+        Call::Chat { stream: true, .. } => {
+            let ctx = StreamContext {
+                model: target.model.clone(),
+                id: format!("chatcmpl-{}", crate::request_id::generate()),
+                created: unix_now(),
+                max_line: bounds.max_line,
+            };
+            let decoder = adapter.stream_decoder(&ctx);
+            first_token(slot, decoder, body, first_token_by, idle, deadline).await
+        }
+        Call::Chat { stream: false, .. } => {
+            let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
+            let parsed = adapter.parse_chat(status, &headers, &bytes)?;
+            let usage = parsed.usage;
+            let body = if passes_through(endpoint.kind) {
+                bytes
+            } else {
+                encode(&parsed)?
+            };
+            Ok(Answer::Whole(Whole { body, usage }))
+        }
+        Call::Embeddings { .. } => {
+            let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
+            let parsed = adapter.parse_embeddings(status, &headers, &bytes)?;
+            let usage = parsed.usage.map(|u| Usage::new(u.prompt_tokens, 0, 0));
+            let body = if passes_through(endpoint.kind) {
+                bytes
+            } else {
+                encode(&parsed)?
+            };
+            Ok(Answer::Whole(Whole { body, usage }))
+        }
+    }
+}
+
+/// Reads a stream until its first token (or its end), the commit point.
+async fn first_token(
+    slot: Slot,
+    mut decoder: Box<dyn StreamDecoder>,
+    mut body: UpstreamBody,
+    first_token_by: Instant,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Answer, Failure> {
+    let mut pending = Vec::new();
+    loop {
+        let wait = first_token_by.saturating_duration_since(Instant::now());
+        let (events, ended) = match body
+            .next(wait, deadline, FailureClass::TimeoutFirstToken)
+            .await
+        {
+            Some(Ok(bytes)) => (decoder.feed(&bytes), false),
+            Some(Err(f)) => return Err(f),
+            None => (decoder.finish(), true),
+        };
+        let mut commit = false;
+        for ev in events {
+            let ev = ev?;
+            commit |= ev.is_token() || ev == StreamEvent::Done;
+            pending.push(ev);
+        }
+        if commit {
+            return Ok(Answer::Stream(Committed {
+                slot,
+                pending,
+                decoder,
+                body,
+                idle,
+                deadline,
+            }));
+        }
+        if ended {
+            return Err(Failure::new(
+                FailureClass::StreamInterrupted,
+                "upstream stream ended before its first token",
+            ));
+        }
+    }
+}
+
+async fn read_whole(
+    body: &mut UpstreamBody,
+    bounds: Bounds,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<Bytes, Failure> {
+    body.collect(bounds.max_response, idle, deadline)
+        .await?
+        .ok_or_else(|| {
+            Failure::new(
+                FailureClass::Malformed,
+                format!("{TOO_LARGE} {} bytes", bounds.max_response),
+            )
+        })
+}
+
+/// Whether a response says it is JSON.
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// Whether the provider already speaks the client's wire format, so its
+/// bytes go back untouched.
+pub fn passes_through(kind: sluice_crds::ProviderType) -> bool {
+    use sluice_crds::ProviderType as P;
+    match kind {
+        P::Openai | P::OpenaiCompatible | P::AzureOpenai | P::Mock => true,
+        P::Anthropic | P::Gemini | P::Bedrock => false,
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, Failure> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
+        Failure::new(
+            FailureClass::Malformed,
+            format!("cannot encode response: {e}"),
+        )
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_requests_and_cancellations_never_fall_back() {
+        for class in FailureClass::ALL {
+            let p = class_policy(class);
+            if matches!(
+                class,
+                FailureClass::BadRequest | FailureClass::ClientCancelled
+            ) {
+                assert!(!p.may_fall_back && !p.retry_same_target, "{class}");
+            }
+            if class == FailureClass::RateLimited {
+                assert!(!p.counts_against_breaker);
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! The sidecar's runtime configuration, converted from a [`Snapshot`] at one
+//! boundary ([`TryFrom`]) and held in a [`ConfigHandle`] that requests read
+//! without locks. A snapshot that cannot be converted is refused with every
+//! reason at once, and the last good configuration keeps serving.
+//!
+//! Standalone mode builds the snapshot from the YAML file (`standalone`);
+//! cluster mode will receive it from the operator. Both cross this boundary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+use sluice_crds::provider::{ProviderSpec, ResolvedTimeouts, Timeouts};
+use sluice_crds::route::{CatchAll, LLMRouteSpec};
+use sluice_crds::snapshot::Snapshot;
+use sluice_crds::{ProviderType, Trigger};
+
+use crate::provider::{Endpoint, mock};
+
+/// A configuration the sidecar serves with.
+#[derive(Debug)]
+pub struct Config {
+    /// The snapshot's content version.
+    pub version: String,
+    pub routes: Vec<Arc<Route>>,
+    /// Virtual model names and aliases → index into `routes`.
+    by_model: HashMap<String, usize>,
+    pub providers: Vec<Arc<Provider>>,
+}
+
+/// One LLMRoute, ready to route with.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub namespace: String,
+    /// The virtual model clients send.
+    pub model: String,
+    pub aliases: Vec<String>,
+    /// Targets in the order the `priority` strategy tries them.
+    pub targets: Vec<Target>,
+    /// Failure triggers that move on to the next target.
+    pub fallback_triggers: Vec<Trigger>,
+    /// How many targets one request may try, the first included.
+    pub max_depth: usize,
+    pub catch_all: Option<CatchAll>,
+    /// The route's timeout overrides.
+    pub timeouts: Timeouts,
+    /// The whole spec, for the stages still to come (rules, strategies,
+    /// retries, cache, PII, budgets).
+    pub spec: LLMRouteSpec,
+}
+
+/// A provider and model a route may send to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    /// The upstream model (Azure: the deployment).
+    pub model: String,
+    pub weight: u32,
+    pub priority: u32,
+    /// The model's `contextWindow` in the Provider spec, when it says.
+    pub context_window: Option<u32>,
+}
+
+impl Target {
+    /// Timeouts for this target under `route`: the route's overrides over
+    /// the provider's, over the defaults.
+    pub fn timeouts(&self, route: &Route) -> ResolvedTimeouts {
+        route.timeouts.over(self.provider.timeouts)
+    }
+}
+
+/// One Provider, ready to call.
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub namespace: String,
+    pub endpoint: Endpoint,
+    pub timeouts: ResolvedTimeouts,
+    /// `limits.maxConcurrent` / `limits.maxQueued`.
+    pub gate: Gate,
+    pub spec: ProviderSpec,
+}
+
+/// Bounds the calls in flight to one provider (`limits.maxConcurrent`) and
+/// the requests waiting for a slot (`limits.maxQueued`); past both, a
+/// request is refused at once as `overloaded` instead of piling up.
+#[derive(Debug)]
+pub struct Gate {
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+    waiting: std::sync::atomic::AtomicU32,
+    max_waiting: u32,
+}
+
+/// A slot in a provider's [`Gate`], held until the call ends.
+#[derive(Debug)]
+pub struct Slot {
+    /// Released when the slot is dropped.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Gate {
+    /// A gate with `max_concurrent` slots (unbounded when `None`).
+    pub fn new(max_concurrent: Option<u32>, max_queued: Option<u32>) -> Self {
+        Self {
+            slots: max_concurrent.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1) as usize))),
+            waiting: std::sync::atomic::AtomicU32::new(0),
+            max_waiting: max_queued.unwrap_or(0),
+        }
+    }
+
+    /// A slot, waiting (at most until `by`) only if fewer than `maxQueued`
+    /// already wait. `None`: refuse the call.
+    pub async fn enter(&self, by: tokio::time::Instant) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        let Some(slots) = &self.slots else {
+            return Some(Slot { _permit: None });
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(Slot {
+                _permit: Some(permit),
+            });
+        }
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let result = if waiting < self.max_waiting {
+            tokio::time::timeout_at(by, slots.clone().acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|p| Slot { _permit: Some(p) })
+        } else {
+            None
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
+/// Why a snapshot could not become a configuration: every reason.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration refused: {}", .0.join("; "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl TryFrom<&Snapshot> for Config {
+    type Error = ConfigError;
+
+    fn try_from(snapshot: &Snapshot) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut providers: HashMap<(String, String), Arc<Provider>> = HashMap::new();
+        let mut provider_list = Vec::new();
+        for entry in &snapshot.providers {
+            let spec = &entry.spec;
+            let what = format!("Provider/{}", entry.name);
+            let base = match spec.type_ {
+                ProviderType::Mock => Some(format!("{}{}", mock::SCHEME, entry.name)),
+                kind => spec.endpoint.clone().or_else(|| {
+                    kind.default_endpoint(spec.bedrock.as_ref().map(|b| b.region.as_str()))
+                }),
+            };
+            let Some(base) = base else {
+                problems.push(format!(
+                    "{what}: spec.endpoint is required for type {}",
+                    spec.type_
+                ));
+                continue;
+            };
+            if spec.credentials.is_some() && entry.credential.is_none() {
+                problems.push(format!("{what}: its credential was not resolved"));
+                continue;
+            }
+            let mut headers = Vec::new();
+            for (k, v) in &spec.headers {
+                match (
+                    HeaderName::try_from(k.as_str()),
+                    HeaderValue::try_from(v.as_str()),
+                ) {
+                    (Ok(name), Ok(mut value)) => {
+                        value.set_sensitive(true);
+                        headers.push((name, value));
+                    }
+                    _ => problems.push(format!(
+                        "{what}: spec.headers.{k} is not a valid HTTP header"
+                    )),
+                }
+            }
+            let provider = Arc::new(Provider {
+                name: entry.name.clone(),
+                namespace: entry.namespace.clone(),
+                endpoint: Endpoint {
+                    provider: entry.name.clone(),
+                    kind: spec.type_,
+                    base_url: base.trim_end_matches('/').to_owned(),
+                    credential: entry.credential.clone(),
+                    headers,
+                    api_version: spec.azure.as_ref().and_then(|a| a.api_version.clone()),
+                    region: spec.bedrock.as_ref().map(|b| b.region.clone()),
+                    mock: spec.mock.clone(),
+                },
+                timeouts: spec.timeouts.over(Timeouts::DEFAULT),
+                gate: Gate::new(
+                    spec.limits.as_ref().and_then(|l| l.max_concurrent),
+                    spec.limits.as_ref().and_then(|l| l.max_queued),
+                ),
+                spec: spec.clone(),
+            });
+            providers.insert(
+                (entry.namespace.clone(), entry.name.clone()),
+                provider.clone(),
+            );
+            provider_list.push(provider);
+        }
+
+        let mut routes = Vec::new();
+        let mut by_model = HashMap::new();
+        for entry in &snapshot.routes {
+            let spec = &entry.spec;
+            let what = format!("LLMRoute/{}", entry.name);
+            let mut targets = Vec::new();
+            for (i, t) in spec.targets.iter().enumerate() {
+                let key = (entry.namespace.clone(), t.provider_ref.name.clone());
+                match providers.get(&key) {
+                    Some(p) => targets.push(Target {
+                        provider: p.clone(),
+                        model: t.model.clone(),
+                        weight: t.weight,
+                        priority: t.priority,
+                        context_window: p
+                            .spec
+                            .models
+                            .iter()
+                            .find(|m| m.name == t.model)
+                            .and_then(|m| m.context_window),
+                    }),
+                    None => problems.push(format!(
+                        "{what}: spec.targets[{i}]: Provider {:?} does not exist",
+                        t.provider_ref.name
+                    )),
+                }
+            }
+            // The `priority` order: lowest first, ties as listed (stable).
+            targets.sort_by_key(|t| t.priority);
+            let index = routes.len();
+            for name in std::iter::once(&spec.model).chain(&spec.aliases) {
+                if by_model.insert(name.clone(), index).is_some() {
+                    problems.push(format!(
+                        "{what}: model name {name:?} is claimed by another route"
+                    ));
+                }
+            }
+            let max_depth = spec
+                .fallback
+                .max_depth
+                .map_or(targets.len(), |d| d as usize)
+                .max(1);
+            routes.push(Arc::new(Route {
+                name: entry.name.clone(),
+                namespace: entry.namespace.clone(),
+                model: spec.model.clone(),
+                aliases: spec.aliases.clone(),
+                targets,
+                fallback_triggers: spec.fallback.triggers.clone(),
+                max_depth,
+                catch_all: spec.fallback.catch_all.clone(),
+                timeouts: spec.timeouts.clone().unwrap_or_default(),
+                spec: spec.clone(),
+            }));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Config {
+            version: snapshot.version.clone(),
+            routes,
+            by_model,
+            providers: provider_list,
+        })
+    }
+}
+
+impl Config {
+    /// The route claiming `model` (its virtual name or an alias).
+    pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
+        self.by_model.get(model).and_then(|&i| self.routes.get(i))
+    }
+
+    /// Every model name clients may send, sorted.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_model.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// What `/debug/config` shows: everything but secrets.
+    pub fn redacted(&self) -> RedactedConfig<'_> {
+        RedactedConfig {
+            version: &self.version,
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RedactedRoute {
+                    name: &r.name,
+                    namespace: &r.namespace,
+                    model: &r.model,
+                    aliases: &r.aliases,
+                    targets: r
+                        .targets
+                        .iter()
+                        .map(|t| RedactedTarget {
+                            provider: &t.provider.name,
+                            model: &t.model,
+                            priority: t.priority,
+                            weight: t.weight,
+                        })
+                        .collect(),
+                    fallback_triggers: r.fallback_triggers.iter().map(|t| t.as_str()).collect(),
+                })
+                .collect(),
+            providers: self
+                .providers
+                .iter()
+                .map(|p| RedactedProvider {
+                    name: &p.name,
+                    namespace: &p.namespace,
+                    kind: p.endpoint.kind.as_str(),
+                    endpoint: &p.endpoint.base_url,
+                    credential: p.endpoint.credential.as_ref().map(|_| "<redacted>"),
+                    headers: p
+                        .endpoint
+                        .headers
+                        .iter()
+                        .map(|(k, _)| (k.as_str(), "<redacted>"))
+                        .collect(),
+                    models: p.spec.models.iter().map(|m| m.name.as_str()).collect(),
+                    timeouts_ms: [
+                        p.timeouts.connect.as_millis(),
+                        p.timeouts.first_token.as_millis(),
+                        p.timeouts.idle.as_millis(),
+                        p.timeouts.total.as_millis(),
+                    ],
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The redacted view of a [`Config`].
+#[derive(Serialize)]
+pub struct RedactedConfig<'a> {
+    version: &'a str,
+    routes: Vec<RedactedRoute<'a>>,
+    providers: Vec<RedactedProvider<'a>>,
+}
+
+#[derive(Serialize)]
+struct RedactedRoute<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    model: &'a str,
+    aliases: &'a [String],
+    targets: Vec<RedactedTarget<'a>>,
+    fallback_triggers: Vec<&'static str>,
+}
+
+#[derive(Serialize)]
+struct RedactedTarget<'a> {
+    provider: &'a str,
+    model: &'a str,
+    priority: u32,
+    weight: u32,
+}
+
+#[derive(Serialize)]
+struct RedactedProvider<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    endpoint: &'a str,
+    credential: Option<&'static str>,
+    headers: Vec<(&'a str, &'static str)>,
+    models: Vec<&'a str>,
+    /// connect, firstToken, idle, total.
+    timeouts_ms: [u64; 4],
+}
+
+/// The current configuration, swapped atomically on reload; `None` until
+/// the first valid one is loaded (`/readyz` says not ready).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigHandle(Arc<ArcSwapOption<Config>>);
+
+impl ConfigHandle {
+    /// The configuration now in force, if any.
+    pub fn current(&self) -> Option<Arc<Config>> {
+        self.0.load_full()
+    }
+
+    /// Puts `config` in force for every request that starts from now on.
+    pub fn set(&self, config: Config) {
+        self.0.store(Some(Arc::new(config)));
+    }
+}

@@ -1,0 +1,297 @@
+//! Prometheus metrics, named after the OpenTelemetry GenAI conventions where
+//! one exists. The registry is built once and passed in, never global.
+//!
+//! Label values are bounded by construction: route, provider and model come
+//! from the configuration (a client's unknown model name is folded into
+//! [`UNKNOWN`]), classes and fault domains are closed enums.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sluice_crds::FailureClass;
+
+use crate::error::Fault;
+
+/// The label value for anything not in the configuration.
+pub const UNKNOWN: &str = "unknown";
+
+/// Where a request went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub route: String,
+    pub provider: String,
+    pub model: String,
+}
+
+impl TargetLabels {
+    /// Labels for a request that never reached a target.
+    pub fn unrouted(route: Option<&str>) -> Self {
+        Self {
+            route: route.unwrap_or(UNKNOWN).to_owned(),
+            provider: UNKNOWN.to_owned(),
+            model: UNKNOWN.to_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    gen_ai_operation_name: &'static str,
+    route: String,
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    gen_ai_token_type: &'static str,
+    route: String,
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    class: &'static str,
+    fault: &'static str,
+    route: String,
+    provider: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    route: String,
+    from: String,
+    to: String,
+    reason: &'static str,
+}
+
+type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a request ended, for `sluice_requests_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Error,
+    ClientCancelled,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error => "error",
+            Outcome::ClientCancelled => "client_cancelled",
+        }
+    }
+}
+
+/// Every metric the sidecar records.
+pub struct Metrics {
+    registry: Registry,
+    duration: Hist<OperationLabels>,
+    ttft: Hist<TargetLabels>,
+    tokens: Hist<TokenLabels>,
+    requests: Family<OutcomeLabels, Counter>,
+    cost: Family<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    errors: Family<ErrorLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+fn token_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 12))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let duration: Hist<OperationLabels> = Family::new_with_constructor(seconds);
+        let ttft: Hist<TargetLabels> = Family::new_with_constructor(seconds);
+        let tokens: Hist<TokenLabels> = Family::new_with_constructor(token_buckets);
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        let cost = Family::<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of GenAI operations through the sidecar, to the last byte",
+            duration.clone(),
+        );
+        registry.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from the request to the first streamed token",
+            ttft.clone(),
+        );
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens used per request, by gen_ai_token_type (input, output)",
+            tokens.clone(),
+        );
+        registry.register(
+            "sluice_cost_usd",
+            "Cost of answered requests in US dollars, from the Provider's pricing",
+            cost.clone(),
+        );
+        registry.register("sluice_requests", "Requests by outcome", requests.clone());
+        registry.register(
+            "sluice_errors",
+            "Errors by failure class and fault domain (caller, policy, provider, gateway)",
+            errors.clone(),
+        );
+        registry.register(
+            "sluice_fallbacks",
+            "Moves from one target to the next, by reason",
+            fallbacks.clone(),
+        );
+        Self {
+            registry,
+            duration,
+            ttft,
+            tokens,
+            requests,
+            cost,
+            errors,
+            fallbacks,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// One operation (`chat`, `embeddings`) finished after `secs`.
+    pub fn operation(&self, op: &'static str, t: &TargetLabels, secs: f64) {
+        self.duration
+            .get_or_create(&OperationLabels {
+                gen_ai_operation_name: op,
+                route: t.route.clone(),
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+            })
+            .observe(secs);
+    }
+
+    /// The first token of a stream reached the client after `secs`.
+    pub fn first_token(&self, t: &TargetLabels, secs: f64) {
+        self.ttft.get_or_create(t).observe(secs);
+    }
+
+    /// Token usage of one request.
+    pub fn tokens(&self, t: &TargetLabels, input: u64, output: u64) {
+        for (kind, n) in [("input", input), ("output", output)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    gen_ai_token_type: kind,
+                    route: t.route.clone(),
+                    provider: t.provider.clone(),
+                    model: t.model.clone(),
+                })
+                .observe(n as f64);
+        }
+    }
+
+    /// What a request cost, in US dollars (exact amounts are summed
+    /// elsewhere; the metric is for dashboards).
+    pub fn cost(&self, t: &TargetLabels, usd: f64) {
+        self.cost.get_or_create(t).inc_by(usd);
+    }
+
+    /// A request ended.
+    pub fn request(&self, route: &str, outcome: Outcome) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                route: route.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// An error, by class (`none` for errors that are not upstream
+    /// failures) and fault domain.
+    pub fn error(&self, t: &TargetLabels, class: Option<FailureClass>, fault: Fault) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                class: class.map_or("none", FailureClass::as_str),
+                fault: fault.as_str(),
+                route: t.route.clone(),
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+            })
+            .inc();
+    }
+
+    /// A fallback from one provider to the next.
+    pub fn fallback(&self, route: &str, from: &str, to: &str, reason: FailureClass) {
+        self.fallbacks
+            .get_or_create(&FallbackLabels {
+                route: route.to_owned(),
+                from: from.to_owned(),
+                to: to.to_owned(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_conventional_names() {
+        let m = Metrics::new();
+        let t = TargetLabels {
+            route: "chat".into(),
+            provider: "p".into(),
+            model: "m".into(),
+        };
+        m.operation("chat", &t, 0.1);
+        m.first_token(&t, 0.05);
+        m.tokens(&t, 10, 3);
+        m.request("chat", Outcome::Success);
+        m.cost(&t, 0.25);
+        m.error(&t, Some(FailureClass::RateLimited), Fault::Provider);
+        let text = m.encode();
+        for name in [
+            "gen_ai_client_operation_duration_seconds_bucket",
+            "gen_ai_server_time_to_first_token_seconds_count",
+            "gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"",
+            "sluice_requests_total{route=\"chat\",outcome=\"success\"} 1",
+            "sluice_cost_usd_total{route=\"chat\",provider=\"p\",model=\"m\"} 0.25",
+            "sluice_errors_total{class=\"rate-limited\",fault=\"provider\"",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}

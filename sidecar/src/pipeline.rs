@@ -1,0 +1,395 @@
+//! The request path, top to bottom: ingress → policy → route → attempt
+//! (provider adapters and egress inside) → respond and account.
+//!
+//! Nothing is sent to the client before the commit point (see `attempt`).
+//! After it, a stream is pumped chunk by chunk by its own task; a failure
+//! then ends the stream with an OpenAI-shaped error frame and no `[DONE]`.
+//! A client that goes away drops the response body, which the pump notices
+//! at once and drops the upstream call: counted as `client-cancelled`,
+//! never against the provider.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use sluice_crds::FailureClass;
+use tokio::sync::mpsc;
+
+use crate::accounting::Tracker;
+use crate::app::App;
+use crate::attempt::{self, Answer, Call, Committed, Outcome};
+use crate::body::{self, Body};
+use crate::config::{Route, Target};
+use crate::error::{ApiError, Fault};
+use crate::framing::Framing;
+use crate::ingress;
+use crate::metrics::TargetLabels;
+use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
+use crate::policy;
+use crate::provider::{Failure, StreamEvent};
+use crate::request_id;
+use crate::route;
+
+/// Which API a request came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/messages`: Anthropic's API in, the same chat path inside.
+    Messages,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl Operation {
+    /// The `gen_ai.operation.name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat | Operation::Messages => "chat",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`, `POST /v1/messages` and `POST /v1/embeddings`.
+pub async fn handle<B>(app: Arc<App>, op: Operation, headers: HeaderMap, body: B) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut tracker = Tracker::new(app.clone(), op, request_id::from_headers(&headers));
+    let resp = match serve(&app, op, &headers, body, &mut tracker).await {
+        Ok(resp) => resp,
+        Err(e) => tracker.refuse(e, op),
+    };
+    tracker.stamp(resp)
+}
+
+async fn serve<B>(
+    app: &Arc<App>,
+    op: Operation,
+    headers: &HeaderMap,
+    body: B,
+    tracker: &mut Tracker,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let config = app.config.current().ok_or_else(ApiError::not_ready)?;
+
+    // ingress
+    let raw = ingress::read_body(headers, body, app.limits.max_body).await?;
+    let parsed = match op {
+        Operation::Chat => Parsed::Chat(Box::new(ingress::parse_chat(&raw, &app.limits)?)),
+        Operation::Messages => Parsed::Chat(Box::new(ingress::parse_messages(&raw, &app.limits)?)),
+        Operation::Embeddings => Parsed::Embeddings(ingress::parse_embeddings(&raw, &app.limits)?),
+    };
+    // What the OpenAI-family adapters pass through: the client's own bytes,
+    // or the translation of an Anthropic request.
+    let raw = match (op, &parsed) {
+        (Operation::Messages, Parsed::Chat(req)) => serde_json::to_vec(req)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::invalid_json(format!("cannot encode the request: {e}")))?,
+        _ => raw,
+    };
+
+    // route (which route), then policy on it, then the order of targets
+    let route = route::resolve(&config, parsed.model())?;
+    tracker.route = Some(route.name.clone());
+    let _admitted = policy::admit(&route, headers)?;
+    let targets = route::plan(&route);
+    if targets.is_empty() {
+        return Err(ApiError::no_target(&route.name));
+    }
+
+    // attempt
+    let call = match &parsed {
+        Parsed::Chat(req) => Call::Chat {
+            raw: &raw,
+            req,
+            stream: req.is_stream(),
+        },
+        Parsed::Embeddings(req) => Call::Embeddings { req },
+    };
+    let propagate = attempt::Propagate {
+        request_id: HeaderValue::from_str(tracker.request_id()).ok(),
+        traceparent: headers.get("traceparent").cloned(),
+    };
+    let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call, &propagate).await;
+
+    // respond
+    let model = outcome.target.as_ref().map_or("", |t| t.model.as_str());
+    let framing = match &parsed {
+        Parsed::Chat(req) => Framing::for_chat(op == Operation::Messages, req, model),
+        Parsed::Embeddings(_) => Framing::OpenAi { wants_usage: false },
+    };
+    let stream = matches!(&parsed, Parsed::Chat(req) if req.is_stream());
+    let catch_all = matches!(&parsed, Parsed::Chat(_))
+        .then(|| route.catch_all.as_ref().and_then(|c| c.response.clone()))
+        .flatten();
+    match (outcome.result.is_err(), catch_all) {
+        (true, Some(reply)) => {
+            catch_all_reply(app, &route, outcome, &reply, stream, framing, tracker)
+        }
+        _ => respond(app, &route, outcome, framing, tracker),
+    }
+}
+
+/// The typed request, whichever API it came in on.
+enum Parsed {
+    /// `/v1/chat/completions`, or `/v1/messages` translated.
+    Chat(Box<ChatRequest>),
+    Embeddings(EmbeddingsRequest),
+}
+
+impl Parsed {
+    /// The model the client asked for: a route's virtual model or alias.
+    fn model(&self) -> &str {
+        match self {
+            Parsed::Chat(req) => &req.model,
+            Parsed::Embeddings(req) => &req.model,
+        }
+    }
+}
+
+/// Records what trying cost (fallbacks, failures), then answers: the whole
+/// body, a stream handed to its pump, or the last failure as an error.
+fn respond(
+    app: &Arc<App>,
+    route: &Route,
+    outcome: Outcome,
+    framing: Framing,
+    tracker: &mut Tracker,
+) -> Result<Response<Body>, ApiError> {
+    tracker.attempts = outcome.attempts;
+    for (i, (from, failure)) in outcome.fell_back.iter().enumerate() {
+        app.metrics
+            .error(&labels(route, from), Some(failure.class), Fault::Provider);
+        let to = outcome
+            .fell_back
+            .get(i + 1)
+            .map(|(t, _)| t)
+            .or(outcome.target.as_ref());
+        if let Some(to) = to {
+            app.metrics.fallback(
+                &route.name,
+                &from.provider.name,
+                &to.provider.name,
+                failure.class,
+            );
+        }
+    }
+    if let Some(t) = &outcome.target {
+        tracker.target = Some(t.clone());
+    }
+    match outcome.result {
+        Err(failure) => Err(final_error(route, &failure)),
+        Ok(Answer::Whole(whole)) => {
+            let body = framing.whole(whole.body)?;
+            tracker.succeed(whole.usage);
+            let mut resp = Response::new(body::full(body));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
+        }
+        Ok(Answer::Stream(committed)) => {
+            let (tx, body) = body::channel(16);
+            let pump_tracker = tracker.hand_over();
+            tokio::spawn(pump(committed, tx, framing, pump_tracker));
+            let mut resp = Response::new(body);
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            Ok(resp)
+        }
+    }
+}
+
+/// Every target failed and the route has a fixed `catchAll.response`: it
+/// is the answer, as a completion or a stream, from no provider.
+fn catch_all_reply(
+    app: &Arc<App>,
+    route: &Route,
+    outcome: Outcome,
+    reply: &str,
+    stream: bool,
+    mut framing: Framing,
+    tracker: &mut Tracker,
+) -> Result<Response<Body>, ApiError> {
+    tracker.attempts = outcome.attempts;
+    let failed = outcome
+        .fell_back
+        .iter()
+        .map(|(t, f)| (t, f))
+        .chain(outcome.target.as_ref().zip(outcome.result.as_ref().err()));
+    for (target, failure) in failed {
+        app.metrics
+            .error(&labels(route, target), Some(failure.class), Fault::Provider);
+    }
+    let id = format!("chatcmpl-{}", request_id::generate());
+    let created = attempt::unix_now();
+    let (body, content_type) = if stream {
+        let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+            serde_json::from_value::<crate::openai::ChatChunk>(serde_json::json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": route.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }))
+        };
+        let first = chunk(
+            serde_json::json!({"role": "assistant", "content": reply}),
+            serde_json::Value::Null,
+        );
+        let last = chunk(serde_json::json!({}), serde_json::json!("stop"));
+        let mut out = Vec::new();
+        for c in [first, last].into_iter().flatten() {
+            if let Some(frame) = framing.chunk(&c, None) {
+                out.extend_from_slice(&frame);
+            }
+        }
+        out.extend_from_slice(&framing.done());
+        (Bytes::from(out), "text/event-stream")
+    } else {
+        let whole = serde_json::json!({
+            "id": id, "object": "chat.completion", "created": created, "model": route.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        });
+        (
+            framing.whole(Bytes::from(whole.to_string()))?,
+            "application/json",
+        )
+    };
+    tracker.succeed(None);
+    let mut resp = Response::new(body::full(body));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    h.insert("x-sluice-catch-all", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// The client's answer when every target failed: the route's `catchAll`
+/// status and message if it has one, else the last failure's error.
+fn final_error(route: &Route, failure: &Failure) -> ApiError {
+    let mut e = if failure.class == FailureClass::Malformed
+        && failure.message.starts_with(attempt::TOO_LARGE)
+    {
+        ApiError::response_too_large()
+    } else {
+        ApiError::from_failure(failure)
+    };
+    if let Some(catch_all) = &route.catch_all
+        && let Some(status) = catch_all.status.and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        e.status = status;
+        if let Some(m) = &catch_all.message {
+            e.message = m.clone();
+        }
+    }
+    e
+}
+
+/// Streams a committed response to the client until its end.
+async fn pump(
+    mut c: Committed,
+    tx: mpsc::Sender<Bytes>,
+    mut framing: Framing,
+    mut tracker: Tracker,
+) {
+    let mut usage: Option<Usage> = None;
+    let mut first = true;
+    let mut events: VecDeque<Result<StreamEvent, Failure>> = c.pending.drain(..).map(Ok).collect();
+    loop {
+        while let Some(ev) = events.pop_front() {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(f) => {
+                    let _ = tx.send(framing.error(&f)).await;
+                    tracker.fail_stream(&f, usage);
+                    return;
+                }
+            };
+            let token = ev.is_token();
+            match ev {
+                StreamEvent::Chunk { chunk, raw } => {
+                    let Some(frame) = framing.chunk(&chunk, raw) else {
+                        continue;
+                    };
+                    if tx.send(frame).await.is_err() {
+                        tracker.cancel();
+                        return;
+                    }
+                    if first && token {
+                        first = false;
+                        tracker.first_token();
+                    }
+                }
+                StreamEvent::Usage(u) => {
+                    usage = Some(u);
+                    framing.usage(u);
+                }
+                StreamEvent::Done => {
+                    let _ = tx.send(framing.done()).await;
+                    tracker.succeed(usage);
+                    return;
+                }
+            }
+        }
+        let next = tokio::select! {
+            _ = tx.closed() => {
+                tracker.cancel();
+                return;
+            }
+            next = c.body.next(c.idle, c.deadline, FailureClass::TimeoutIdle) => next,
+        };
+        match next {
+            Some(Ok(bytes)) => events.extend(c.decoder.feed(&bytes)),
+            Some(Err(f)) => events.push_back(Err(f)),
+            None => {
+                events.extend(c.decoder.finish());
+                events.push_back(Err(Failure::new(
+                    FailureClass::StreamInterrupted,
+                    "upstream stream ended without its final event",
+                )));
+            }
+        }
+    }
+}
+
+fn labels(route: &Route, target: &Target) -> TargetLabels {
+    TargetLabels {
+        route: route.name.clone(),
+        provider: target.provider.name.clone(),
+        model: target.model.clone(),
+    }
+}
+
+/// `GET /v1/models`: the routes' virtual models and aliases.
+pub fn models(app: &App) -> Response<Body> {
+    let Some(config) = app.config.current() else {
+        return ApiError::not_ready().into_response();
+    };
+    let data: Vec<serde_json::Value> = config
+        .model_names()
+        .into_iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "sluice"}))
+        .collect();
+    let body = serde_json::json!({"object": "list", "data": data});
+    let mut resp = Response::new(body::full(body.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

@@ -1,0 +1,642 @@
+//! Google Gemini API (`models/{model}:generateContent` and
+//! `:streamGenerateContent?alt=sse`, key in `x-goog-api-key`): pure
+//! translation to and from the OpenAI chat format, its SSE stream and its
+//! errors.
+//!
+//! Choices:
+//! - `system`/`developer` messages → `systemInstruction`; `assistant` →
+//!   role `model`; `tool` messages → `functionResponse` parts in a user
+//!   turn, named after the call they answer (looked up by id).
+//! - Tool schemas go in `parametersJsonSchema` (full JSON Schema), JSON
+//!   mode in `responseMimeType` (+ `responseJsonSchema`).
+//! - Replayed function calls carry `thoughtSignature:
+//!   skip_thought_signature_validator` (Gemini 3 requires a signature; the
+//!   OpenAI format cannot keep the real one).
+//! - Images: data URLs → `inlineData`; other URLs → `fileData` (mime type
+//!   guessed from the extension, `image/jpeg` by default).
+//! - `finishReason`: `STOP`/`OTHER`/unknown → `stop` (or `tool_calls` when
+//!   the candidate called a function); `MAX_TOKENS` → `length`; `SAFETY`,
+//!   `RECITATION`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`,
+//!   `IMAGE_SAFETY`, `LANGUAGE` → [`FailureClass::Refusal`] (the output was
+//!   filtered); `MALFORMED_FUNCTION_CALL` → [`FailureClass::Malformed`];
+//!   `promptFeedback.blockReason` → [`FailureClass::ContentFilter`] (the
+//!   input was blocked).
+//! - Errors: `API_KEY_INVALID` (any status) → auth; `RESOURCE_EXHAUSTED` →
+//!   rate-limited, or quota-exhausted when a violated quota is per day;
+//!   `RetryInfo.retryDelay` is the retry hint; `UNAVAILABLE` → overloaded.
+
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+use sluice_crds::common::FailureClass;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::wire::{self, failure, safe_message};
+use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
+
+mod stream;
+mod types;
+
+pub use stream::GeminiStream;
+pub use types::*;
+
+// ------------------------------------------------------------------ request
+
+/// The Gemini adapter.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Adapter for Gemini {
+    fn build_chat(
+        &self,
+        endpoint: &Endpoint,
+        req: &ChatRequest,
+        upstream_model: &str,
+        stream: bool,
+    ) -> Result<UpstreamRequest, Failure> {
+        build_chat(endpoint, req, upstream_model, stream)
+    }
+
+    fn parse_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<ChatResponse, Failure> {
+        let now = SystemTime::now();
+        parse_chat(
+            status.as_u16(),
+            headers,
+            body,
+            "gemini",
+            wire::unix_seconds(now),
+            now,
+        )
+    }
+
+    fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
+        Box::new(GeminiStream::new(ctx))
+    }
+
+    fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Failure {
+        classify(status.as_u16(), headers, body, SystemTime::now())
+    }
+}
+
+/// `POST {base}/v1beta/models/{model}:generateContent` (or
+/// `:streamGenerateContent?alt=sse`) with `x-goog-api-key`.
+pub fn build_chat(
+    endpoint: &Endpoint,
+    req: &ChatRequest,
+    upstream_model: &str,
+    stream: bool,
+) -> Result<UpstreamRequest, Failure> {
+    if stream && req.n.is_some_and(|n| n > 1) {
+        // Only the first candidate would be streamed: refuse rather than
+        // silently answer fewer choices than asked.
+        return Err(bad_request("n > 1 cannot be streamed from gemini"));
+    }
+    let body = to_generate_request(req)?;
+    let body = serde_json::to_vec(&body)
+        .map_err(|e| failure(FailureClass::BadRequest, None, format!("encoding: {e}")))?;
+    let base = wire::trim_base(&endpoint.base_url);
+    // An endpoint naming its API version (`…/v1`, `…/v1beta`) keeps it;
+    // a bare host gets `v1beta`, where every field used here exists.
+    let versioned = ["/v1", "/v1beta", "/v1alpha"]
+        .iter()
+        .any(|v| base.ends_with(v));
+    let base = if versioned {
+        base.to_owned()
+    } else {
+        format!("{base}/v1beta")
+    };
+    let model = upstream_model
+        .strip_prefix("models/")
+        .unwrap_or(upstream_model);
+    let model = super::bedrock::encode_path_segment(model);
+    let url = if stream {
+        format!("{base}/models/{model}:streamGenerateContent?alt=sse")
+    } else {
+        format!("{base}/models/{model}:generateContent")
+    };
+    let mut out = UpstreamRequest::json_post(endpoint, url, Bytes::from(body));
+    if let Some(key) = &endpoint.credential {
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+            failure(
+                FailureClass::Auth,
+                None,
+                "the API key is not a valid header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        out.headers.insert("x-goog-api-key", value);
+    }
+    Ok(out)
+}
+
+fn bad_request(message: impl Into<String>) -> Failure {
+    failure(FailureClass::BadRequest, None, message)
+}
+
+/// OpenAI chat request → `GenerateContentRequest`.
+pub fn to_generate_request(req: &ChatRequest) -> Result<GenerateContentRequest, Failure> {
+    let mut system: Vec<Part> = Vec::new();
+    let mut contents: Vec<GeminiContent> = Vec::new();
+    for m in &req.messages {
+        match m.role.as_str() {
+            "system" | "developer" => {
+                let text = m.content.as_ref().map(Content::text).unwrap_or_default();
+                if !text.is_empty() {
+                    system.push(text_part(text));
+                }
+            }
+            "user" => push_turn(&mut contents, "user", user_parts(m)?),
+            "assistant" => push_turn(&mut contents, "model", model_parts(m)?),
+            "tool" | "function" => {
+                let part = function_response(m, &req.messages)?;
+                push_turn(&mut contents, "user", vec![part]);
+            }
+            other => return Err(bad_request(format!("unknown message role {other:?}"))),
+        }
+    }
+
+    let mut config = GenerationConfig {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_output_tokens: req.max_output_tokens(),
+        stop_sequences: req.stop.as_ref().map(|s| s.to_vec()),
+        candidate_count: req.n.filter(|&n| n > 1),
+        ..GenerationConfig::default()
+    };
+    if req.wants_json() {
+        config.response_mime_type = Some("application/json".into());
+        config.response_json_schema = req
+            .response_format
+            .as_ref()
+            .and_then(|f| f.pointer("/json_schema/schema"))
+            .cloned();
+    }
+    for key in ["topK", "seed", "thinkingConfig", "responseModalities"] {
+        if let Some(v) = req.extra.get(key) {
+            config.extra.insert(key.to_owned(), v.clone());
+        }
+    }
+
+    let mut out = GenerateContentRequest {
+        contents,
+        system_instruction: (!system.is_empty()).then_some(GeminiContent {
+            role: None,
+            parts: system,
+        }),
+        tools: None,
+        tool_config: None,
+        generation_config: Some(config).filter(|c| *c != GenerationConfig::default()),
+        extra: Map::new(),
+    };
+    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+        let decls: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let mut d = json!({"name": t.function.name});
+                if let Some(desc) = &t.function.description {
+                    d["description"] = Value::String(desc.clone());
+                }
+                if let Some(params) = &t.function.parameters {
+                    d["parametersJsonSchema"] = params.clone();
+                }
+                d
+            })
+            .collect();
+        out.tools = Some(vec![json!({ "functionDeclarations": decls })]);
+        out.tool_config = tool_config(req.tool_choice.as_ref())?;
+    }
+    if let Some(v) = req.extra.get("safetySettings") {
+        out.extra.insert("safetySettings".into(), v.clone());
+    }
+    Ok(out)
+}
+
+fn text_part(text: String) -> Part {
+    Part {
+        text: Some(text),
+        ..Part::default()
+    }
+}
+
+/// Gemini wants alternating `user`/`model` turns: same-role neighbours merge.
+fn push_turn(contents: &mut Vec<GeminiContent>, role: &str, parts: Vec<Part>) {
+    if parts.is_empty() {
+        return;
+    }
+    match contents.last_mut() {
+        Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
+        _ => contents.push(GeminiContent {
+            role: Some(role.to_owned()),
+            parts,
+        }),
+    }
+}
+
+fn user_parts(m: &Message) -> Result<Vec<Part>, Failure> {
+    match &m.content {
+        None => Ok(Vec::new()),
+        Some(Content::Text(t)) => Ok(vec![text_part(t.clone())]),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .map(|p| match p.kind.as_str() {
+                "text" => Ok(text_part(p.text.clone().unwrap_or_default())),
+                "image_url" => {
+                    let url = p
+                        .image_url
+                        .as_ref()
+                        .map(|i| i.url.as_str())
+                        .ok_or_else(|| bad_request("image_url part without a url"))?;
+                    Ok(image_part(url))
+                }
+                other => Err(bad_request(format!(
+                    "content part type {other:?} is not supported by gemini"
+                ))),
+            })
+            .collect(),
+    }
+}
+
+fn image_part(url: &str) -> Part {
+    if let Some((mime, data)) = wire::parse_data_url(url) {
+        return Part {
+            inline_data: Some(json!({"mimeType": mime, "data": data})),
+            ..Part::default()
+        };
+    }
+    Part {
+        file_data: Some(json!({"mimeType": mime_from_extension(url), "fileUri": url})),
+        ..Part::default()
+    }
+}
+
+fn mime_from_extension(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    match path.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("heic") => "image/heic",
+        Some("pdf") => "application/pdf",
+        _ => "image/jpeg",
+    }
+}
+
+fn model_parts(m: &Message) -> Result<Vec<Part>, Failure> {
+    let mut parts = Vec::new();
+    if let Some(c) = &m.content {
+        let text = c.text();
+        if !text.is_empty() {
+            parts.push(text_part(text));
+        }
+    }
+    for call in m.tool_calls.iter().flatten() {
+        let mut extra = Map::new();
+        // Gemini 3 refuses replayed function calls without the thought
+        // signature it issued; OpenAI tool calls have nowhere to keep one
+        // (and long ids break OpenAI's id limit on fallback), so send the
+        // sentinel Google documents for history it did not produce.
+        extra.insert(
+            "thoughtSignature".into(),
+            Value::String(SKIP_THOUGHT_SIGNATURE.into()),
+        );
+        parts.push(Part {
+            function_call: Some(GeminiFunctionCall {
+                id: gemini_call_id(&call.id),
+                name: call.function.name.clone(),
+                args: wire::arguments_object(&call.function.arguments)?,
+            }),
+            extra,
+            ..Part::default()
+        });
+    }
+    Ok(parts)
+}
+
+/// Ids we made up for Gemini's id-less calls are not sent back as ids.
+fn gemini_call_id(id: &str) -> Option<String> {
+    (!id.is_empty() && !id.starts_with(SYNTHETIC_CALL_ID)).then(|| id.to_owned())
+}
+
+const SYNTHETIC_CALL_ID: &str = "call_gemini_";
+
+/// The `thoughtSignature` Google documents for function calls whose real
+/// signature is not available.
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// A `tool` message → `functionResponse`, named after the call it answers.
+fn function_response(m: &Message, all: &[Message]) -> Result<Part, Failure> {
+    let id = m.tool_call_id.as_deref().unwrap_or("");
+    let name = all
+        .iter()
+        .flat_map(|m| m.tool_calls.iter().flatten())
+        .find(|c| c.id == id)
+        .map(|c| c.function.name.clone())
+        .or_else(|| m.name.clone())
+        .ok_or_else(|| bad_request("a tool message answers no known tool call"))?;
+    let text = m.content.as_ref().map(Content::text).unwrap_or_default();
+    // Gemini wants an object: a JSON object result is sent as is, anything
+    // else wrapped.
+    let response = match serde_json::from_str::<Value>(&text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => json!({ "content": text }),
+    };
+    let mut fr = json!({"name": name, "response": response});
+    if let Some(id) = gemini_call_id(id) {
+        fr["id"] = Value::String(id);
+    }
+    Ok(Part {
+        function_response: Some(fr),
+        ..Part::default()
+    })
+}
+
+/// `auto` → AUTO, `required` → ANY, `none` → NONE, a named function → ANY
+/// restricted to it.
+fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, Failure> {
+    let config = match choice {
+        None => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"mode": "AUTO"}),
+            "required" => json!({"mode": "ANY"}),
+            "none" => json!({"mode": "NONE"}),
+            other => return Err(bad_request(format!("unknown tool_choice {other:?}"))),
+        },
+        Some(v) => {
+            let name = v
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request("tool_choice object without function.name"))?;
+            json!({"mode": "ANY", "allowedFunctionNames": [name]})
+        }
+    };
+    Ok(Some(json!({ "functionCallingConfig": config })))
+}
+
+// ----------------------------------------------------------------- response
+
+/// A finished upstream response: 2xx → chat response, else classified.
+pub fn parse_chat(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    fallback_model: &str,
+    created: u64,
+    now: SystemTime,
+) -> Result<ChatResponse, Failure> {
+    if !(200..300).contains(&status) {
+        return Err(classify(status, headers, body, now));
+    }
+    let resp: GenerateContentResponse = serde_json::from_slice(body).map_err(|_| {
+        failure(
+            FailureClass::Malformed,
+            Some(status),
+            "gemini returned a body that is not a GenerateContentResponse",
+        )
+    })?;
+    if resp.error.is_some() {
+        let mut f = classify(status, headers, body, now);
+        f.class = FailureClass::Malformed;
+        return Err(f);
+    }
+    to_chat_response(resp, fallback_model, created)
+}
+
+/// `GenerateContentResponse` → OpenAI `chat.completion`.
+pub fn to_chat_response(
+    resp: GenerateContentResponse,
+    fallback_model: &str,
+    created: u64,
+) -> Result<ChatResponse, Failure> {
+    prompt_blocked(&resp)?;
+    let id = resp.response_id.clone().unwrap_or_else(|| "gemini".into());
+    let mut choices = Vec::new();
+    for c in &resp.candidates {
+        let mut text = String::new();
+        let mut calls = Vec::new();
+        for p in c.content.iter().flat_map(|c| &c.parts) {
+            if p.thought == Some(true) {
+                continue;
+            }
+            if let Some(t) = &p.text {
+                text.push_str(t);
+            }
+            if let Some(fc) = &p.function_call {
+                calls.push(ToolCall {
+                    id: call_id(fc, &id, c.index, calls.len()),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: fc.name.clone(),
+                        arguments: args_text(&fc.args),
+                    },
+                });
+            }
+        }
+        let finish = finish_reason(c.finish_reason.as_deref(), !calls.is_empty())?;
+        choices.push(Choice {
+            index: c.index,
+            message: Message {
+                role: "assistant".into(),
+                content: (!text.is_empty() || calls.is_empty()).then_some(Content::Text(text)),
+                name: None,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                tool_call_id: None,
+                refusal: None,
+                extra: Map::new(),
+            },
+            finish_reason: finish,
+            logprobs: None,
+        });
+    }
+    if choices.is_empty() {
+        return Err(failure(
+            FailureClass::Malformed,
+            Some(200),
+            "gemini returned no candidates",
+        ));
+    }
+    Ok(ChatResponse {
+        id: format!("chatcmpl-{id}"),
+        object: "chat.completion".into(),
+        created,
+        model: resp
+            .model_version
+            .clone()
+            .unwrap_or_else(|| fallback_model.to_owned()),
+        choices,
+        usage: resp.usage_metadata.map(UsageMetadata::to_openai),
+        system_fingerprint: None,
+        extra: Map::new(),
+    })
+}
+
+fn call_id(fc: &GeminiFunctionCall, response_id: &str, candidate: u32, n: usize) -> String {
+    fc.id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("{SYNTHETIC_CALL_ID}{response_id}_{candidate}_{n}"))
+}
+
+fn args_text(args: &Value) -> String {
+    if args.is_null() {
+        "{}".into()
+    } else {
+        args.to_string()
+    }
+}
+
+fn prompt_blocked(resp: &GenerateContentResponse) -> Result<(), Failure> {
+    let reason = resp
+        .prompt_feedback
+        .as_ref()
+        .and_then(|f| f.get("blockReason"))
+        .and_then(Value::as_str);
+    match reason {
+        Some(r) if r != "BLOCK_REASON_UNSPECIFIED" || resp.candidates.is_empty() => Err(failure(
+            FailureClass::ContentFilter,
+            Some(200),
+            format!("gemini blocked the prompt: {}", safe_message(r)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `finishReason` → `finish_reason`; filtered output is a failure.
+pub fn finish_reason(reason: Option<&str>, called: bool) -> Result<Option<String>, Failure> {
+    let out = match reason {
+        None | Some("") => return Ok(None),
+        Some("MAX_TOKENS") => "length",
+        Some(
+            r @ ("SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
+            | "IMAGE_SAFETY" | "LANGUAGE"),
+        ) => {
+            return Err(failure(
+                FailureClass::Refusal,
+                Some(200),
+                format!("gemini stopped with finishReason {r}"),
+            ));
+        }
+        Some(r @ ("MALFORMED_FUNCTION_CALL" | "UNEXPECTED_TOOL_CALL")) => {
+            return Err(failure(
+                FailureClass::Malformed,
+                Some(200),
+                format!("gemini stopped with finishReason {r}"),
+            ));
+        }
+        Some(_) if called => "tool_calls",
+        Some(_) => "stop",
+    };
+    Ok(Some(out.to_owned()))
+}
+
+// ------------------------------------------------------------------- errors
+
+/// A Gemini error (`{"error":{"code","message","status","details"}}`, bare
+/// or wrapped in a one-element array) → one failure class and retry hint.
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Failure {
+    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let error = match &value {
+        Value::Array(items) => items.first().and_then(|v| v.get("error")),
+        v => v.get("error"),
+    };
+    match error {
+        Some(e) => {
+            let mut f = classify_error(status, e);
+            f.retry_after = f
+                .retry_after
+                .or_else(|| wire::header_retry_after(headers, now));
+            f
+        }
+        None => {
+            let mut f = failure(
+                wire::class_for_status(status),
+                Some(status),
+                format!("gemini status {status}"),
+            );
+            f.retry_after = wire::header_retry_after(headers, now);
+            f
+        }
+    }
+}
+
+/// The `error` object of a response or of a stream event.
+pub fn classify_error(status: u16, error: &Value) -> Failure {
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .unwrap_or(status);
+    let grpc = error.get("status").and_then(Value::as_str).unwrap_or("");
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    let details: &[Value] = error
+        .get("details")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    let detail = |suffix: &'static str| {
+        details.iter().filter(move |d| {
+            d.get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with(suffix))
+        })
+    };
+    let key_invalid = detail("google.rpc.ErrorInfo").any(|d| {
+        d.get("reason")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.starts_with("API_KEY_") || r == "ACCESS_TOKEN_EXPIRED")
+    });
+    let per_day = detail("google.rpc.QuotaFailure")
+        .flat_map(|d| {
+            d.get("violations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|v| v.get("quotaId").and_then(Value::as_str))
+        .chain(
+            detail("google.rpc.ErrorInfo")
+                .filter_map(|d| d.pointer("/metadata/quota_limit").and_then(Value::as_str)),
+        )
+        .any(|q| q.contains("PerDay"));
+    let retry_after = detail("google.rpc.RetryInfo")
+        .filter_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .find_map(wire::parse_seconds_suffix);
+    let lower = message.to_ascii_lowercase();
+
+    let class = match grpc {
+        _ if key_invalid => FailureClass::Auth,
+        "UNAUTHENTICATED" | "PERMISSION_DENIED" => FailureClass::Auth,
+        "RESOURCE_EXHAUSTED" if per_day => FailureClass::QuotaExhausted,
+        "RESOURCE_EXHAUSTED" => FailureClass::RateLimited,
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE"
+            if lower.contains("token count")
+                || lower.contains("exceeds the maximum number of tokens")
+                || lower.contains("too many tokens") =>
+        {
+            FailureClass::ContextLength
+        }
+        "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE" => FailureClass::BadRequest,
+        "NOT_FOUND" => FailureClass::NotFound,
+        "UNAVAILABLE" => FailureClass::Overloaded,
+        "INTERNAL" | "DEADLINE_EXCEEDED" | "UNKNOWN" => FailureClass::ServerError,
+        "CANCELLED" | "ABORTED" => FailureClass::ServerError,
+        _ => wire::class_for_status(code),
+    };
+    let mut f = failure(
+        class,
+        Some(code),
+        format!("gemini {grpc} ({code}): {}", safe_message(message)),
+    );
+    f.retry_after = retry_after;
+    f
+}

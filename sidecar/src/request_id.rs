@@ -1,0 +1,50 @@
+//! Request ids: the client's `x-request-id` when it sent a sane one,
+//! otherwise a fresh one, unique per process and hard to guess in order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The id to use for a request with these headers.
+pub fn from_headers(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(generate, str::to_owned)
+}
+
+/// A fresh id: 32 hex digits from the clock, the process and a counter,
+/// mixed so consecutive ids do not look alike.
+pub fn generate() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let a = mix(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    let b = mix(n.wrapping_add(a));
+    format!("{a:016x}{b:016x}")
+}
+
+/// splitmix64's finaliser.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagates_sane_ids_and_replaces_others() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", http::HeaderValue::from_static("abc-123"));
+        assert_eq!(from_headers(&h), "abc-123");
+        h.insert("x-request-id", http::HeaderValue::from_static("has space"));
+        assert_eq!(from_headers(&h).len(), 32);
+        assert_ne!(generate(), generate());
+    }
+}

@@ -1,0 +1,169 @@
+//! Starting a standalone sidecar: load the file, build the shared state,
+//! bind both listeners, start the servers and the file watcher. Used by
+//! `main` and by black-box tests (which bind port 0).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_crds::load::Admission;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::attempt::Bounds;
+use crate::config::ConfigHandle;
+use crate::egress::{Egress, EgressError};
+use crate::ingress::Limits;
+use crate::metrics::Metrics;
+use crate::server::{self, Role};
+use crate::standalone::{self, LoadError};
+
+/// Everything a standalone sidecar needs to start.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub extra_ca: Option<PathBuf>,
+    pub limits: Limits,
+    pub bounds: Bounds,
+    pub reload_interval: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
+}
+
+impl Options {
+    /// Defaults for `config`, on the given addresses.
+    pub fn new(config: PathBuf, listen: SocketAddr, admin: SocketAddr) -> Self {
+        Self {
+            listen,
+            admin,
+            config,
+            extra_ca: None,
+            limits: Limits::default(),
+            bounds: Bounds {
+                max_response: 16 << 20,
+                max_line: 1 << 20,
+            },
+            reload_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] LoadError),
+    #[error(transparent)]
+    Egress(#[from] EgressError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running sidecar; dropping it stops the servers and the watcher at
+/// once, [`Running::shutdown`] drains them first.
+pub struct Running {
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub app: Arc<App>,
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish (at most `grace`),
+    /// then stops everything.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        for server in std::mem::take(&mut self.servers) {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in self.tasks.iter().chain(&self.servers) {
+            t.abort();
+        }
+    }
+}
+
+/// Loads `opts.config` (credentials through `env`) and starts serving.
+pub async fn standalone<E>(opts: Options, env: E) -> Result<Running, StartError>
+where
+    E: Fn(&str) -> Option<String> + Send + 'static,
+{
+    let admission = Admission::new();
+    let bytes = std::fs::read(&opts.config).map_err(|e| LoadError {
+        path: opts.config.clone(),
+        reasons: vec![format!("cannot read: {e}")],
+    })?;
+    let config = standalone::load_bytes(&admission, &bytes, &env).map_err(|reasons| LoadError {
+        path: opts.config.clone(),
+        reasons,
+    })?;
+    tracing::info!(path = %opts.config.display(), version = %config.version, routes = config.routes.len(), providers = config.providers.len(), "configuration loaded");
+    let handle = ConfigHandle::default();
+    handle.set(config);
+    let app = Arc::new(App {
+        config: handle.clone(),
+        egress: Egress::new(opts.extra_ca.as_deref())?,
+        metrics: Metrics::new(),
+        limits: opts.limits,
+        bounds: opts.bounds,
+    });
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let api = bind(opts.listen).await?;
+    let admin = bind(opts.admin).await?;
+    let (api_addr, admin_addr) = (
+        api.local_addr().unwrap_or(opts.listen),
+        admin.local_addr().unwrap_or(opts.admin),
+    );
+    tracing::info!(listen = %api_addr, admin = %admin_addr, "sluice-sidecar serving");
+    let tasks = vec![tokio::spawn(standalone::watch(
+        admission,
+        opts.config,
+        bytes,
+        handle,
+        opts.reload_interval,
+        env,
+    ))];
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let servers = vec![
+        tokio::spawn(server::serve(
+            api,
+            app.clone(),
+            Role::Api,
+            stopped.clone(),
+            opts.grace,
+        )),
+        tokio::spawn(server::serve(
+            admin,
+            app.clone(),
+            Role::Admin,
+            stopped,
+            opts.grace,
+        )),
+    ];
+    Ok(Running {
+        api: api_addr,
+        admin: admin_addr,
+        app,
+        stop,
+        servers,
+        tasks,
+    })
+}
