@@ -1,1 +1,4 @@
-//! Sluice test rig (work in progress).
+//! Sluice test rig: the Kubernetes API emulator (more to come: mock
+//! providers, end-to-end scenarios).
+
+pub mod emulator;

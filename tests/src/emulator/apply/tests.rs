@@ -1,0 +1,73 @@
+use serde_json::{Value, json};
+
+use super::*;
+
+fn apply(current: &Value, applied: Value, manager: &str, force: bool) -> Result<Value, String> {
+    server_side_apply(
+        current,
+        &applied,
+        ApplyRequest {
+            manager,
+            force,
+            part: WritePart::Main,
+            has_status_subresource: true,
+        },
+    )
+}
+
+#[test]
+fn two_managers_with_disjoint_fields_keep_each_other() {
+    let base = json!({"apiVersion": "example.com/v1", "kind": "W", "metadata": {"name": "w"}});
+    let mut first = base.clone();
+    first["spec"] = json!({"a": 1});
+    let after_first = apply(&json!({}), first.clone(), "one", false).expect("first apply");
+    let mut second = base.clone();
+    second["spec"] = json!({"b": 2});
+    let after_second = apply(&after_first, second, "two", false).expect("second apply");
+    assert_eq!(after_second["spec"], json!({"a": 1, "b": 2}));
+    // "one" drops nothing it did not own and keeps "two"'s field.
+    let mut first_again = base.clone();
+    first_again["spec"] = json!({"a": 3});
+    let after = apply(&after_second, first_again, "one", false).expect("re-apply");
+    assert_eq!(after["spec"], json!({"a": 3, "b": 2}));
+    assert_eq!(
+        after["metadata"]["managedFields"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[test]
+fn apply_removes_fields_no_longer_applied_and_detects_conflicts() {
+    let base = json!({"apiVersion": "example.com/v1", "kind": "W", "metadata": {"name": "w"}});
+    let mut first = base.clone();
+    first["spec"] = json!({"a": 1, "b": 1});
+    let obj = apply(&json!({}), first, "one", false).expect("apply");
+    let mut shrunk = base.clone();
+    shrunk["spec"] = json!({"a": 1});
+    let obj = apply(&obj, shrunk, "one", false).expect("apply");
+    assert_eq!(obj["spec"], json!({"a": 1}));
+    let mut rival = base.clone();
+    rival["spec"] = json!({"a": 2});
+    let err = apply(&obj, rival.clone(), "two", false).expect_err("conflict");
+    assert!(err.contains("conflict with \"one\": .spec.a"), "{err}");
+    let forced = apply(&obj, rival, "two", true).expect("forced");
+    assert_eq!(forced["spec"]["a"], 2);
+}
+
+#[test]
+fn updates_take_ownership_from_appliers() {
+    let applied =
+        json!({"apiVersion": "v1", "kind": "W", "metadata": {"name": "w"}, "spec": {"a": 1}});
+    let obj = apply(&json!({}), applied.clone(), "one", false).expect("apply");
+    let mut updated = obj.clone();
+    updated["spec"]["a"] = json!(5);
+    record_update(Some(&obj), &mut updated, "editor", WritePart::Main, true);
+    let managers = updated["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(managers.len(), 1, "{managers:?}");
+    assert_eq!(managers[0]["manager"], "editor");
+    // Re-applying the old value now conflicts with the editor.
+    assert!(apply(&updated, applied, "one", false).is_err());
+}
