@@ -1,0 +1,224 @@
+//! Wires the operator together: listeners, the serving certificate, leader
+//! election, and — on the leader only — the watches, the compile loop and
+//! the controllers. Every replica serves the three ports; the standby
+//! answers `503 not_leader` on the distribution port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{Refusal, ReviewCache};
+use crate::controller;
+use crate::distribute::{Body, Distribution, refuse, serve_tls};
+use crate::error::Error;
+use crate::lease::Election;
+use crate::metrics::Metrics;
+use crate::options::Options;
+use crate::state::Context;
+use crate::tls::{ServingCert, subject_names};
+
+/// A started operator.
+#[derive(Debug)]
+pub struct Running {
+    pub distribution: SocketAddr,
+    pub webhook: SocketAddr,
+    pub metrics: SocketAddr,
+    pub ctx: Arc<Context>,
+    pub cert: ServingCert,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl Running {
+    /// Waits until the operator stops (it only stops on losing the Lease).
+    pub async fn wait(mut self) -> Result<(), Error> {
+        match self.task.take() {
+            Some(t) => t
+                .await
+                .unwrap_or_else(|e| Err(Error::LeaseLost(format!("task ended: {e}")))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {
+    l.local_addr()
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Binds, loads or makes the certificate, and starts everything on the
+/// current runtime.
+pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
+    let own_ns = opts
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let dist_l = bind(opts.distribution_listen).await?;
+    let hook_l = bind(opts.webhook_listen).await?;
+    let metrics_l = bind(opts.metrics_listen).await?;
+    let distribution = local(&dist_l, opts.distribution_listen)?;
+    let webhook = local(&hook_l, opts.webhook_listen)?;
+    let metrics_addr = local(&metrics_l, opts.metrics_listen)?;
+
+    let cert = ServingCert::ensure(
+        &Api::<Secret>::namespaced(client.clone(), &own_ns),
+        &opts.tls_secret,
+        &subject_names(&opts.service_name, &own_ns),
+    )
+    .await?;
+    let acceptor = cert.acceptor()?;
+
+    let metrics = Metrics::new();
+    let (ctx, writers) = Context::new(
+        client.clone(),
+        opts.namespace.clone(),
+        opts.report_interval,
+        metrics.clone(),
+    );
+    let election = Election {
+        name: opts.lease_name.clone(),
+        identity: opts
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("sluice-operator-{:016x}", rand::random::<u64>())),
+        duration: opts.lease_duration.into(),
+    };
+    let leases: Api<Lease> = Api::namespaced(client, &own_ns);
+
+    let dist = Arc::new(Distribution {
+        ctx: ctx.clone(),
+        reviews: ReviewCache::default(),
+    });
+    let dist_server = serve_tls(dist_l, acceptor.clone(), move |req| {
+        dist.clone().handle(req)
+    });
+    // The injection webhook is another piece of work: the port is bound and
+    // answers 404 until then.
+    let hook_server = serve_tls(hook_l, acceptor, |_req| async {
+        refuse(&Refusal::new(
+            404,
+            "not_found",
+            "the injection webhook is not served yet",
+        ))
+    });
+    let metrics_server = serve_metrics(metrics_l, metrics.clone());
+
+    let lead_ctx = ctx.clone();
+    let handle_ctx = ctx.clone();
+    let task = tokio::spawn(async move {
+        let (leader_tx, mut leader_rx) = watch::channel(false);
+        let elect = election.run(leases, leader_tx);
+        let lead = async move {
+            if leader_rx.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            lead_ctx.metrics.leader.set(1);
+            let ready = async {
+                lead_ctx.caches_ready().await;
+                lead_ctx.compile_once();
+                lead_ctx.serving.send_replace(true);
+                tracing::info!("caches synced; serving sidecars");
+            };
+            futures::join!(
+                lead_ctx.clone().watch(writers),
+                lead_ctx.clone().compile_loop(),
+                controller::run(lead_ctx.clone()),
+                ready,
+            );
+        };
+        let serving = ctx.clone();
+        let result = tokio::select! {
+            r = elect => r,
+            () = lead => Ok(()),
+            () = dist_server => Ok(()),
+            () = hook_server => Ok(()),
+            () = metrics_server => Ok(()),
+        };
+        serving.serving.send_replace(false);
+        serving.metrics.leader.set(0);
+        result
+    });
+    Ok(Running {
+        distribution,
+        webhook,
+        metrics: metrics_addr,
+        ctx: handle_ctx,
+        cert,
+        task: Some(task),
+    })
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// `/metrics`, `/healthz` and `/readyz` over plain HTTP. Both replicas are
+/// ready here once started (the leader gate is the distribution port's
+/// `/readyz`). Never returns.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let r = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => {
+                            let mut r = text(StatusCode::OK, metrics.render());
+                            r.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                header::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                            r
+                        }
+                        (&Method::GET, "/healthz" | "/readyz") => text(StatusCode::OK, "ok\n"),
+                        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,387 @@
+//! The operator's one [`Context`]: the reflector caches of the five kinds it
+//! watches, the aggregator, the latest compile output and the snapshot hub;
+//! plus [`gather`], which turns the caches into compile's input, and the
+//! debounced compile loop.
+//!
+//! A pod carries a Sluice sidecar when it is labelled
+//! [`SIDECAR_LABEL`]`=`[`SIDECAR_INJECTED`] (the injection webhook sets it);
+//! only such pods are watched. Pods that finished (`Succeeded`/`Failed`)
+//! get no snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, ResourceExt as _};
+use sluice_crds::budget::WindowBounds;
+use sluice_crds::snapshot::Credential;
+use sluice_crds::{Budget, LLMRoute, Provider};
+use tokio::sync::{Notify, watch};
+
+use crate::aggregate::Aggregator;
+use crate::allowance::Policy;
+use crate::compile::{ClusterState, Compiled, Key, PodInfo, Secrets, compile};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// The label that marks a pod with an injected sidecar.
+pub const SIDECAR_LABEL: &str = "sluice.dev/sidecar";
+/// Its value.
+pub const SIDECAR_INJECTED: &str = "injected";
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+/// The TokenReview audience sidecar tokens must carry.
+pub const AUDIENCE: &str = "sluice";
+
+/// Reflector caches.
+#[derive(Clone)]
+pub struct Stores {
+    pub providers: Store<Provider>,
+    pub routes: Store<LLMRoute>,
+    pub budgets: Store<Budget>,
+    pub secrets: Store<Secret>,
+    pub pods: Store<Pod>,
+}
+
+/// The writers behind [`Stores`], consumed by [`Context::watch`].
+pub struct Writers {
+    providers: reflector::store::Writer<Provider>,
+    routes: reflector::store::Writer<LLMRoute>,
+    budgets: reflector::store::Writer<Budget>,
+    secrets: reflector::store::Writer<Secret>,
+    pods: reflector::store::Writer<Pod>,
+}
+
+/// Shared by controllers, the compile loop and the distribution server.
+pub struct Context {
+    pub client: Client,
+    /// `None`: all namespaces.
+    pub namespace: Option<String>,
+    pub report_interval: sluice_crds::Duration,
+    pub stores: Stores,
+    pub aggregator: Mutex<Aggregator>,
+    /// Serializes budget status writes, so a write computed earlier never
+    /// lands after one computed later; holds the budgets whose latest
+    /// totals are not yet persisted.
+    pub persist: tokio::sync::Mutex<BTreeSet<Key>>,
+    compiled: RwLock<Arc<Compiled>>,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    compile_requested: Notify,
+    /// Bumped after every compile; controllers re-reconcile on it.
+    pub compiled_tx: watch::Sender<u64>,
+    /// True once this replica leads and its caches are synced.
+    pub serving: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the epoch, the aggregator's clock.
+pub fn now_ms() -> u64 {
+    u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0)
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        namespace: Option<String>,
+        report_interval: sluice_crds::Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, Writers) {
+        let (providers, pw) = reflector::store();
+        let (routes, rw) = reflector::store();
+        let (budgets, bw) = reflector::store();
+        let (secrets, sw) = reflector::store();
+        let (pods, podw) = reflector::store();
+        let interval_ms = report_interval.as_millis().max(1);
+        let ctx = Self {
+            client,
+            namespace,
+            report_interval,
+            stores: Stores {
+                providers,
+                routes,
+                budgets,
+                secrets,
+                pods,
+            },
+            // Health older than three report intervals no longer counts.
+            aggregator: Mutex::new(Aggregator::new(Policy::default(), interval_ms * 3)),
+            persist: tokio::sync::Mutex::new(BTreeSet::new()),
+            compiled: RwLock::new(Arc::new(Compiled::default())),
+            hub: Hub::default(),
+            metrics,
+            compile_requested: Notify::new(),
+            compiled_tx: watch::channel(0).0,
+            serving: watch::channel(false).0,
+        };
+        (
+            Arc::new(ctx),
+            Writers {
+                providers: pw,
+                routes: rw,
+                budgets: bw,
+                secrets: sw,
+                pods: podw,
+            },
+        )
+    }
+
+    /// An `Api` over the watched namespace(s).
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// The latest compile output.
+    pub fn compiled(&self) -> Arc<Compiled> {
+        self.compiled
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Asks the compile loop for a new compile soon.
+    pub fn request_compile(&self) {
+        self.compile_requested.notify_one();
+    }
+
+    /// The aggregator, even if a panic poisoned its lock (its state is a
+    /// set of monotonic counters: still the best we have).
+    pub fn aggregator(&self) -> std::sync::MutexGuard<'_, Aggregator> {
+        self.aggregator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the five reflectors; every change asks for a compile. Never
+    /// returns (watchers retry with backoff).
+    pub async fn watch(self: Arc<Self>, writers: Writers) {
+        let pods_cfg =
+            watcher::Config::default().labels(&format!("{SIDECAR_LABEL}={SIDECAR_INJECTED}"));
+        let cfg = watcher::Config::default;
+        let providers = self.reflect(writers.providers, self.api::<Provider>(), cfg());
+        let routes = self.reflect(writers.routes, self.api::<LLMRoute>(), cfg());
+        let budgets = self.reflect(writers.budgets, self.api::<Budget>(), cfg());
+        let secrets = self.reflect(writers.secrets, self.api::<Secret>(), cfg());
+        let pods = self.reflect(writers.pods, self.api::<Pod>(), pods_cfg);
+        futures::join!(providers, routes, budgets, secrets, pods);
+    }
+
+    async fn reflect<K>(
+        &self,
+        writer: reflector::store::Writer<K>,
+        api: Api<K>,
+        cfg: watcher::Config,
+    ) where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    {
+        let mut stream = reflector::reflector(writer, watcher(api, cfg))
+            .default_backoff()
+            .boxed();
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => self.request_compile(),
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = %K::kind(&K::DynamicType::default()), "watch failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Waits for every cache's first list.
+    pub async fn caches_ready(&self) {
+        let s = &self.stores;
+        let _ = futures::join!(
+            s.providers.wait_until_ready(),
+            s.routes.wait_until_ready(),
+            s.budgets.wait_until_ready(),
+            s.secrets.wait_until_ready(),
+            s.pods.wait_until_ready(),
+        );
+    }
+
+    /// Compiles on every change (debounced) and at least once per report
+    /// interval (allowances and health move with reports). Never returns.
+    pub async fn compile_loop(self: Arc<Self>) {
+        const DEBOUNCE: Duration = Duration::from_millis(50);
+        let interval: Duration = self.report_interval.into();
+        self.caches_ready().await;
+        loop {
+            self.compile_once();
+            let _ = tokio::time::timeout(interval, self.compile_requested.notified()).await;
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+    }
+
+    /// One compile: publish changed snapshots, store the verdicts, wake
+    /// the controllers.
+    pub fn compile_once(&self) {
+        let state = gather(&self.stores);
+        let now = jiff::Timestamp::now();
+        let compiled = {
+            let mut agg = self.aggregator();
+            agg.reclaim(now_ms());
+            compile(&state, now, self.report_interval, &mut *agg)
+        };
+        let pushed = self.hub.publish(&compiled.snapshots);
+        self.metrics.compiles.inc();
+        self.metrics.snapshots_pushed.inc_by(pushed as u64);
+        if let Ok(mut slot) = self.compiled.write() {
+            *slot = Arc::new(compiled);
+        }
+        self.compiled_tx.send_modify(|n| *n += 1);
+    }
+
+    /// The Budgets of `namespace` with their current windows, as
+    /// [`Aggregator::ingest`] wants them.
+    pub fn budgets_of(&self, namespace: &str) -> Vec<(Arc<Budget>, WindowBounds)> {
+        let now = jiff::Timestamp::now();
+        self.stores
+            .budgets
+            .state()
+            .into_iter()
+            .filter(|b| b.namespace().as_deref() == Some(namespace))
+            .map(|b| {
+                let w = b.spec.window.bounds_rfc3339(now);
+                (b, w)
+            })
+            .collect()
+    }
+
+    /// The pod `namespace/name` if it carries a sidecar.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.stores
+            .pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|p| has_sidecar(p))
+    }
+}
+
+/// Whether compile should consider the pod.
+pub fn has_sidecar(pod: &Pod) -> bool {
+    let labelled = pod
+        .labels()
+        .get(SIDECAR_LABEL)
+        .is_some_and(|v| v == SIDECAR_INJECTED);
+    let finished = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    labelled && !finished
+}
+
+/// A pod as compile sees it.
+pub fn pod_info(pod: &Pod) -> PodInfo {
+    PodInfo {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        service_account: Some(service_account_of(pod)),
+        labels: pod.labels().clone(),
+        workload: pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| format!("{}/{}", o.kind, o.name)),
+    }
+}
+
+/// The pod's service account (`default` when unset, as the API server fills it).
+pub fn service_account_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// Compile's input from the caches: only Secrets that Providers reference
+/// are read.
+pub fn gather(stores: &Stores) -> ClusterState {
+    let providers: Vec<Provider> = stores
+        .providers
+        .state()
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    let mut secrets: Secrets = BTreeMap::new();
+    for p in &providers {
+        let ns = p.namespace().unwrap_or_default();
+        let Some(r) = p
+            .spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.secret_ref.as_ref())
+        else {
+            continue;
+        };
+        let key = (ns.clone(), r.name.clone());
+        if secrets.contains_key(&key) {
+            continue;
+        }
+        let Some(secret) = stores.secrets.get(&ObjectRef::new(&r.name).within(&ns)) else {
+            continue;
+        };
+        let data = secret
+            .data
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let text = String::from_utf8(v.0.clone()).ok()?;
+                Some((
+                    k.clone(),
+                    Credential::new(text.trim_end_matches(['\n', '\r']).to_owned()),
+                ))
+            })
+            .collect();
+        secrets.insert(key, data);
+    }
+    let mut pods: Vec<PodInfo> = stores
+        .pods
+        .state()
+        .iter()
+        .filter(|p| has_sidecar(p))
+        .map(|p| pod_info(p))
+        .collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    ClusterState {
+        providers,
+        routes: stores
+            .routes
+            .state()
+            .iter()
+            .map(|r| (**r).clone())
+            .collect(),
+        budgets: stores
+            .budgets
+            .state()
+            .iter()
+            .map(|b| (**b).clone())
+            .collect(),
+        secrets,
+        pods,
+    }
+}
