@@ -42,6 +42,13 @@ pub struct Running {
 }
 
 impl Running {
+    /// Resolves once this replica leads with synced caches (never on a
+    /// standby that stays one).
+    pub async fn serving(&self) {
+        let mut rx = self.ctx.serving.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     /// Waits until the operator stops (it only stops on losing the Lease).
     pub async fn wait(mut self) -> Result<(), Error> {
         match self.task.take() {
