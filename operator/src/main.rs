@@ -37,16 +37,22 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let client = kube::Client::try_default().await?;
-    let running = sluice_operator::run::start(cli.options, client).await?;
+    let mut running = sluice_operator::run::start(cli.options, client).await?;
     tracing::info!(
         distribution = %running.distribution,
         webhook = %running.webhook,
         metrics = %running.metrics,
         "sluice-operator started"
     );
-    tokio::select! {
-        r = running.wait() => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = tokio::select! {
+        r = running.stopped() => return Ok(r?),
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    // Losing the Lease ends the process from inside `run` (see `lease`);
+    // here a signal stops it and hands the Lease over.
+    tracing::info!(signal = stop, "shutting down");
+    running.shutdown().await?;
     Ok(())
 }

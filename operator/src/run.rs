@@ -38,6 +38,8 @@ pub struct Running {
     pub metrics: SocketAddr,
     pub ctx: Arc<Context>,
     pub cert: ServingCert,
+    election: Election,
+    leases: Api<Lease>,
     task: Option<JoinHandle<Result<(), Error>>>,
 }
 
@@ -49,14 +51,29 @@ impl Running {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Waits until the operator stops (it only stops on losing the Lease).
-    pub async fn wait(mut self) -> Result<(), Error> {
-        match self.task.take() {
-            Some(t) => t
-                .await
-                .unwrap_or_else(|e| Err(Error::LeaseLost(format!("task ended: {e}")))),
-            None => Ok(()),
+    /// Waits until the operator stops by itself, which it only does on
+    /// losing the Lease (an error: the binary exits and restarts as a
+    /// standby).
+    pub async fn stopped(&mut self) -> Result<(), Error> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(());
+        };
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(Error::LeaseLost(format!("task ended: {e}"))));
+        self.task = None;
+        result
+    }
+
+    /// Stops everything and releases the Lease if held, so the standby
+    /// takes over without waiting for it to expire.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
         }
+        self.ctx.serving.send_replace(false);
+        self.election.release(&self.leases).await
     }
 }
 
@@ -117,6 +134,7 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
         duration: opts.lease_duration.into(),
     };
     let leases: Api<Lease> = Api::namespaced(client, &own_ns);
+    let (election_handle, leases_handle) = (election.clone(), leases.clone());
 
     let dist = Arc::new(Distribution {
         ctx: ctx.clone(),
@@ -177,6 +195,8 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
         metrics: metrics_addr,
         ctx: handle_ctx,
         cert,
+        election: election_handle,
+        leases: leases_handle,
         task: Some(task),
     })
 }

@@ -235,11 +235,23 @@ async fn reports_update_budget_status_exactly_once() {
             next = lines.next().await;
         }
 
-        // And the route shows the sidecar synced once it reported the version.
         rig.wait_for("sluice.dev/v1alpha1", "Provider", "shop", "openai", "a reporting sidecar", |p| {
             p["status"]["sidecars"] == 1
         })
         .await;
+
+        // A report naming the version it runs makes the route Programmed.
+        let current = next["version"].clone();
+        let applied = json!({"namespace": "shop", "pod": "web-1", "instance": "sidecar-1",
+            "sequence": 3, "config": {"applied": current}});
+        let (status, _) = sidecar.json("POST", "/v1/reports", Some(applied)).await;
+        assert_eq!(status, 200);
+        let route = rig
+            .wait_for("sluice.dev/v1alpha1", "LLMRoute", "shop", "chat", "Programmed", |r| {
+                is(r, "Programmed", "True")
+            })
+            .await;
+        assert_eq!(route["status"]["synced"], "1/1");
     })
     .await
     .expect("test finished in time");
@@ -283,6 +295,50 @@ async fn a_second_replica_stands_by_with_the_same_ca() {
             .json("GET", "/readyz", None)
             .await;
         assert_eq!(status, 200);
+    })
+    .await
+    .expect("test finished in time");
+}
+
+#[tokio::test]
+async fn after_a_leader_crash_the_new_leader_resumes_spend_from_status() {
+    tokio::time::timeout(WAIT * 3, async {
+        let rig = Rig::start().await;
+        rig.shop().await;
+        let first = rig.leader("a").await;
+        let standby = rig.operator("b").await;
+        let ca = rig.operator_ca().await;
+        let token = rig.emulator.issue_token("shop", "web", &["sluice"]);
+        let sidecar = Sidecar::new(first.distribution, &ca, &token);
+        let snapshot = sidecar.stream("shop", "web-1").await.next().await;
+        let window_start = snapshot["budgets"][0]["window"]["start"].clone();
+        let report = |deltas: &[(u64, u64)]| {
+            json!({
+                "namespace": "shop", "pod": "web-1", "instance": "sidecar-1", "sequence": 1,
+                "config": {},
+                "usage": deltas.iter().map(|(seq, requests)| json!({
+                    "seq": seq, "budget": "team", "windowStart": window_start,
+                    "spent": {"costUSD": "0.01", "tokens": 10, "requests": requests}})).collect::<Vec<_>>(),
+            })
+        };
+        let (status, _) = sidecar.json("POST", "/v1/reports", Some(report(&[(1, 4)]))).await;
+        assert_eq!(status, 200);
+
+        // The leader dies without releasing its Lease.
+        drop(first);
+        tokio::time::timeout(WAIT, standby.serving())
+            .await
+            .expect("the standby takes over once the Lease expires");
+        let sidecar = Sidecar::new(standby.distribution, &ca, &token);
+        // The sidecar never saw the ack: it resends delta 1 with a new one.
+        let (status, ack) = sidecar.json("POST", "/v1/reports", Some(report(&[(1, 4), (2, 1)]))).await;
+        assert_eq!((status, ack["usageAckedThrough"].as_u64()), (200, Some(2)), "{ack}");
+        let budget = rig.get("sluice.dev/v1alpha1", "Budget", "shop", "team").await;
+        assert_eq!(budget["status"]["spent"]["requests"], 5, "{budget:#}");
+        assert_eq!(budget["status"]["spent"]["costUSD"], "0.02");
+        let lease = rig.get("coordination.k8s.io/v1", "Lease", "sluice-system", "sluice-operator").await;
+        assert_eq!(lease["spec"]["holderIdentity"], "b");
+        assert_eq!(lease["spec"]["leaseTransitions"], 1);
     })
     .await
     .expect("test finished in time");

@@ -25,10 +25,36 @@ pub async fn reconcile(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Action
     else {
         return Ok(Action::await_change());
     };
+    // A sidecar running the current configuration at an older version
+    // (only spend and allowances differ) counts as synced.
+    let mut snapshots = None;
+    {
+        let agg = ctx.aggregator();
+        for pod in &verdict.selected_pods {
+            let (Some(applied), Some(current)) = (agg.applied(pod), compiled.snapshots.get(pod))
+            else {
+                continue;
+            };
+            if applied != current.version && ctx.hub.same_config(pod, applied, &current.version) {
+                // Only the selected pods' entries are read by route_status.
+                let map = snapshots.get_or_insert_with(|| {
+                    verdict
+                        .selected_pods
+                        .iter()
+                        .filter_map(|p| Some((p.clone(), compiled.snapshots.get(p)?.clone())))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                });
+                if let Some(s) = map.get_mut(pod) {
+                    s.version = applied.to_owned();
+                }
+            }
+        }
+    }
+    let snapshots = snapshots.as_ref().unwrap_or(&compiled.snapshots);
     let status = ctx.aggregator().route_status(
         &key,
         verdict,
-        &compiled.snapshots,
+        snapshots,
         route.status.as_ref(),
         Time(jiff::Timestamp::now()),
         now_ms(),

@@ -67,6 +67,7 @@ impl Rig {
         opts.operator_namespace = Some("sluice-system".into());
         opts.report_interval = "500ms".parse().expect("duration");
         opts.identity = Some(identity.into());
+        opts.lease_duration = "3s".parse().expect("duration");
         start(opts, self.client.clone())
             .await
             .expect("operator starts")
