@@ -77,6 +77,9 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 const MAX_REPORT: usize = 4 << 20;
+/// Bound on a TLS handshake and on reading a request's headers, so idle
+/// or slow clients cannot hold connections open without asking anything.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's state.
 #[derive(Debug)]
@@ -344,10 +347,14 @@ where
         let acceptor = acceptor.clone();
         let handle = handle.clone();
         connections.spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
@@ -356,6 +363,8 @@ where
                 async move { Ok::<_, Infallible>(handle(req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {

@@ -175,11 +175,11 @@ impl Context {
         let pods_cfg =
             watcher::Config::default().labels(&format!("{SIDECAR_LABEL}={SIDECAR_INJECTED}"));
         let cfg = watcher::Config::default;
-        let providers = self.reflect(writers.providers, self.api::<Provider>(), cfg());
-        let routes = self.reflect(writers.routes, self.api::<LLMRoute>(), cfg());
-        let budgets = self.reflect(writers.budgets, self.api::<Budget>(), cfg());
-        let secrets = self.reflect(writers.secrets, self.api::<Secret>(), cfg());
-        let pods = self.reflect(writers.pods, self.api::<Pod>(), pods_cfg);
+        let providers = self.reflect(writers.providers, self.api::<Provider>(), cfg(), trim_meta);
+        let routes = self.reflect(writers.routes, self.api::<LLMRoute>(), cfg(), trim_meta);
+        let budgets = self.reflect(writers.budgets, self.api::<Budget>(), cfg(), trim_meta);
+        let secrets = self.reflect(writers.secrets, self.api::<Secret>(), cfg(), trim_secret);
+        let pods = self.reflect(writers.pods, self.api::<Pod>(), pods_cfg, trim_pod);
         futures::join!(providers, routes, budgets, secrets, pods);
     }
 
@@ -188,6 +188,7 @@ impl Context {
         writer: reflector::store::Writer<K>,
         api: Api<K>,
         cfg: watcher::Config,
+        trim: fn(&mut K),
     ) where
         K: kube::Resource
             + Clone
@@ -198,15 +199,17 @@ impl Context {
             + 'static,
         K::DynamicType: Eq + std::hash::Hash + Clone + Default,
     {
-        let mut stream = reflector::reflector(writer, watcher(api, cfg))
+        let mut stream = reflector::reflector(writer, watcher(api, cfg).modify(trim))
             .default_backoff()
             .boxed();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => self.request_compile(),
-                Err(e) => {
-                    tracing::warn!(error = %e, kind = %K::kind(&K::DynamicType::default()), "watch failed; retrying")
-                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    kind = %K::kind(&K::DynamicType::default()),
+                    "watch failed; retrying"
+                ),
             }
         }
     }
@@ -278,6 +281,58 @@ impl Context {
             .get(&ObjectRef::new(name).within(namespace))
             .filter(|p| has_sidecar(p))
     }
+}
+
+/// Drops what the caches never read: managed fields.
+fn trim_meta<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+/// Secret types that never hold a provider key: their data is not kept.
+const KEYLESS_SECRET_TYPES: &[&str] = &[
+    "helm.sh/release.v1",
+    "kubernetes.io/service-account-token",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/dockercfg",
+    "bootstrap.kubernetes.io/token",
+];
+
+/// Secrets are cached only for the Providers that reference them; the
+/// data of types that cannot hold a key is dropped, and so is kubectl's
+/// last-applied annotation (a second copy of the data).
+fn trim_secret(secret: &mut Secret) {
+    trim_meta(secret);
+    if let Some(a) = secret.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if secret
+        .type_
+        .as_deref()
+        .is_some_and(|t| KEYLESS_SECRET_TYPES.contains(&t))
+    {
+        secret.data = None;
+        secret.string_data = None;
+    }
+}
+
+/// Pods are cached with only what [`pod_info`] and [`has_sidecar`] read.
+fn trim_pod(pod: &mut Pod) {
+    trim_meta(pod);
+    pod.metadata.annotations = None;
+    pod.spec = pod
+        .spec
+        .as_ref()
+        .map(|s| k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: s.service_account_name.clone(),
+            ..Default::default()
+        });
+    pod.status = pod
+        .status
+        .as_ref()
+        .map(|s| k8s_openapi::api::core::v1::PodStatus {
+            phase: s.phase.clone(),
+            ..Default::default()
+        });
 }
 
 /// Whether compile should consider the pod.

@@ -73,6 +73,22 @@ async fn status_conditions_are_written_with_server_side_apply() {
         })
         .await;
 
+        // Nothing changes any more: compiles go on (every report interval)
+        // but status is not rewritten.
+        let writes = || async {
+            let text = reqwest_lite(op.metrics, "/metrics").await;
+            text.lines()
+                .filter(|l| l.starts_with("sluice_operator_status_writes_total"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let before = writes().await;
+        let compiles = op.ctx.compiled_tx.borrow().to_owned();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(op.ctx.compiled_tx.borrow().to_owned() >= compiles + 2, "compiles keep running");
+        assert_eq!(writes().await, before, "no status write without a change");
+
         // Metrics are served.
         let metrics = reqwest_lite(op.metrics, "/metrics").await;
         assert!(metrics.contains("sluice_operator_reconciles_total"), "{metrics}");
