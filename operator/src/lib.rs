@@ -11,6 +11,7 @@
 //! - [`distribute`]: the sidecar-facing HTTPS server (wire contract there),
 //!   with [`auth`] (TokenReview + pod check) and [`hub`] (per-pod channels);
 //! - [`lease`]: leader election; [`tls`]: the serving certificate;
+//! - [`events`]: Kubernetes Events on breaker, budget and rejection changes;
 //! - [`metrics`], [`options`], [`run`] (wiring).
 
 pub mod aggregate;
@@ -20,6 +21,7 @@ pub mod compile;
 pub mod controller;
 pub mod distribute;
 pub mod error;
+pub mod events;
 pub mod hub;
 pub mod lease;
 pub mod metrics;

@@ -118,19 +118,21 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
     .await?;
     let acceptor = cert.acceptor()?;
 
+    let identity = opts
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("sluice-operator-{:016x}", rand::random::<u64>()));
     let metrics = Metrics::new();
     let (ctx, writers) = Context::new(
         client.clone(),
+        &identity,
         opts.namespace.clone(),
         opts.report_interval,
         metrics.clone(),
     );
     let election = Election {
         name: opts.lease_name.clone(),
-        identity: opts
-            .identity
-            .clone()
-            .unwrap_or_else(|| format!("sluice-operator-{:016x}", rand::random::<u64>())),
+        identity,
         duration: opts.lease_duration.into(),
     };
     let leases: Api<Lease> = Api::namespaced(client, &own_ns);

@@ -77,6 +77,8 @@ pub struct Context {
     pub compiled_tx: watch::Sender<u64>,
     /// True once this replica leads and its caches are synced.
     pub serving: watch::Sender<bool>,
+    /// Publishes Kubernetes Events (see [`crate::events`]).
+    pub events: crate::events::Publisher,
 }
 
 impl std::fmt::Debug for Context {
@@ -95,6 +97,7 @@ pub fn now_ms() -> u64 {
 impl Context {
     pub fn new(
         client: Client,
+        identity: &str,
         namespace: Option<String>,
         report_interval: sluice_crds::Duration,
         metrics: Arc<Metrics>,
@@ -105,7 +108,15 @@ impl Context {
         let (secrets, sw) = reflector::store();
         let (pods, podw) = reflector::store();
         let interval_ms = report_interval.as_millis().max(1);
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity.to_owned()),
+            },
+        );
         let ctx = Self {
+            events: crate::events::Publisher::new(recorder),
             client,
             namespace,
             report_interval,

@@ -268,6 +268,26 @@ async fn reports_update_budget_status_exactly_once() {
             })
             .await;
         assert_eq!(route["status"]["synced"], "1/1");
+
+        // Past the soft limit: the status says so and an Event is recorded.
+        let (status, _) = sidecar
+            .json("POST", "/v1/reports", Some(report(4, json!([delta(3, 80, 80, "0.80")]))))
+            .await;
+        assert_eq!(status, 200);
+        let budget = rig.get("sluice.dev/v1alpha1", "Budget", "shop", "team").await;
+        assert_eq!(budget["status"]["state"], "SoftLimit", "{budget:#}");
+        let events = rig
+            .api("events.k8s.io/v1", "Event", Some("shop"))
+            .list(&Default::default())
+            .await
+            .expect("events listed");
+        let reasons: Vec<String> = events
+            .items
+            .iter()
+            .filter(|e| e.data["regarding"]["name"] == "team")
+            .filter_map(|e| e.data["reason"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(reasons, ["SoftLimitReached"]);
     })
     .await
     .expect("test finished in time");

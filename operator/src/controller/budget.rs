@@ -17,6 +17,7 @@ use sluice_crds::Budget;
 use super::{apply_status, backoff, status_differs};
 use crate::compile::Key;
 use crate::error::Error;
+use crate::events;
 use crate::state::Context;
 
 pub async fn reconcile(budget: Arc<Budget>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -72,6 +73,8 @@ pub async fn persist(ctx: &Context, pending: &mut BTreeSet<Key>) -> Result<(), E
         );
         if status_differs(budget.status.as_ref(), &status) {
             apply_status(ctx, budget.as_ref(), &status).await?;
+            let notices = events::budget(budget.status.as_ref(), &status);
+            ctx.events.publish(budget.as_ref(), notices).await;
         }
         pending.remove(&key);
     }

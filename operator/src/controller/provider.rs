@@ -10,6 +10,7 @@ use sluice_crds::Provider;
 
 use super::{apply_status, backoff, status_differs};
 use crate::error::Error;
+use crate::events;
 use crate::state::{Context, now_ms};
 
 pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -37,6 +38,8 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     );
     if status_differs(provider.status.as_ref(), &status) {
         apply_status(&ctx, provider.as_ref(), &status).await?;
+        let notices = events::provider(provider.status.as_ref(), &status);
+        ctx.events.publish(provider.as_ref(), notices).await;
     }
     Ok(Action::await_change())
 }

@@ -10,6 +10,7 @@ use sluice_crds::LLMRoute;
 
 use super::{apply_status, backoff, status_differs};
 use crate::error::Error;
+use crate::events;
 use crate::state::{Context, now_ms};
 
 pub async fn reconcile(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -61,6 +62,8 @@ pub async fn reconcile(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Action
     );
     if status_differs(route.status.as_ref(), &status) {
         apply_status(&ctx, route.as_ref(), &status).await?;
+        let notices = events::route(route.status.as_ref(), &status);
+        ctx.events.publish(route.as_ref(), notices).await;
     }
     Ok(Action::await_change())
 }
