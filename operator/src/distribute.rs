@@ -24,7 +24,7 @@
 //! reconnect with backoff and jitter.
 //!
 //! ## `POST /v1/reports`
-//! Body: one [`Report`](sluice_crds::report::Report) as JSON (at most
+//! Body: one [`Report`] as JSON (at most
 //! 4 MiB); its `namespace` and `pod` name the caller, checked as above.
 //! `200` with a [`ReportAck`](sluice_crds::report::ReportAck):
 //! `{"usageAckedThrough": N}` means every usage delta with `seq <= N` is
@@ -238,13 +238,13 @@ impl Distribution {
                 )
             })
             .collect();
-        let mut pending = self.ctx.persist.lock().await;
-        let ingested =
-            self.ctx
-                .aggregator()
-                .ingest(report, info.workload.clone(), &by_name, now_ms());
-        pending.extend(ingested.budgets_touched.iter().cloned());
-        if let Err(e) = persist(&self.ctx, &mut pending).await {
+        let (ingested, number) = {
+            let mut agg = self.ctx.aggregator();
+            let ingested = agg.ingest(report, info.workload.clone(), &by_name, now_ms());
+            let number = self.ctx.persistence.mark(&ingested.budgets_touched);
+            (ingested, number)
+        };
+        if let Err(e) = persist(&self.ctx, Some(number)).await {
             tracing::warn!(error = %e, namespace = %info.namespace, pod = %info.name, "persisting spend failed; report not acknowledged");
             return Err(Refusal::new(
                 503,
@@ -252,7 +252,6 @@ impl Distribution {
                 "spend could not be persisted yet; resend",
             ));
         }
-        drop(pending);
         // The next snapshots carry the new spend and renewed allowances.
         self.ctx.request_compile();
         self.ctx

@@ -8,7 +8,7 @@
 //! only such pods are watched. Pods that finished (`Succeeded`/`Failed`)
 //! get no snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,6 +57,42 @@ pub struct Writers {
     pods: reflector::store::Writer<Pod>,
 }
 
+/// Bookkeeping for persisting budget spend with group commit.
+///
+/// Every ingest of a report gets a number (`ingests`); the budgets it
+/// touched are marked `pending` with that number, both while the
+/// aggregator is locked, so a number is only visible once its spend is in
+/// the aggregator and its budgets are marked. A persist reads the current
+/// number *before* computing any status, writes every pending budget, and
+/// then covers every ingest up to that number: a report waiting for its
+/// ingest to be covered is acknowledged by whichever persist covered it
+/// first, so under load one status write per budget serves many reports.
+/// Persists are serialized by `writer`, which holds the number covered so
+/// far, so an older computation never lands after a newer one.
+#[derive(Debug, Default)]
+pub struct Persistence {
+    pub writer: tokio::sync::Mutex<u64>,
+    pub pending: Mutex<BTreeMap<Key, u64>>,
+    pub ingests: std::sync::atomic::AtomicU64,
+}
+
+impl Persistence {
+    /// Marks `budgets` pending for a new ingest (call with the aggregator
+    /// locked, right after ingesting); returns the ingest's number.
+    pub fn mark(&self, budgets: &[Key]) -> u64 {
+        let n = self
+            .ingests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if let Ok(mut pending) = self.pending.lock() {
+            for b in budgets {
+                pending.insert(b.clone(), n);
+            }
+        }
+        n
+    }
+}
+
 /// Shared by controllers, the compile loop and the distribution server.
 pub struct Context {
     pub client: Client,
@@ -65,10 +101,8 @@ pub struct Context {
     pub report_interval: sluice_crds::Duration,
     pub stores: Stores,
     pub aggregator: Mutex<Aggregator>,
-    /// Serializes budget status writes, so a write computed earlier never
-    /// lands after one computed later; holds the budgets whose latest
-    /// totals are not yet persisted.
-    pub persist: tokio::sync::Mutex<BTreeSet<Key>>,
+    /// Budget spend not yet persisted (see [`Persistence`]).
+    pub persistence: Persistence,
     compiled: RwLock<Arc<Compiled>>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
@@ -129,7 +163,7 @@ impl Context {
             },
             // Health older than three report intervals no longer counts.
             aggregator: Mutex::new(Aggregator::new(Policy::default(), interval_ms * 3)),
-            persist: tokio::sync::Mutex::new(BTreeSet::new()),
+            persistence: Persistence::default(),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             hub: Hub::default(),
             metrics,

@@ -2,11 +2,12 @@
 //! workloads, and the `folded` sequence marks that make spend exactly-once.
 //!
 //! Both this controller and the report endpoint write budget status; both go
-//! through [`persist`] under [`Context::persist`], so writes land in the
-//! order their content was computed.
+//! through [`persist`], which serializes writes (so they land in the order
+//! their content was computed) and commits many reports' spend at once
+//! (see [`crate::state::Persistence`]).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
@@ -31,9 +32,12 @@ pub async fn reconcile(budget: Arc<Budget>, ctx: Arc<Context>) -> Result<Action,
     {
         return Ok(Action::await_change());
     }
-    let mut pending = ctx.persist.lock().await;
-    pending.insert(key);
-    persist(&ctx, &mut pending).await?;
+    {
+        // Marked like an ingest, so the persist below writes it.
+        let _agg = ctx.aggregator();
+        ctx.persistence.mark(std::slice::from_ref(&key));
+    }
+    persist(&ctx, None).await?;
     Ok(Action::await_change())
 }
 
@@ -41,20 +45,37 @@ pub fn error_policy(budget: Arc<Budget>, error: &Error, ctx: Arc<Context>) -> Ac
     backoff(&ctx, "Budget", &budget.name_any(), error)
 }
 
-/// Writes the status of every budget in `pending` whose status changed,
-/// removing each once written. The caller holds [`Context::persist`].
-/// Budgets deleted meanwhile are dropped; budgets not compiled yet stay
-/// pending and make this fail, so a report is not acknowledged before its
-/// spend is persisted.
-pub async fn persist(ctx: &Context, pending: &mut BTreeSet<Key>) -> Result<(), Error> {
+/// Writes the status of every pending budget whose status changed (see
+/// [`crate::state::Persistence`]). With `Some(n)`, returns at once if ingest
+/// `n` is already covered by an earlier persist. Budgets deleted meanwhile
+/// are dropped; a budget not compiled yet stays pending and makes this
+/// fail, so a report is never acknowledged before its spend is persisted.
+pub async fn persist(ctx: &Context, need: Option<u64>) -> Result<(), Error> {
+    let p = &ctx.persistence;
+    let mut covered = p.writer.lock().await;
+    if need.is_some_and(|n| *covered >= n) {
+        return Ok(());
+    }
+    let start = p.ingests.load(Ordering::SeqCst);
+    let todo: Vec<Key> = match p.pending.lock() {
+        Ok(pending) => pending.keys().cloned().collect(),
+        Err(_) => return Err(Error::NotReady("pending budgets lock poisoned".into())),
+    };
     let compiled = ctx.compiled();
-    for key in pending.clone() {
+    for key in todo {
+        let done = |p: &crate::state::Persistence| {
+            if let Ok(mut pending) = p.pending.lock()
+                && pending.get(&key).is_some_and(|m| *m <= start)
+            {
+                pending.remove(&key);
+            }
+        };
         let Some(budget) = ctx
             .stores
             .budgets
             .get(&ObjectRef::new(&key.1).within(&key.0))
         else {
-            pending.remove(&key);
+            done(p);
             continue;
         };
         let Some(verdict) = compiled.budgets.get(&key) else {
@@ -76,7 +97,8 @@ pub async fn persist(ctx: &Context, pending: &mut BTreeSet<Key>) -> Result<(), E
             let notices = events::budget(budget.status.as_ref(), &status);
             ctx.events.publish(budget.as_ref(), notices).await;
         }
-        pending.remove(&key);
+        done(p);
     }
+    *covered = start;
     Ok(())
 }
