@@ -24,6 +24,19 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 
+/// Whether a Lease held by someone else may be taken: nobody holds it, or
+/// its holder has not renewed it within its duration.
+pub fn takeable(spec: &LeaseSpec, now: jiff::Timestamp) -> bool {
+    let vacant = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+    let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+        (Some(MicroTime(renewed)), Some(secs)) => renewed
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(secs)))
+            .is_ok_and(|end| end < now),
+        _ => true,
+    };
+    vacant || expired
+}
+
 /// What to elect on.
 #[derive(Clone, Debug)]
 pub struct Election {
@@ -77,14 +90,7 @@ impl Election {
         };
         let spec = current.spec.clone().unwrap_or_default();
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(MicroTime(renewed)), Some(secs)) => renewed
-                .checked_add(jiff::SignedDuration::from_secs(i64::from(secs)))
-                .map_or(true, |end| end < now),
-            _ => true,
-        };
-        let vacant = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-        if !ours && !expired && !vacant {
+        if !ours && !takeable(&spec, now) {
             return Ok(Round::Standby);
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
@@ -159,5 +165,29 @@ impl Election {
             }
             tokio::time::sleep(renew_every).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(by: Option<&str>, renewed: &str, secs: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: by.map(str::to_owned),
+            renew_time: Some(MicroTime(renewed.parse().expect("time"))),
+            lease_duration_seconds: Some(secs),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_is_takeable_when_vacant_or_expired() {
+        let now: jiff::Timestamp = "2026-11-21T12:00:20Z".parse().expect("time");
+        assert!(!takeable(&held(Some("a"), "2026-11-21T12:00:10Z", 15), now));
+        assert!(takeable(&held(Some("a"), "2026-11-21T12:00:04Z", 15), now));
+        assert!(takeable(&held(None, "2026-11-21T12:00:19Z", 15), now));
+        assert!(takeable(&held(Some(""), "2026-11-21T12:00:19Z", 15), now));
+        assert!(takeable(&LeaseSpec::default(), now));
     }
 }

@@ -401,12 +401,26 @@ pub fn pod_info(pod: &Pod) -> PodInfo {
         name: pod.name_any(),
         service_account: Some(service_account_of(pod)),
         labels: pod.labels().clone(),
-        workload: pod
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .map(|o| format!("{}/{}", o.kind, o.name)),
+        workload: workload_of(pod),
     }
+}
+
+/// The pod's owning workload, for cost attribution: its controller, with a
+/// Deployment's ReplicaSet named as the Deployment (the ReplicaSet's name
+/// is the Deployment's plus `-<pod-template-hash>`).
+pub fn workload_of(pod: &Pod) -> Option<String> {
+    let owner = pod
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))?;
+    if owner.kind == "ReplicaSet"
+        && let Some(hash) = pod.labels().get("pod-template-hash")
+        && let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}"))
+        && !deployment.is_empty()
+    {
+        return Some(format!("Deployment/{deployment}"));
+    }
+    Some(format!("{}/{}", owner.kind, owner.name))
 }
 
 /// The pod's service account (`default` when unset, as the API server fills it).
@@ -483,5 +497,82 @@ pub fn gather(stores: &Stores) -> ClusterState {
             .collect(),
         secrets,
         pods,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).expect("pod")
+    }
+
+    #[test]
+    fn workloads_name_deployments_not_replica_sets() {
+        let owned = |kind: &str, name: &str, labels: serde_json::Value| {
+            pod(
+                serde_json::json!({"metadata": {"name": "p", "labels": labels,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name,
+                    "uid": "u", "controller": true}]}}),
+            )
+        };
+        let hash = serde_json::json!({"pod-template-hash": "5d8f9c"});
+        assert_eq!(
+            workload_of(&owned("ReplicaSet", "shop-5d8f9c", hash.clone())).as_deref(),
+            Some("Deployment/shop")
+        );
+        assert_eq!(
+            workload_of(&owned("ReplicaSet", "shop-other", hash)).as_deref(),
+            Some("ReplicaSet/shop-other")
+        );
+        assert_eq!(
+            workload_of(&owned("StatefulSet", "db", serde_json::json!({}))).as_deref(),
+            Some("StatefulSet/db")
+        );
+        assert_eq!(
+            workload_of(&pod(serde_json::json!({"metadata": {"name": "bare"}}))),
+            None
+        );
+    }
+
+    #[test]
+    fn only_labelled_running_pods_have_a_sidecar() {
+        let labelled = serde_json::json!({"sluice.dev/sidecar": "injected"});
+        assert!(has_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a", "labels": labelled}})
+        )));
+        assert!(!has_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a", "labels": labelled},
+            "status": {"phase": "Succeeded"}})
+        )));
+        assert!(!has_sidecar(&pod(
+            serde_json::json!({"metadata": {"name": "a"}})
+        )));
+        let mut p = pod(
+            serde_json::json!({"metadata": {"name": "a", "labels": labelled},
+            "spec": {"containers": [{"name": "app", "image": "i"}]}}),
+        );
+        assert_eq!(service_account_of(&p), "default");
+        trim_pod(&mut p);
+        assert_eq!(
+            pod_info(&p).labels.get(SIDECAR_LABEL).map(String::as_str),
+            Some("injected")
+        );
+    }
+
+    #[test]
+    fn keyless_secret_types_lose_their_data_in_the_cache() {
+        let secret = |type_: &str| -> Secret {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "s"}, "type": type_,
+                "data": {"k": "dmFsdWU="}}))
+            .expect("secret")
+        };
+        let mut helm = secret("helm.sh/release.v1");
+        trim_secret(&mut helm);
+        assert!(helm.data.is_none());
+        let mut opaque = secret("Opaque");
+        trim_secret(&mut opaque);
+        assert!(opaque.data.is_some());
     }
 }
