@@ -24,7 +24,6 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_stream_lite::compiled_ticks;
 
 use crate::error::Error;
 use crate::state::{Context, FIELD_MANAGER};
@@ -71,32 +70,30 @@ pub fn backoff(ctx: &Context, kind: &str, name: &str, error: &Error) -> Action {
     Action::requeue(interval.max(Duration::from_secs(1)))
 }
 
-mod tokio_stream_lite {
-    //! A `watch` channel as a trigger stream for `reconcile_all_on`.
-    use futures::Stream;
-    use tokio::sync::watch;
-
-    pub fn compiled_ticks(rx: watch::Receiver<u64>) -> impl Stream<Item = ()> + Send + 'static {
-        futures::stream::unfold(rx, |mut rx| async move {
-            rx.changed().await.ok()?;
-            Some(((), rx))
-        })
-    }
+/// Every compile (a bump of the `compiled_tx` counter) as a trigger for
+/// `reconcile_all_on`.
+fn compile_ticks(
+    rx: tokio::sync::watch::Receiver<u64>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 /// Runs the three controllers; never returns.
 pub async fn run(ctx: Arc<Context>) {
     let cfg = watcher::Config::default;
     let routes = Controller::new(ctx.api::<sluice_crds::LLMRoute>(), cfg())
-        .reconcile_all_on(compiled_ticks(ctx.compiled_tx.subscribe()))
+        .reconcile_all_on(compile_ticks(ctx.compiled_tx.subscribe()))
         .run(route::reconcile, route::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let providers = Controller::new(ctx.api::<sluice_crds::Provider>(), cfg())
-        .reconcile_all_on(compiled_ticks(ctx.compiled_tx.subscribe()))
+        .reconcile_all_on(compile_ticks(ctx.compiled_tx.subscribe()))
         .run(provider::reconcile, provider::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let budgets = Controller::new(ctx.api::<sluice_crds::Budget>(), cfg())
-        .reconcile_all_on(compiled_ticks(ctx.compiled_tx.subscribe()))
+        .reconcile_all_on(compile_ticks(ctx.compiled_tx.subscribe()))
         .run(budget::reconcile, budget::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     futures::join!(routes, providers, budgets);

@@ -18,6 +18,8 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     NotReady(String),
+    #[error("the operator task ended: {0}")]
+    Stopped(String),
 }
 
 impl From<rcgen::Error> for Error {

@@ -60,7 +60,7 @@ impl Running {
         };
         let result = task
             .await
-            .unwrap_or_else(|e| Err(Error::LeaseLost(format!("task ended: {e}"))));
+            .unwrap_or_else(|e| Err(Error::Stopped(e.to_string())));
         self.task = None;
         result
     }
