@@ -86,7 +86,11 @@ impl Hub {
         }
         // A pod that had a snapshot and no longer has one is gone: dropping
         // its sender ends its streams.
-        pods.retain(|key, slot| snapshots.contains_key(key) || slot.borrow().is_none());
+        // A slot still waiting for its first snapshot is kept while a stream
+        // waits on it.
+        pods.retain(|key, slot| {
+            snapshots.contains_key(key) || (slot.borrow().is_none() && slot.receiver_count() > 0)
+        });
         if let Ok(mut recent) = self.recent.lock() {
             recent.retain(|key, _| snapshots.contains_key(key));
         }
