@@ -379,3 +379,40 @@ async fn after_a_leader_crash_the_new_leader_resumes_spend_from_status() {
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn a_new_pod_is_served_without_a_restart_and_its_stream_ends_when_it_goes() {
+    tokio::time::timeout(WAIT * 3, async {
+        let rig = Rig::start().await;
+        rig.shop().await;
+        let op = rig.leader("a").await;
+        let ca = rig.operator_ca().await;
+        rig.pod("shop", "late", "web").await;
+        let sidecar = Sidecar::new(
+            op.distribution,
+            &ca,
+            &rig.emulator.issue_token("shop", "web", &["sluice"]),
+        );
+        // The pod reaches the operator's cache through its watch.
+        let mut lines = loop {
+            let r = sidecar
+                .send("GET", "/v1/snapshots/stream?namespace=shop&pod=late", None)
+                .await;
+            if r.status() == 200 {
+                break rig::Lines::new(r.into_body());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let snapshot = lines.next().await;
+        assert_eq!(snapshot["pod"]["name"], "late");
+        assert_eq!(snapshot["routes"][0]["name"], "chat");
+
+        rig.api("v1", "Pod", Some("shop"))
+            .delete("late", &Default::default())
+            .await
+            .expect("pod deleted");
+        assert!(lines.end().await, "the stream ends once the pod is gone");
+    })
+    .await
+    .expect("test finished in time");
+}

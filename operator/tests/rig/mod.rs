@@ -358,6 +358,30 @@ pub struct Lines {
 }
 
 impl Lines {
+    pub fn new(body: Incoming) -> Self {
+        Self {
+            body,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads until the stream ends (true) or a snapshot arrives (false).
+    pub async fn end(&mut self) -> bool {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.body.frame().await {
+                    None | Some(Err(_)) => return true,
+                    Some(Ok(frame)) => {
+                        if frame.data_ref().is_some_and(|d| d.contains(&b'{')) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the stream ends in time")
+    }
     pub async fn next(&mut self) -> Value {
         tokio::time::timeout(WAIT, async {
             loop {
