@@ -416,3 +416,38 @@ async fn a_new_pod_is_served_without_a_restart_and_its_stream_ends_when_it_goes(
     .await
     .expect("test finished in time");
 }
+
+#[tokio::test]
+async fn with_namespace_set_only_that_namespace_is_watched() {
+    tokio::time::timeout(WAIT * 3, async {
+        let rig = Rig::start().await;
+        rig.shop().await;
+        rig.create("sluice.dev/v1alpha1", "LLMRoute", Some("other"), json!({
+            "metadata": {"name": "elsewhere"},
+            "spec": {"model": "x", "targets": [{"providerRef": {"name": "nope"}, "model": "m"}]},
+        }))
+        .await;
+        let op = rig
+            .operator_with("a", |o| o.namespace = Some("shop".into()))
+            .await;
+        tokio::time::timeout(WAIT, op.serving())
+            .await
+            .expect("leads");
+        rig.wait_for(
+            "sluice.dev/v1alpha1",
+            "LLMRoute",
+            "shop",
+            "chat",
+            "Accepted",
+            |r| is(r, "Accepted", "True"),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let elsewhere = rig
+            .get("sluice.dev/v1alpha1", "LLMRoute", "other", "elsewhere")
+            .await;
+        assert!(elsewhere["status"].is_null(), "{elsewhere:#}");
+    })
+    .await
+    .expect("test finished in time");
+}

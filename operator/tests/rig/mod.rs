@@ -63,11 +63,21 @@ impl Rig {
 
     /// Starts an operator replica.
     pub async fn operator(&self, identity: &str) -> Running {
+        self.operator_with(identity, |_| {}).await
+    }
+
+    /// Starts an operator replica with adjusted options.
+    pub async fn operator_with(
+        &self,
+        identity: &str,
+        adjust: impl FnOnce(&mut Options),
+    ) -> Running {
         let mut opts = Options::loopback();
         opts.operator_namespace = Some("sluice-system".into());
         opts.report_interval = "500ms".parse().expect("duration");
         opts.identity = Some(identity.into());
         opts.lease_duration = "3s".parse().expect("duration");
+        adjust(&mut opts);
         start(opts, self.client.clone())
             .await
             .expect("operator starts")
