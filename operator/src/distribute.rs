@@ -67,6 +67,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Refusal, ReviewCache, bearer};
+use crate::compile::Key;
 use crate::controller::budget::persist;
 use crate::hub::Published;
 use crate::metrics::Metrics;
@@ -238,13 +239,22 @@ impl Distribution {
                 )
             })
             .collect();
-        let (ingested, number) = {
+        // Every budget the report names, folded now or by an earlier
+        // attempt whose persist failed.
+        let mut named: Vec<Key> = report
+            .usage
+            .iter()
+            .map(|d| (info.namespace.clone(), d.budget.clone()))
+            .collect();
+        named.sort();
+        named.dedup();
+        let ingested = {
             let mut agg = self.ctx.aggregator();
             let ingested = agg.ingest(report, info.workload.clone(), &by_name, now_ms());
-            let number = self.ctx.persistence.mark(&ingested.budgets_touched);
-            (ingested, number)
+            self.ctx.persistence.mark(&ingested.budgets_touched);
+            ingested
         };
-        if let Err(e) = persist(&self.ctx, Some(number)).await {
+        if let Err(e) = persist(&self.ctx, &named).await {
             tracing::warn!(error = %e, namespace = %info.namespace, pod = %info.name, "persisting spend failed; report not acknowledged");
             return Err(Refusal::new(
                 503,

@@ -60,18 +60,20 @@ pub struct Writers {
 /// Bookkeeping for persisting budget spend with group commit.
 ///
 /// Every ingest of a report gets a number (`ingests`); the budgets it
-/// touched are marked `pending` with that number, both while the
-/// aggregator is locked, so a number is only visible once its spend is in
-/// the aggregator and its budgets are marked. A persist reads the current
-/// number *before* computing any status, writes every pending budget, and
-/// then covers every ingest up to that number: a report waiting for its
-/// ingest to be covered is acknowledged by whichever persist covered it
-/// first, so under load one status write per budget serves many reports.
-/// Persists are serialized by `writer`, which holds the number covered so
-/// far, so an older computation never lands after a newer one.
+/// touched are marked `pending` with that number while the aggregator is
+/// still locked, so a mark is only visible once its spend is in the
+/// aggregator. A persist of some budgets (serialized by `writer`, so an
+/// older computation never lands after a newer one) reads the current
+/// number *before* computing any status, writes each of those budgets that
+/// is pending, and clears a mark only if no ingest after that number
+/// re-marked it. Hence a budget that is not pending has every fold marked
+/// so far persisted: a report waiting on the writer finds its budgets
+/// already written by whoever went first (one status write serves many
+/// reports), and a budget whose writes fail holds back only the reports
+/// that name it.
 #[derive(Debug, Default)]
 pub struct Persistence {
-    pub writer: tokio::sync::Mutex<u64>,
+    pub writer: tokio::sync::Mutex<()>,
     pub pending: Mutex<BTreeMap<Key, u64>>,
     pub ingests: std::sync::atomic::AtomicU64,
 }

@@ -37,7 +37,7 @@ pub async fn reconcile(budget: Arc<Budget>, ctx: Arc<Context>) -> Result<Action,
         let _agg = ctx.aggregator();
         ctx.persistence.mark(std::slice::from_ref(&key));
     }
-    persist(&ctx, None).await?;
+    persist(&ctx, std::slice::from_ref(&key)).await?;
     Ok(Action::await_change())
 }
 
@@ -45,20 +45,21 @@ pub fn error_policy(budget: Arc<Budget>, error: &Error, ctx: Arc<Context>) -> Ac
     backoff(&ctx, "Budget", &budget.name_any(), error)
 }
 
-/// Writes the status of every pending budget whose status changed (see
-/// [`crate::state::Persistence`]). With `Some(n)`, returns at once if ingest
-/// `n` is already covered by an earlier persist. Budgets deleted meanwhile
-/// are dropped; a budget not compiled yet stays pending and makes this
-/// fail, so a report is never acknowledged before its spend is persisted.
-pub async fn persist(ctx: &Context, need: Option<u64>) -> Result<(), Error> {
+/// Writes the status of each of `budgets` that is pending (see
+/// [`crate::state::Persistence`]) and whose status changed. Budgets deleted
+/// meanwhile are dropped; a budget not compiled yet stays pending and makes
+/// this fail, so a report is never acknowledged before its spend is
+/// persisted.
+pub async fn persist(ctx: &Context, budgets: &[Key]) -> Result<(), Error> {
     let p = &ctx.persistence;
-    let mut covered = p.writer.lock().await;
-    if need.is_some_and(|n| *covered >= n) {
-        return Ok(());
-    }
+    let _writer = p.writer.lock().await;
     let start = p.ingests.load(Ordering::SeqCst);
     let todo: Vec<Key> = match p.pending.lock() {
-        Ok(pending) => pending.keys().cloned().collect(),
+        Ok(pending) => budgets
+            .iter()
+            .filter(|b| pending.contains_key(*b))
+            .cloned()
+            .collect(),
         Err(_) => return Err(Error::NotReady("pending budgets lock poisoned".into())),
     };
     let compiled = ctx.compiled();
@@ -99,6 +100,5 @@ pub async fn persist(ctx: &Context, need: Option<u64>) -> Result<(), Error> {
         }
         done(p);
     }
-    *covered = start;
     Ok(())
 }
