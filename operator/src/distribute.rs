@@ -191,7 +191,7 @@ impl Distribution {
             rx,
             first: true,
             keepalive: tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE),
-            _connected: Connected::new(self.ctx.metrics.clone()),
+            connected: Connected::new(self.ctx.metrics.clone()),
         };
         let body = futures::stream::unfold(state, |mut s| async move {
             let frame = s.next().await?;
@@ -294,12 +294,12 @@ struct StreamState {
     rx: tokio::sync::watch::Receiver<Option<Arc<Published>>>,
     first: bool,
     keepalive: tokio::time::Interval,
-    _connected: Connected,
+    connected: Connected,
 }
 
 impl StreamState {
     fn line(&self, p: &Published) -> Bytes {
-        self._connected
+        self.connected
             .0
             .push_latency
             .observe(p.at.elapsed().as_secs_f64());
