@@ -33,6 +33,9 @@ async fn crd_schema_cel_and_printer_columns() {
         "{resources}"
     );
 
+    let explained = cluster.kubectl_ok(&["explain", "widgets.spec.size"]).await;
+    assert!(explained.contains("How big the widget is."), "{explained}");
+
     cluster.apply(WIDGET, &[]).await;
     let table = cluster.kubectl_ok(&["get", "widgets"]).await;
     let header: Vec<&str> = table
@@ -164,6 +167,17 @@ async fn patches_status_and_wait() {
         ])
         .await;
     assert_eq!(spec, "5 blue 3");
+
+    // kubectl patch defaults to a strategic merge patch, which custom
+    // resources do not take.
+    let strategic = cluster
+        .kubectl(&["patch", "widget", "w1", "-p", r#"{"spec":{"size":4}}"#])
+        .await;
+    assert!(
+        stderr(&strategic).contains("application/strategic-merge-patch+json is not supported"),
+        "{}",
+        stderr(&strategic)
+    );
 
     // A patch breaking the CEL rule is refused like a create.
     let out = cluster
@@ -348,7 +362,7 @@ async fn delete_waits_for_finalizers() {
         let cluster = &cluster;
         async move {
             cluster
-                .kubectl(&["delete", "widget", "held", "--timeout=20s"])
+                .kubectl(&["wait", "--for=delete", "widget/held", "--timeout=20s"])
                 .await
         }
     };
@@ -445,6 +459,18 @@ async fn builtins_selectors_and_tokens() {
         stderr(&wrong_ns)
     );
 
+    let default_account = cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(default_account.trim(), "serviceaccount/default");
     cluster
         .kubectl_ok(&["-n", "shop", "create", "serviceaccount", "app"])
         .await;
@@ -576,49 +602,114 @@ async fn plain_http_mode_serves_kubectl_without_tokens() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_watch_prints_table_rows() {
+    use tokio::io::AsyncBufReadExt as _;
+
     let cluster = cluster_with_widgets().await;
     cluster.apply(WIDGET, &[]).await;
-    let watch = cluster.kubectl(&["get", "widgets", "-w", "--request-timeout=4s"]);
-    let change = async {
-        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-        cluster
-            .kubectl_ok(&[
-                "patch",
-                "widget",
-                "w1",
-                "--type",
-                "merge",
-                "-p",
-                r#"{"spec":{"color":"blue"}}"#,
-            ])
+    let mut watch = tokio::process::Command::new("kubectl")
+        .args(["get", "widgets", "-w", "--request-timeout=20s"])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("HOME", cluster.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl get -w runs");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout piped")).lines();
+    let mut seen = Vec::new();
+    let mut next_line = async || {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(15), lines.next_line())
             .await
+            .expect("a line in time")
+            .expect("stdout readable")
+            .expect("watch still open");
+        seen.push(line.clone());
+        line
     };
-    let (watched, _) = tokio::join!(watch, change);
-    let out = String::from_utf8_lossy(&watched.stdout).into_owned();
-    let lines: Vec<&str> = out.lines().collect();
+    let header = next_line().await;
     assert!(
-        lines
-            .first()
-            .is_some_and(|h| h.starts_with("NAME") && h.contains("COLOR")),
-        "{out}"
+        header.starts_with("NAME") && header.contains("COLOR"),
+        "{header}"
     );
+    let first = next_line().await;
+    assert!(first.starts_with("w1") && first.contains("red"), "{first}");
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "widget",
+            "w1",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"color":"blue"}}"#,
+        ])
+        .await;
+    let changed = next_line().await;
     assert!(
-        lines
-            .iter()
-            .skip(1)
-            .any(|l| l.starts_with("w1") && l.contains("red")),
-        "{out}"
+        changed.starts_with("w1") && changed.contains("blue"),
+        "headers once, then the change: {changed}"
     );
-    assert!(
-        lines
-            .iter()
-            .skip(1)
-            .any(|l| l.starts_with("w1") && l.contains("blue")),
-        "{out}"
+    watch.kill().await.expect("stop kubectl");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_bound_tokens_die_with_their_pod() {
+    let cluster = Cluster::start().await;
+    cluster.kubectl_ok(&["run", "app", "--image=app:1"]).await;
+    let token = cluster
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "default",
+            "--audience=sluice",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=app",
+        ])
+        .await;
+    let review = format!(
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {}, audiences: [sluice]}}\n",
+        token.trim()
     );
+    let fields = "jsonpath={.status.authenticated} {.status.user.username} {.status.user.extra.authentication\\.kubernetes\\.io/pod-name[0]}";
+    let out = cluster
+        .kubectl_with_input(&["create", "-f", "-", "-o", fields], Some(&review))
+        .await;
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("NAME")).count(),
-        1,
-        "headers once: {out}"
+        common::assert_ok(&["create tokenreview"], &out),
+        "true system:serviceaccount:default:default app"
     );
+
+    let from_library = cluster
+        .emulator
+        .issue_pod_token("default", "default", "app", &["sluice"])
+        .expect("pod exists");
+    assert!(
+        cluster
+            .emulator
+            .issue_pod_token("default", "default", "ghost", &[])
+            .is_err()
+    );
+
+    cluster.kubectl_ok(&["delete", "pod", "app"]).await;
+    for token in [token.trim(), from_library.as_str()] {
+        let review = format!(
+            "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}, audiences: [sluice]}}\n"
+        );
+        let out = cluster
+            .kubectl_with_input(
+                &[
+                    "create",
+                    "-f",
+                    "-",
+                    "-o",
+                    "jsonpath={.status.authenticated}",
+                ],
+                Some(&review),
+            )
+            .await;
+        assert_eq!(
+            common::assert_ok(&["create tokenreview"], &out),
+            "false",
+            "the pod is gone"
+        );
+    }
 }

@@ -165,6 +165,10 @@ async fn url_webhook_mutates_selected_pods_and_can_deny() {
             json!({"group": "", "version": "v1", "kind": "Pod"})
         );
         assert_eq!(request["object"]["spec"]["containers"][0]["image"], "app:1");
+        assert_eq!(
+            request["object"]["spec"]["serviceAccountName"], "default",
+            "defaulted before admission"
+        );
     }
 
     let skipped = shop
@@ -181,6 +185,28 @@ async fn url_webhook_mutates_selected_pods_and_can_deny() {
         .await
         .expect("pod created");
     assert_eq!(injected(&plain), None, "namespaceSelector excludes it");
+
+    // Pods created by server-side apply go through the webhooks too.
+    let applied = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "applied", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}});
+    cluster
+        .kubectl_with_input(
+            &["apply", "--server-side", "-f", "-"],
+            Some(&applied.to_string()),
+        )
+        .await;
+    let label = cluster
+        .kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "pod",
+            "applied",
+            "-o",
+            "jsonpath={.metadata.labels.injected} {.spec.serviceAccountName}",
+        ])
+        .await;
+    assert_eq!(label, "plain default");
 
     // kubectl shows the denial message.
     let denied = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "denied", "namespace": "shop"},

@@ -25,6 +25,9 @@ struct Args {
     /// as the admin, since kubectl sends no token over http).
     #[arg(long)]
     plain_http: bool,
+    /// How many past events watches can resume from before 410 Expired.
+    #[arg(long, default_value_t = sluice_tests::emulator::store::DEFAULT_HISTORY)]
+    watch_history: usize,
     /// Address of a webhook service, `name.namespace=HOST:PORT` (repeatable).
     #[arg(long = "webhook-service", value_name = "NAME.NAMESPACE=ADDR")]
     webhook_services: Vec<String>,
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         listen: args.listen,
         webhook_services,
         plain_http: args.plain_http,
+        watch_history: args.watch_history,
     })
     .await?;
     emulator.write_kubeconfig(&args.kubeconfig)?;

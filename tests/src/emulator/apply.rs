@@ -1,9 +1,12 @@
 //! An approximation of server-side apply, with per-manager field ownership
 //! recorded in `metadata.managedFields`.
 //!
-//! Ownership is tracked for *leaf* fields; lists are atomic
-//! leaves (the real server merges `listType: map` lists by key), and the
-//! FieldsV1 written out names leaves only (no `.` or `k:`/`v:` entries).
+//! Ownership is tracked for *leaf* fields. Lists whose items have keys —
+//! `x-kubernetes-list-type: map` lists of a CRD (`x-kubernetes-list-map-keys`),
+//! and the merge-keyed lists of built-in kinds (containers, env, webhooks…
+//! by name) — are merged item by item, each item a `k:{…}` path segment as in
+//! FieldsV1; every other list is an atomic leaf (sets are not merged). The
+//! FieldsV1 written out names leaves only (no `.` entries).
 
 use std::collections::BTreeSet;
 
@@ -14,13 +17,94 @@ use super::store::{WritePart, now};
 /// A field path, e.g. `["spec", "replicas"]`.
 pub type FieldPath = Vec<String>;
 
+/// Where list keys come from while walking an object.
+#[derive(Debug, Clone, Copy)]
+enum Lists<'a> {
+    /// A built-in kind: merge keys by field name.
+    Builtin,
+    /// A custom resource: this node of its schema (`None` past its end).
+    Schema(Option<&'a Value>),
+}
+
+impl<'a> Lists<'a> {
+    fn of(schema: Option<&'a Value>) -> Self {
+        match schema {
+            Some(schema) => Self::Schema(Some(schema)),
+            None => Self::Builtin,
+        }
+    }
+
+    fn field(self, name: &str) -> Self {
+        match self {
+            Self::Builtin => Self::Builtin,
+            Self::Schema(node) => Self::Schema(node.and_then(|n| {
+                n["properties"]
+                    .get(name)
+                    .or_else(|| n.get("additionalProperties").filter(|a| a.is_object()))
+            })),
+        }
+    }
+
+    fn items(self) -> Self {
+        match self {
+            Self::Builtin => Self::Builtin,
+            Self::Schema(node) => Self::Schema(node.and_then(|n| n.get("items"))),
+        }
+    }
+
+    /// The key fields of a list named `field`, if its items are merged by key.
+    fn keys(self, field: &str, items: &[Value]) -> Option<Vec<String>> {
+        let keys = match self {
+            Self::Builtin => super::patch::merge_key(field, items).map(|k| vec![k.to_string()])?,
+            Self::Schema(node) => {
+                let node = node?;
+                if node["x-kubernetes-list-type"].as_str() != Some("map") {
+                    return None;
+                }
+                node["x-kubernetes-list-map-keys"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            }
+        };
+        let keyed = !keys.is_empty()
+            && items
+                .iter()
+                .all(|i| keys.iter().all(|k| i.get(k).is_some()));
+        keyed.then_some(keys)
+    }
+}
+
+/// The `k:{…}` path segment naming a list item by its key fields.
+fn item_segment(item: &Value, keys: &[String]) -> String {
+    let fields: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}:{}", Value::String(k.clone()), item[k.as_str()]))
+        .collect();
+    format!("k:{{{}}}", fields.join(","))
+}
+
+/// Whether `item` is the one a `k:{…}` segment names.
+fn item_matches(item: &Value, segment: &str) -> bool {
+    let Some(keys) = segment
+        .strip_prefix("k:")
+        .and_then(|k| serde_json::from_str::<Map<String, Value>>(k).ok())
+    else {
+        return false;
+    };
+    keys.iter().all(|(k, v)| item.get(k) == Some(v))
+}
+
 /// Leaf field paths of an object that field ownership is tracked for: every
 /// leaf outside `metadata`, plus labels, annotations, finalizers and
 /// ownerReferences, restricted to the part of the object `part` writes.
+/// `schema` is a custom resource's `openAPIV3Schema` (keyed lists).
 pub fn owned_leaves(
     object: &Value,
     part: WritePart,
     has_status_subresource: bool,
+    schema: Option<&Value>,
 ) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     let Some(map) = object.as_object() else {
@@ -49,17 +133,35 @@ pub fn owned_leaves(
             }
             continue;
         }
-        collect_leaves(value, &mut vec![key.clone()], &mut out);
+        let lists = Lists::of(schema).field(key);
+        collect_leaves(value, lists, &mut vec![key.clone()], &mut out);
     }
     out
 }
 
-fn collect_leaves(value: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+fn collect_leaves(
+    value: &Value,
+    lists: Lists<'_>,
+    path: &mut FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 path.push(k.clone());
-                collect_leaves(v, path, out);
+                collect_leaves(v, lists.field(k), path, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let field = path.last().cloned().unwrap_or_default();
+            let Some(keys) = lists.keys(&field, items) else {
+                out.insert(path.clone());
+                return;
+            };
+            for item in items {
+                path.push(item_segment(item, &keys));
+                collect_leaves(item, lists.items(), path, out);
                 path.pop();
             }
         }
@@ -69,28 +171,79 @@ fn collect_leaves(value: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldP
     }
 }
 
+fn step<'a>(value: &'a Value, segment: &str) -> Option<&'a Value> {
+    if segment.starts_with("k:") {
+        value
+            .as_array()?
+            .iter()
+            .find(|item| item_matches(item, segment))
+    } else {
+        value.get(segment)
+    }
+}
+
 /// The value at `path`, if present.
 pub fn get_path<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |v, k| v.get(k))
+    path.iter().try_fold(value, |v, k| step(v, k))
+}
+
+fn step_mut<'a>(value: &'a mut Value, segment: &str, create: bool) -> Option<&'a mut Value> {
+    if let Some(keys) = segment.strip_prefix("k:") {
+        if create && !value.is_array() {
+            *value = json!([]);
+        }
+        let items = value.as_array_mut()?;
+        let position = match items.iter().position(|item| item_matches(item, segment)) {
+            Some(i) => i,
+            None if create => {
+                items.push(serde_json::from_str(keys).unwrap_or_else(|_| json!({})));
+                items.len() - 1
+            }
+            None => return None,
+        };
+        return items.get_mut(position);
+    }
+    if create && !value.is_object() {
+        *value = json!({});
+    }
+    let map = value.as_object_mut()?;
+    if create {
+        return Some(map.entry(segment.to_string()).or_insert(Value::Null));
+    }
+    map.get_mut(segment)
 }
 
 fn set_path(value: &mut Value, path: &[String], leaf: Value) {
     let mut cursor = value;
-    for key in &path[..path.len().saturating_sub(1)] {
-        if !cursor.get(key).is_some_and(Value::is_object) {
-            cursor[key.as_str()] = json!({});
+    for segment in path {
+        match step_mut(cursor, segment, true) {
+            Some(next) => cursor = next,
+            None => return,
         }
-        cursor = &mut cursor[key.as_str()];
     }
-    if let Some(last) = path.last() {
-        cursor[last.as_str()] = leaf;
-    }
+    *cursor = leaf;
 }
 
 fn remove_path(value: &mut Value, path: &[String]) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
+    if first.starts_with("k:") {
+        let Some(items) = value.as_array_mut() else {
+            return;
+        };
+        let Some(i) = items.iter().position(|item| item_matches(item, first)) else {
+            return;
+        };
+        if !rest.is_empty() {
+            remove_path(&mut items[i], rest);
+        }
+        // An item removed whole, or emptied, leaves the list.
+        if rest.is_empty() || items[i].as_object().is_some_and(Map::is_empty) {
+            items.remove(i);
+        }
+        return;
+    }
     let Some(map) = value.as_object_mut() else {
         return;
     };
@@ -100,8 +253,11 @@ fn remove_path(value: &mut Value, path: &[String]) {
     }
     if let Some(child) = map.get_mut(first) {
         remove_path(child, rest);
-        // A map emptied by the removal goes too, as with the real server.
-        if child.as_object().is_some_and(Map::is_empty) {
+        // A map or list emptied by the removal goes too, as with the real
+        // server.
+        let emptied = child.as_object().is_some_and(Map::is_empty)
+            || child.as_array().is_some_and(Vec::is_empty);
+        if emptied {
             map.remove(first);
         }
     }
@@ -151,8 +307,13 @@ fn decode_fields(node: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPat
         return;
     }
     for (k, v) in map {
-        if let Some(name) = k.strip_prefix("f:") {
-            path.push(name.to_string());
+        let segment = match k.strip_prefix("f:") {
+            Some(name) => Some(name.to_string()),
+            None if k.starts_with("k:") => Some(k.clone()),
+            None => None,
+        };
+        if let Some(segment) = segment {
+            path.push(segment);
             decode_fields(v, path, out);
             path.pop();
         }
@@ -164,9 +325,12 @@ fn encode_fields(fields: &BTreeSet<FieldPath>) -> Value {
     for path in fields {
         let mut cursor = &mut root;
         for key in path {
-            let entry = cursor
-                .entry(format!("f:{key}"))
-                .or_insert_with(|| json!({}));
+            let name = if key.starts_with("k:") {
+                key.clone()
+            } else {
+                format!("f:{key}")
+            };
+            let entry = cursor.entry(name).or_insert_with(|| json!({}));
             let Some(next) = entry.as_object_mut() else {
                 break;
             };
@@ -230,6 +394,8 @@ pub struct ApplyRequest<'a> {
     pub part: WritePart,
     /// Whether the resource has a status subresource.
     pub has_status_subresource: bool,
+    /// The custom resource's `openAPIV3Schema` (`None` for built-in kinds).
+    pub schema: Option<&'a Value>,
 }
 
 /// Server-side apply of `applied` onto `current` (an empty object when the
@@ -245,7 +411,12 @@ pub fn server_side_apply(
 ) -> Result<Value, String> {
     let mut managers = read_managers(current);
     let subresource = subresource_name(request.part);
-    let applied_fields = owned_leaves(applied, request.part, request.has_status_subresource);
+    let applied_fields = owned_leaves(
+        applied,
+        request.part,
+        request.has_status_subresource,
+        request.schema,
+    );
     let is_me = |m: &Manager| {
         m.manager == request.manager && m.operation == "Apply" && m.subresource == subresource
     };
@@ -322,7 +493,8 @@ pub fn server_side_apply(
     Ok(next)
 }
 
-/// Records a non-apply write (create, update, patch) by `manager`: it takes
+/// Records a non-apply write (create, update, patch) by `manager` (`schema`
+/// as for [`owned_leaves`]): it takes
 /// ownership of the fields it changed, which leave every other manager.
 pub fn record_update(
     old: Option<&Value>,
@@ -330,12 +502,13 @@ pub fn record_update(
     manager: &str,
     part: WritePart,
     has_status_subresource: bool,
+    schema: Option<&Value>,
 ) {
     let null = Value::Null;
     let old = old.unwrap_or(&null);
     let mut managers = read_managers(old);
-    let before = owned_leaves(old, part, has_status_subresource);
-    let after = owned_leaves(new, part, has_status_subresource);
+    let before = owned_leaves(old, part, has_status_subresource, schema);
+    let after = owned_leaves(new, part, has_status_subresource, schema);
     let changed: BTreeSet<FieldPath> = after
         .iter()
         .filter(|p| get_path(old, p) != get_path(new, p))

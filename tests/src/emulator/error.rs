@@ -113,15 +113,22 @@ impl ApiError {
         Self::plain(410, "Expired", message)
     }
 
-    /// 415 UnsupportedMediaType (unknown patch type).
+    /// 415 UnsupportedMediaType (unknown patch type), with the real
+    /// server's message; the offending type goes into `details.causes`.
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::plain(
+        let mut err = Self::plain(
             415,
             "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml ({content_type})"
-            ),
-        )
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        );
+        err.details =
+            Some(json!({"causes": [{"reason": "UnsupportedMediaType", "message": content_type}]}));
+        err
+    }
+
+    /// 422 for a request that cannot be applied (a failed JSON patch test).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::plain(422, "Invalid", message)
     }
 
     /// 401 Unauthorized.

@@ -6,14 +6,15 @@
 use serde_json::{Value, json};
 
 use super::apply::{self, ApplyRequest};
-use super::crd;
 use super::error::{ApiError, ApiResult, Cause};
 use super::patch::{self, PatchKind};
+use super::routes::{ResourcePath, issue_token};
 use super::schema::{self, FieldValidation};
 use super::selector::{FieldSelector, LabelSelector};
-use super::server::{ApiRequest, Body, ResourcePath, Shared, State, issue_token, json_response};
+use super::server::{ApiRequest, Body, Shared, State, json_response};
 use super::store::{self, ObjectKey, WritePart};
 use super::table;
+use super::{builtin, crd};
 
 /// A handler's successful answer.
 #[derive(Debug)]
@@ -85,9 +86,15 @@ pub fn select(state: &State, path: &ResourcePath, req: &ApiRequest) -> ApiResult
     } else {
         None
     };
-    Ok(state
-        .store
-        .list(&path.rt.group, &path.rt.plural, namespace)
+    let mut objects = state.store.list(&path.rt.group, &path.rt.plural, namespace);
+    if path.rt.group.is_empty() && path.rt.plural == "events" {
+        // events.k8s.io Events (what kube-rs's Recorder writes) show through
+        // the core API too, as on a real server, so `kubectl describe` and
+        // `kubectl get events` list them.
+        let newer = state.store.list("events.k8s.io", "events", namespace);
+        objects.extend(newer.iter().map(builtin::event_as_core));
+    }
+    Ok(objects
         .into_iter()
         .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
         .map(|o| as_version(path, o))
@@ -136,23 +143,6 @@ fn check_name(path: &ResourcePath, name: &str) -> ApiResult<()> {
             ),
         )],
     ))
-}
-
-/// What the real server does to some built-in kinds on every write: a
-/// Secret's write-only `stringData` is folded into `data`.
-fn normalize_builtin(path: &ResourcePath, object: &mut Value) {
-    use base64::Engine as _;
-    if !(path.rt.group.is_empty() && path.rt.plural == "secrets") {
-        return;
-    }
-    let Some(Value::Object(plain)) = object.as_object_mut().and_then(|o| o.remove("stringData"))
-    else {
-        return;
-    };
-    for (key, value) in plain {
-        let text = value.as_str().unwrap_or("").to_string();
-        object["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
-    }
 }
 
 /// POST to a collection.
@@ -217,7 +207,7 @@ fn create_locked(
     if let Some(name) = object["metadata"]["name"].as_str() {
         check_name(path, name)?;
     }
-    normalize_builtin(path, &mut object);
+    builtin::on_write(rt, &mut object);
     if rt.status_subresource
         && let Some(map) = object.as_object_mut()
     {
@@ -227,15 +217,7 @@ fn create_locked(
         crd::check(&object)?;
         object["status"] = crd::status(&object, None);
     }
-    if rt.group.is_empty()
-        && rt.plural == "namespaces"
-        && let Some(name) = object["metadata"]["name"].as_str().map(str::to_string)
-    {
-        // Set by the real server on every namespace; webhook namespace
-        // selectors rely on it.
-        object["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
-        object["status"] = json!({"phase": "Active"});
-    }
+    builtin::on_create(rt, &mut object);
     let admitted = schema::admit(rt, object, None, mode)?;
     let mut object = admitted.object;
     if let Some(manager) = manager {
@@ -245,6 +227,7 @@ fn create_locked(
             manager,
             WritePart::Main,
             rt.status_subresource,
+            rt.schema.as_ref(),
         );
     }
     if dry_run {
@@ -257,6 +240,9 @@ fn create_locked(
     let created = state.store.create(rt, &namespace, object)?;
     if crd::is_crd(rt) {
         state.refresh_types();
+    }
+    if rt.group.is_empty() && rt.plural == "namespaces" {
+        state.add_default_service_account(created["metadata"]["name"].as_str().unwrap_or(""));
     }
     Ok(Reply {
         code: 201,
@@ -285,7 +271,7 @@ fn write_existing(
         .cloned()
         .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
     let mut proposed = make(&old)?;
-    normalize_builtin(path, &mut proposed);
+    builtin::on_write(rt, &mut proposed);
     if let Some(name) = proposed["metadata"]["name"].as_str()
         && name != key.name
     {
@@ -302,7 +288,14 @@ fn write_existing(
     let admitted = schema::admit(rt, next, Some(&old), mode)?;
     let mut next = admitted.object;
     if let Some(manager) = manager {
-        apply::record_update(Some(&old), &mut next, manager, part, rt.status_subresource);
+        apply::record_update(
+            Some(&old),
+            &mut next,
+            manager,
+            part,
+            rt.status_subresource,
+            rt.schema.as_ref(),
+        );
     }
     if dry_run(req) {
         return Ok(Reply {
@@ -330,15 +323,30 @@ pub fn replace(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiRes
     write_existing(&mut state, path, req, Some(&manager), |_| Ok(body))
 }
 
+/// What a PATCH did.
+#[derive(Debug)]
+pub enum Patched {
+    /// The object was patched.
+    Done(Reply),
+    /// An apply patch for an absent object: this object is to be created
+    /// with [`create_applied`] (after admission webhooks, for pods).
+    Create(Value),
+}
+
 /// PATCH an object or its status; apply patches create absent objects.
-pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResult<Reply> {
+pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResult<Patched> {
     let kind = PatchKind::from_content_type(&req.content_type)?;
+    if kind == PatchKind::Strategic && path.rt.custom {
+        // As on the real server: custom resources have no patch strategies.
+        return Err(ApiError::unsupported_media_type(&req.content_type));
+    }
     let manager = req.manager();
     let mut state = shared.lock();
     if kind != PatchKind::Apply {
         return write_existing(&mut state, path, req, Some(&manager), |old| {
             patch::apply_patch(old, kind, &req.body)
-        });
+        })
+        .map(Patched::Done);
     }
     let Some(manager) = req.param("fieldManager").filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad_request(
@@ -356,6 +364,7 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         force: req.param("force").is_some_and(|f| f == "true"),
         part: part_of(path),
         has_status_subresource: path.rt.status_subresource,
+        schema: path.rt.schema.as_ref(),
     };
     let key = path.key()?;
     let conflict =
@@ -371,8 +380,7 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         let mut object =
             apply::server_side_apply(&json!({}), &applied, request).map_err(conflict)?;
         object["metadata"]["name"] = json!(key.name);
-        let mode = FieldValidation::parse(req.param("fieldValidation"))?;
-        return create_locked(&mut state, path, object, mode, None, dry_run(req));
+        return Ok(Patched::Create(object));
     }
     write_existing(&mut state, path, req, None, |old| {
         let mut next = apply::server_side_apply(old, &applied, request).map_err(conflict)?;
@@ -383,6 +391,20 @@ pub fn patch(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> ApiResul
         }
         Ok(next)
     })
+    .map(Patched::Done)
+}
+
+/// Creates the object an apply patch built for an absent object. Its
+/// managedFields are the apply's.
+pub fn create_applied(
+    shared: &Shared,
+    path: &ResourcePath,
+    req: &ApiRequest,
+    object: Value,
+) -> ApiResult<Reply> {
+    let mode = FieldValidation::parse(req.param("fieldValidation"))?;
+    let mut state = shared.lock();
+    create_locked(&mut state, path, object, mode, None, dry_run(req))
 }
 
 /// DELETE one object, honouring `preconditions` and finalizers.
@@ -454,7 +476,35 @@ pub fn delete_collection(
 /// POST tokenreviews.
 pub fn token_review(shared: &Shared, req: &ApiRequest) -> ApiResult<Reply> {
     let body = req.json_body()?;
-    Ok(Reply::new(201, shared.lock().tokens.review(&body)))
+    let state = shared.lock();
+    let mut review = state.tokens.review(&body);
+    // A token bound to a pod dies with that pod, as on a real cluster.
+    let token = body["spec"]["token"].as_str().unwrap_or("");
+    if let Some((pod, uid)) = state.tokens.lookup(token).and_then(|i| i.pod.clone())
+        && let Some((namespace, _)) = state
+            .tokens
+            .lookup(token)
+            .and_then(|i| i.service_account.clone())
+    {
+        let key = ObjectKey {
+            group: String::new(),
+            plural: "pods".to_string(),
+            namespace,
+            name: pod.clone(),
+        };
+        let alive = state
+            .store
+            .get(&key)
+            .is_some_and(|p| p["metadata"]["uid"] == uid.as_str());
+        if !alive {
+            review["status"] = json!({
+                "authenticated": false,
+                "error": format!("[invalid bearer token, pod \"{pod}\" (uid {uid}) no longer exists]"),
+                "user": {},
+            });
+        }
+    }
+    Ok(Reply::new(201, review))
 }
 
 /// POST serviceaccounts/<name>/token (TokenRequest), as `kubectl create
@@ -471,7 +521,9 @@ pub fn token_request(shared: &Shared, path: &ResourcePath, req: &ApiRequest) -> 
     }
     let audiences: Vec<String> =
         serde_json::from_value(body["spec"]["audiences"].clone()).unwrap_or_default();
-    let token = issue_token(shared, &key.namespace, &key.name, &audiences);
+    let bound = &body["spec"]["boundObjectRef"];
+    let pod = bound["name"].as_str().filter(|_| bound["kind"] == "Pod");
+    let token = issue_token(shared, &key.namespace, &key.name, &audiences, pod)?;
     let seconds = body["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
     let expires = chrono::Utc::now() + chrono::Duration::seconds(seconds);
     Ok(Reply::new(

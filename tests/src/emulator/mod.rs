@@ -1,8 +1,9 @@
-//! A Kubernetes API emulator for tests (DESIGN.md, "Testing strategy"): an
-//! HTTP server on loopback speaking enough of the real API — discovery,
-//! CRUD, patches, server-side apply, the status subresource, watch, CRDs
-//! with schema and CEL validation, Tables, TokenReview and mutating webhooks
-//! — that the real `kubectl` and kube-rs clients work against it.
+//! A Kubernetes API emulator for tests (DESIGN.md, "Testing strategy"; the
+//! crate README says what it covers): an HTTPS server on loopback speaking
+//! enough of the real API — discovery, CRUD, patches, server-side apply, the
+//! status subresource, watch, CRDs with schema and CEL validation, Tables,
+//! TokenReview and mutating webhooks — that the real `kubectl` and kube-rs
+//! clients work against it.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sluice_tests::emulator::EmulatorError> {
@@ -21,6 +22,7 @@
 //! sends no token, so requests without one act as the admin.
 
 pub mod apply;
+mod builtin;
 mod crd;
 pub mod error;
 mod handlers;
@@ -28,6 +30,7 @@ mod openapi;
 pub mod patch;
 mod protobuf;
 pub mod registry;
+mod routes;
 pub mod schema;
 pub mod selector;
 mod server;
@@ -78,6 +81,9 @@ pub struct EmulatorOptions {
     /// Serve plain HTTP instead of HTTPS (requests without a token are then
     /// accepted as the admin).
     pub plain_http: bool,
+    /// How many past events watches can resume from; older resourceVersions
+    /// get 410 Expired. Small values let tests exercise re-listing.
+    pub watch_history: usize,
 }
 
 impl Default for EmulatorOptions {
@@ -86,6 +92,7 @@ impl Default for EmulatorOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             webhook_services: BTreeMap::new(),
             plain_http: false,
+            watch_history: store::DEFAULT_HISTORY,
         }
     }
 }
@@ -138,6 +145,7 @@ impl Emulator {
             options.webhook_services,
             stopped,
             !options.plain_http,
+            options.watch_history,
         ));
         let task = tokio::spawn(server::serve(listener, shared.clone(), acceptor));
         Ok(Self {
@@ -199,7 +207,8 @@ impl Emulator {
     /// valid for `audiences` (none: the API server's own). TokenReviews
     /// answer for it; it also authenticates API requests (no RBAC is
     /// enforced). Over HTTP: `POST /emulator/v1/tokens` with
-    /// `{"namespace", "serviceAccount", "audiences"}` answers `{"token"}`.
+    /// `{"namespace", "serviceAccount", "audiences", "pod"?}` answers
+    /// `{"token"}`.
     pub fn issue_token(
         &self,
         namespace: &str,
@@ -207,7 +216,30 @@ impl Emulator {
         audiences: &[&str],
     ) -> String {
         let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
-        server::issue_token(&self.shared, namespace, service_account, &audiences)
+        routes::issue_token(&self.shared, namespace, service_account, &audiences, None)
+            .unwrap_or_default()
+    }
+
+    /// Issues a token bound to pod `pod` (as a projected service-account
+    /// token is): TokenReviews name the pod in `user.extra`
+    /// (`authentication.kubernetes.io/pod-name`, `pod-uid`) and stop
+    /// authenticating it once the pod is deleted. Fails if the pod does not
+    /// exist.
+    pub fn issue_pod_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        audiences: &[&str],
+    ) -> Result<String, error::ApiError> {
+        let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
+        routes::issue_token(
+            &self.shared,
+            namespace,
+            service_account,
+            &audiences,
+            Some(pod),
+        )
     }
 
     /// Stops serving and waits for the accept loop to end. Open watches and

@@ -4,8 +4,8 @@
 //! kubectl leaves schema validation to the server (`fieldValidation=Strict`)
 //! — and whose request body does not offer strategic merge patch, so
 //! `kubectl apply` sends JSON merge patches for custom resources, as it does
-//! against a real server. No schemas are published (`kubectl explain` does
-//! not work).
+//! against a real server. CRD schemas are published as components, so
+//! `kubectl explain` works for custom resources; built-in kinds have none.
 
 use serde_json::{Map, Value, json};
 
@@ -55,10 +55,21 @@ pub fn root(types: &[ResourceType]) -> Value {
 /// `/openapi/v3/<api/v1 | apis/group/version>`, or `None` if nothing is served there.
 pub fn group_version(types: &[ResourceType], gv_path: &str) -> Option<Value> {
     let mut paths = Map::new();
+    let mut schemas = Map::new();
     for t in types
         .iter()
         .filter(|t| group_version_path(&t.group, &t.version) == gv_path)
     {
+        if let Some(schema) = &t.schema {
+            let mut schema = schema.clone();
+            schema["x-kubernetes-group-version-kind"] =
+                json!([{"group": t.group, "version": t.version, "kind": t.kind}]);
+            let reversed: Vec<&str> = t.group.split('.').rev().collect();
+            schemas.insert(
+                format!("{}.{}.{}", reversed.join("."), t.version, t.kind),
+                schema,
+            );
+        }
         let prefix = format!("/{gv_path}");
         let item = if t.namespaced {
             format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
@@ -92,6 +103,6 @@ pub fn group_version(types: &[ResourceType], gv_path: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.32.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas},
     }))
 }

@@ -52,11 +52,22 @@ pub fn apply_patch(current: &Value, kind: PatchKind, body: &[u8]) -> ApiResult<V
         PatchKind::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut next, &patch).map_err(|e| {
-                ApiError::internal(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
+            for operation in patch.0 {
+                // As in the real server's JSON patch library, testing that an
+                // absent path is null succeeds (kube-rs's finalizer helper
+                // relies on it).
+                if let json_patch::PatchOperation::Test(test) = &operation
+                    && test.value.is_null()
+                    && next.pointer(test.path.as_str()).is_none()
+                {
+                    continue;
+                }
+                json_patch::patch(&mut next, std::slice::from_ref(&operation)).map_err(|e| {
+                    ApiError::unprocessable(format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    ))
+                })?;
+            }
         }
         PatchKind::Apply => {
             return Err(ApiError::bad_request(
@@ -69,7 +80,7 @@ pub fn apply_patch(current: &Value, kind: PatchKind, body: &[u8]) -> ApiResult<V
 
 /// The merge key of a list field of the built-in kinds, by field name.
 /// `ports` is keyed by `containerPort` in containers and `port` in Services.
-fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
+pub(super) fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
         "containers"
         | "initContainers"

@@ -27,6 +27,8 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Create-only verb set (TokenReview) instead of full CRUD.
     pub create_only: bool,
+    /// Served for a CRD (custom resources take no strategic merge patch).
+    pub custom: bool,
     /// The `openAPIV3Schema` of a CRD version, if any.
     pub schema: Option<Value>,
     /// `additionalPrinterColumns` of a CRD version.
@@ -53,6 +55,7 @@ impl ResourceType {
             categories: Vec::new(),
             status_subresource: false,
             create_only: false,
+            custom: false,
             schema: None,
             printer_columns: Vec::new(),
         }
@@ -65,6 +68,15 @@ impl ResourceType {
 
     fn with_categories(mut self, categories: &[&str]) -> Self {
         self.categories = categories.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Printer columns for a built-in kind's Table (a few of the real ones).
+    fn with_columns(mut self, columns: &[(&str, &str)]) -> Self {
+        self.printer_columns = columns
+            .iter()
+            .map(|(name, path)| json!({"name": name, "type": "string", "jsonPath": path}))
+            .collect();
         self
     }
 
@@ -136,11 +148,14 @@ pub fn builtin_types() -> Vec<ResourceType> {
         &[],
     );
     token_review.create_only = true;
-    vec![
-        core("Namespace", "namespaces", false, &["ns"]).with_status(),
+    let mut types = vec![
+        core("Namespace", "namespaces", false, &["ns"])
+            .with_status()
+            .with_columns(&[("Status", ".status.phase")]),
         core("Pod", "pods", true, &["po"])
             .with_status()
-            .with_categories(&["all"]),
+            .with_categories(&["all"])
+            .with_columns(&[("Status", ".status.phase")]),
         core("Secret", "secrets", true, &[]),
         core("ConfigMap", "configmaps", true, &["cm"]),
         core("Service", "services", true, &["svc"])
@@ -177,7 +192,78 @@ pub fn builtin_types() -> Vec<ResourceType> {
         rbac("ClusterRole", "clusterroles", false),
         rbac("ClusterRoleBinding", "clusterrolebindings", false),
         token_review,
-    ]
+    ];
+    // Stored and served with no behaviour, so rendered charts apply whole.
+    let inert = [
+        (
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            true,
+            &["sts"][..],
+        ),
+        ("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"][..]),
+        ("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"][..]),
+        ("batch", "v1", "Job", "jobs", true, &[][..]),
+        ("batch", "v1", "CronJob", "cronjobs", true, &["cj"][..]),
+        (
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"][..],
+        ),
+        (
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"][..],
+        ),
+        (
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "ingresses",
+            true,
+            &["ing"][..],
+        ),
+        (
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            true,
+            &["hpa"][..],
+        ),
+        (
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+            &[][..],
+        ),
+        (
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            false,
+            &[][..],
+        ),
+    ];
+    for (group, version, kind, plural, namespaced, short) in inert {
+        let mut rt = ResourceType::builtin(group, version, kind, plural, namespaced, short);
+        if !matches!(kind, "EndpointSlice" | "ValidatingWebhookConfiguration") {
+            rt.status_subresource = true;
+        }
+        types.push(rt);
+    }
+    types
 }
 
 /// Resource types declared by one CRD object (one per served version).
@@ -221,6 +307,7 @@ pub fn types_from_crd(crd: &Value) -> Vec<ResourceType> {
                 categories: strings(&names["categories"]),
                 status_subresource: v["subresources"].get("status").is_some(),
                 create_only: false,
+                custom: true,
                 schema: v["schema"].get("openAPIV3Schema").cloned(),
                 printer_columns: v["additionalPrinterColumns"]
                     .as_array()

@@ -110,8 +110,11 @@ fn parse_requirement(part: &str) -> ApiResult<Requirement> {
     Ok(Requirement::Exists(part.to_string()))
 }
 
-/// A parsed field selector: only `metadata.name` and `metadata.namespace`
-/// (with `=`, `==`, `!=`), which is all the real server supports for CRDs.
+/// A parsed field selector (`=`, `==`, `!=`). Any dotted field path is
+/// accepted and compared as text (missing fields read as empty): more
+/// lenient than the real server, which allows only a few fields per kind
+/// (`metadata.name`, `metadata.namespace`, and e.g. `involvedObject.*` on
+/// events, which `kubectl describe` uses).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -130,7 +133,11 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if field != "metadata.name" && field != "metadata.namespace" {
+            let valid = !field.is_empty()
+                && field.split('.').all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !valid {
                 return Err(ApiError::bad_request(format!(
                     "field label not supported: {field}"
                 )));
@@ -143,11 +150,12 @@ impl FieldSelector {
     /// Whether an object satisfies every term.
     pub fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let actual = match field.as_str() {
-                "metadata.name" => object["metadata"]["name"].as_str().unwrap_or(""),
-                _ => object["metadata"]["namespace"].as_str().unwrap_or(""),
+            let actual = match field.split('.').try_fold(object, |v, k| v.get(k)) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
             };
-            (actual == value) == *equal
+            (actual == *value) == *equal
         })
     }
 }
@@ -244,6 +252,16 @@ mod tests {
                 .expect("parses")
                 .matches(&object)
         );
-        assert!(FieldSelector::parse("spec.x=1").is_err());
+        let event = json!({"involvedObject": {"name": "w", "kind": "Widget"}, "count": 2});
+        let on_widget =
+            FieldSelector::parse("involvedObject.name=w,involvedObject.kind=Widget,count=2")
+                .expect("parses");
+        assert!(on_widget.matches(&event));
+        assert!(
+            FieldSelector::parse("involvedObject.uid=")
+                .expect("parses")
+                .matches(&event)
+        );
+        assert!(FieldSelector::parse("spec..x=1").is_err());
     }
 }

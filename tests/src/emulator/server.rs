@@ -1,6 +1,7 @@
-//! The HTTP edge: accepts connections, authenticates, parses the request
-//! path into discovery or a resource path, and turns handler results into
-//! responses (JSON, Status errors, `Warning` headers, watch streams).
+//! The HTTP edge: the shared state, the accept loop (TLS or plain),
+//! authentication, request parsing (query, body in JSON, YAML or protobuf)
+//! and response helpers (JSON, Status errors, `Warning` headers). Routing is
+//! in [`super::routes`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,9 +18,9 @@ use tokio::sync::watch;
 
 use super::error::{ApiError, ApiResult};
 use super::registry::{self, ResourceType};
-use super::store::{ObjectKey, Store};
+use super::store::Store;
 use super::tokens::Tokens;
-use super::{handlers, openapi, protobuf, watcher, webhook};
+use super::{builtin, protobuf, routes};
 
 /// Response body: a whole JSON document or a watch stream.
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -53,6 +54,24 @@ pub struct State {
 }
 
 impl State {
+    /// Creates the `default` service account every namespace has (the
+    /// real server's service-account controller does it).
+    pub fn add_default_service_account(&mut self, namespace: &str) {
+        let accounts = self
+            .types
+            .iter()
+            .find(|t| t.group.is_empty() && t.plural == "serviceaccounts")
+            .cloned();
+        if let Some(accounts) = accounts {
+            // Already there (or the namespace is gone): nothing to do.
+            let _ = self.store.create(
+                &accounts,
+                namespace,
+                json!({"metadata": {"name": "default"}}),
+            );
+        }
+    }
+
     /// Recomputes served types from the stored CRDs.
     pub fn refresh_types(&mut self) {
         let mut types = registry::builtin_types();
@@ -76,9 +95,10 @@ impl Shared {
         webhook_services: BTreeMap<String, SocketAddr>,
         shutdown: watch::Receiver<bool>,
         require_token: bool,
+        watch_history: usize,
     ) -> Self {
         let mut state = State {
-            store: Store::new(),
+            store: Store::with_history(watch_history),
             types: registry::builtin_types(),
             tokens: Tokens::default(),
         };
@@ -90,12 +110,11 @@ impl Shared {
             .cloned()
         {
             for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+                let mut namespace = json!({"metadata": {"name": name}});
+                builtin::on_create(&namespaces, &mut namespace);
                 // Fresh store: these names cannot collide.
-                let _ = state.store.create(
-                    &namespaces,
-                    "",
-                    json!({"metadata": {"name": name}, "status": {"phase": "Active"}}),
-                );
+                let _ = state.store.create(&namespaces, "", namespace);
+                state.add_default_service_account(name);
             }
         }
         Self {
@@ -276,216 +295,7 @@ async fn handle_inner(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<
         user_agent,
         body,
     };
-    route(shared, request).await
-}
-
-/// What a request path names.
-#[derive(Debug, Clone)]
-pub struct ResourcePath {
-    /// The resource type (by group, version and plural).
-    pub rt: ResourceType,
-    /// Namespace from the path, if any.
-    pub namespace: Option<String>,
-    /// Object name, if any.
-    pub name: Option<String>,
-    /// Subresource (`status`, `token`), if any.
-    pub subresource: Option<String>,
-}
-
-impl ResourcePath {
-    /// The stored key of the named object.
-    pub fn key(&self) -> ApiResult<ObjectKey> {
-        let name = self
-            .name
-            .as_deref()
-            .ok_or_else(|| ApiError::method_not_allowed("no name"))?;
-        Ok(ObjectKey::new(
-            &self.rt,
-            self.namespace.as_deref().unwrap_or(""),
-            name,
-        ))
-    }
-}
-
-async fn route(shared: Arc<Shared>, req: ApiRequest) -> ApiResult<Response<Body>> {
-    let segments: Vec<String> = req
-        .path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect();
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let get = req.method == Method::GET;
-    match segs.as_slice() {
-        ["healthz" | "livez" | "readyz"] => return Ok(text_response(200, "ok")),
-        ["version"] if get => return Ok(json_response(200, &version(), &[])),
-        ["api"] if get => {
-            return Ok(json_response(
-                200,
-                &registry::core_versions(&shared.base_url),
-                &[],
-            ));
-        }
-        ["apis"] if get => {
-            return Ok(json_response(
-                200,
-                &registry::group_list(&shared.lock().types),
-                &[],
-            ));
-        }
-        ["openapi", "v3"] if get => {
-            return Ok(json_response(
-                200,
-                &openapi::root(&shared.lock().types),
-                &[],
-            ));
-        }
-        ["openapi", "v3", rest @ ..] if get => {
-            let doc = openapi::group_version(&shared.lock().types, &rest.join("/"))
-                .ok_or_else(|| ApiError::no_route(&req.path))?;
-            return Ok(json_response(200, &doc, &[]));
-        }
-        ["emulator", "v1", "tokens"] if req.method == Method::POST => {
-            let body = req.json_body()?;
-            let audiences: Vec<String> =
-                serde_json::from_value(body["audiences"].clone()).unwrap_or_default();
-            let (Some(ns), Some(sa)) =
-                (body["namespace"].as_str(), body["serviceAccount"].as_str())
-            else {
-                return Err(ApiError::bad_request(
-                    "namespace and serviceAccount are required",
-                ));
-            };
-            let token = issue_token(&shared, ns, sa, &audiences);
-            return Ok(json_response(201, &json!({"token": token}), &[]));
-        }
-        _ => {}
-    }
-    let (group, version, rest) = match segs.as_slice() {
-        ["api", "v1", rest @ ..] => ("", "v1", rest),
-        ["apis", group, version, rest @ ..] => (*group, *version, rest),
-        _ => return Err(ApiError::no_route(&req.path)),
-    };
-    if rest.is_empty() {
-        if !get {
-            return Err(ApiError::method_not_allowed(req.method.as_str()));
-        }
-        let list = registry::resource_list(&shared.lock().types, group, version)
-            .ok_or_else(|| ApiError::no_route(&req.path))?;
-        return Ok(json_response(200, &list, &[]));
-    }
-    let path = parse_resource_path(&shared, group, version, rest)
-        .ok_or_else(|| ApiError::no_route(&req.path))?;
-    dispatch(shared, path, req).await
-}
-
-fn parse_resource_path(
-    shared: &Shared,
-    group: &str,
-    version: &str,
-    rest: &[&str],
-) -> Option<ResourcePath> {
-    let (namespace, plural, tail) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if !matches!(*plural, "status" | "finalize") => {
-            (Some(ns.to_string()), *plural, tail)
-        }
-        [plural, tail @ ..] => (None, *plural, tail),
-        [] => return None,
-    };
-    let rt = shared
-        .lock()
-        .types
-        .iter()
-        .find(|t| t.group == group && t.version == version && t.plural == plural)
-        .cloned()?;
-    let (name, subresource) = match tail {
-        [] => (None, None),
-        [name] => (Some(name.to_string()), None),
-        [name, sub] => (Some(name.to_string()), Some(sub.to_string())),
-        _ => return None,
-    };
-    Some(ResourcePath {
-        rt,
-        namespace,
-        name,
-        subresource,
-    })
-}
-
-async fn dispatch(
-    shared: Arc<Shared>,
-    path: ResourcePath,
-    req: ApiRequest,
-) -> ApiResult<Response<Body>> {
-    let subresource = path.subresource.as_deref();
-    match subresource {
-        None | Some("status") => {}
-        Some("token") if path.rt.plural == "serviceaccounts" && req.method == Method::POST => {
-            let reply = handlers::token_request(&shared, &path, &req)?;
-            return Ok(reply.into_response());
-        }
-        Some(_) => return Err(ApiError::no_route(&req.path)),
-    }
-    if subresource == Some("status") && !path.rt.status_subresource {
-        return Err(ApiError::no_route(&req.path));
-    }
-    let reply = match (&req.method, path.name.is_some()) {
-        (&Method::GET, false) if req.param("watch").is_some_and(|w| w == "true" || w == "1") => {
-            return watcher::start(shared, path, &req);
-        }
-        (&Method::GET, false) => handlers::list(&shared, &path, &req)?,
-        (&Method::GET, true) => handlers::get(&shared, &path, &req)?,
-        (&Method::POST, false) if path.rt.plural == "tokenreviews" => {
-            handlers::token_review(&shared, &req)?
-        }
-        (&Method::POST, false) => {
-            let mut object = req.json_body()?;
-            if path.rt.group.is_empty() && path.rt.plural == "pods" {
-                object =
-                    webhook::admit_pod(&shared, path.namespace.as_deref().unwrap_or(""), object)
-                        .await?;
-            }
-            handlers::create(&shared, &path, &req, object)?
-        }
-        (&Method::PUT, true) => handlers::replace(&shared, &path, &req)?,
-        (&Method::PATCH, true) => handlers::patch(&shared, &path, &req)?,
-        (&Method::DELETE, true) => handlers::delete(&shared, &path, &req)?,
-        (&Method::DELETE, false) => handlers::delete_collection(&shared, &path, &req)?,
-        (method, _) => return Err(ApiError::method_not_allowed(method.as_str())),
-    };
-    Ok(reply.into_response())
-}
-
-/// Issues a service-account token (see [`super::Emulator::issue_token`]).
-pub fn issue_token(
-    shared: &Shared,
-    namespace: &str,
-    service_account: &str,
-    audiences: &[String],
-) -> String {
-    let entropy = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        .rotate_left(17);
-    shared
-        .lock()
-        .tokens
-        .issue(namespace, service_account, audiences, entropy)
-}
-
-fn version() -> Value {
-    json!({
-        "major": "1",
-        "minor": "32",
-        "gitVersion": "v1.32.0-sluice-emulator",
-        "gitCommit": "0000000000000000000000000000000000000000",
-        "gitTreeState": "clean",
-        "buildDate": "2026-01-01T00:00:00Z",
-        "goVersion": "go1.23.0",
-        "compiler": "gc",
-        "platform": "linux/amd64",
-    })
+    routes::route(shared, request).await
 }
 
 /// A JSON response with optional `Warning` headers.
@@ -503,7 +313,7 @@ pub fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-fn text_response(code: u16, text: &'static str) -> Response<Body> {
+pub fn text_response(code: u16, text: &'static str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
     *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
     response
@@ -526,7 +336,7 @@ fn parse_query(query: &str) -> BTreeMap<String, String> {
 }
 
 /// Decodes `%XX` escapes and `+` (query strings).
-fn percent_decode(text: &str) -> String {
+pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

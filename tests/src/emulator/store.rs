@@ -11,8 +11,9 @@ use tokio::sync::broadcast;
 use super::error::{ApiError, ApiResult};
 use super::registry::ResourceType;
 
-/// How many past events a watch can resume from before it gets 410 Gone.
-const HISTORY_LIMIT: usize = 10_000;
+/// How many past events a watch can resume from before it gets 410 Gone,
+/// unless told otherwise.
+pub const DEFAULT_HISTORY: usize = 10_000;
 
 /// Identity of a stored object. Objects are stored per group and plural, not
 /// per version: every served version of a CRD shares its objects.
@@ -99,6 +100,7 @@ pub struct Store {
     history: VecDeque<WatchEvent>,
     /// Events at or below this revision have been dropped from history.
     history_floor: u64,
+    history_limit: usize,
     events: broadcast::Sender<WatchEvent>,
     seed: u64,
 }
@@ -110,8 +112,14 @@ impl Default for Store {
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store keeping [`DEFAULT_HISTORY`] events.
     pub fn new() -> Self {
+        Self::with_history(DEFAULT_HISTORY)
+    }
+
+    /// An empty store keeping the last `history_limit` events (at least one)
+    /// for watches to resume from.
+    pub fn with_history(history_limit: usize) -> Self {
         let (events, _) = broadcast::channel(4096);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -122,6 +130,7 @@ impl Store {
             objects: BTreeMap::new(),
             history: VecDeque::new(),
             history_floor: 0,
+            history_limit: history_limit.max(1),
             events,
             seed,
         }
@@ -395,7 +404,7 @@ impl Store {
             object,
             previous,
         };
-        if self.history.len() == HISTORY_LIMIT
+        if self.history.len() >= self.history_limit
             && let Some(dropped) = self.history.pop_front()
         {
             self.history_floor = dropped.revision;

@@ -24,6 +24,8 @@ pub struct Identity {
     pub audiences: Vec<String>,
     /// `Some((namespace, serviceaccount))` for service-account tokens.
     pub service_account: Option<(String, String)>,
+    /// The pod a service-account token is bound to: (name, uid).
+    pub pod: Option<(String, String)>,
 }
 
 /// Issued tokens.
@@ -47,17 +49,19 @@ impl Tokens {
                 ],
                 audiences: vec![API_AUDIENCE.to_string()],
                 service_account: None,
+                pod: None,
             },
         );
     }
 
-    /// Issues a token for a service account; no audiences means the API
-    /// server's own audience.
+    /// Issues a token for a service account, optionally bound to a pod
+    /// (name, uid); no audiences means the API server's own audience.
     pub fn issue(
         &mut self,
         namespace: &str,
         service_account: &str,
         audiences: &[String],
+        pod: Option<(String, String)>,
         entropy: u64,
     ) -> String {
         self.counter += 1;
@@ -79,6 +83,7 @@ impl Tokens {
                 ],
                 audiences,
                 service_account: Some((namespace.to_string(), service_account.to_string())),
+                pod,
             },
         );
         token
@@ -121,12 +126,15 @@ impl Tokens {
                     json!({"authenticated": false, "error": "[invalid bearer token, token audiences is invalid]", "user": {}})
                 } else {
                     let mut user = json!({"username": identity.username, "uid": identity.uid, "groups": identity.groups});
-                    if let Some((namespace, name)) = &identity.service_account {
+                    if identity.service_account.is_some() {
                         user["extra"] = json!({
                             "authentication.kubernetes.io/credential-id": [format!("JTI={}", identity.uid)],
-                            "authentication.kubernetes.io/serviceaccount-namespace": [namespace],
-                            "authentication.kubernetes.io/serviceaccount-name": [name],
                         });
+                        if let Some((pod, pod_uid)) = &identity.pod {
+                            user["extra"]["authentication.kubernetes.io/pod-name"] = json!([pod]);
+                            user["extra"]["authentication.kubernetes.io/pod-uid"] =
+                                json!([pod_uid]);
+                        }
                     }
                     json!({"authenticated": true, "user": user, "audiences": matched})
                 }
@@ -144,7 +152,13 @@ mod tests {
     #[test]
     fn review_checks_audiences() {
         let mut tokens = Tokens::default();
-        let token = tokens.issue("shop", "app", &["sluice".to_string()], 7);
+        let token = tokens.issue(
+            "shop",
+            "app",
+            &["sluice".to_string()],
+            Some(("app-1".to_string(), "u1".to_string())),
+            7,
+        );
         let ok = tokens.review(&json!({"spec": {"token": token, "audiences": ["sluice"]}}));
         assert_eq!(ok["status"]["authenticated"], true);
         assert_eq!(
@@ -152,6 +166,10 @@ mod tests {
             "system:serviceaccount:shop:app"
         );
         assert_eq!(ok["status"]["audiences"], json!(["sluice"]));
+        assert_eq!(
+            ok["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+            json!(["app-1"])
+        );
         let wrong = tokens.review(&json!({"spec": {"token": token, "audiences": ["other"]}}));
         assert_eq!(wrong["status"]["authenticated"], false);
         let default_audience = tokens.review(&json!({"spec": {"token": token}}));

@@ -19,8 +19,9 @@ use tokio::sync::broadcast;
 
 use super::error::{ApiError, ApiResult};
 use super::handlers;
+use super::routes::ResourcePath;
 use super::selector::{FieldSelector, LabelSelector};
-use super::server::{ApiRequest, Body, ResourcePath, Shared};
+use super::server::{ApiRequest, Body, Shared};
 use super::store::{EventType, WatchEvent};
 use super::table;
 

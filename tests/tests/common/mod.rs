@@ -45,7 +45,7 @@ spec:
             - rule: "self.size <= self.max"
               message: "size must not exceed max"
             properties:
-              size: {type: integer, minimum: 1}
+              size: {type: integer, minimum: 1, description: "How big the widget is."}
               max: {type: integer, default: 10}
               color: {type: string, enum: [red, blue]}
               owner: {type: string, pattern: '^[a-z]+$'}

@@ -55,3 +55,14 @@ fn strategic_merge_merges_lists_by_key() {
         })
     );
 }
+
+#[test]
+fn json_patch_null_test_on_absent_path_passes() {
+    let current = json!({"metadata": {"name": "x"}});
+    let body = br#"[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["f"]}]"#;
+    let patched = apply_patch(&current, PatchKind::Json, body).expect("null test passes");
+    assert_eq!(patched["metadata"]["finalizers"], json!(["f"]));
+    let failed =
+        apply_patch(&patched, PatchKind::Json, body).expect_err("finalizers are no longer null");
+    assert_eq!(failed.code, 422);
+}
