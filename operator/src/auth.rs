@@ -2,7 +2,9 @@
 //! a TokenReview (audience [`AUDIENCE`]), its service account must be in
 //! the namespace asked about, and the pod must exist there, carry a
 //! sidecar and run under that service account. A token for namespace A
-//! never gets anything of namespace B.
+//! never gets anything of namespace B. A token bound to a pod (projected
+//! tokens are: TokenReview names the pod in `user.extra`) speaks for that
+//! pod only, checked by name and uid.
 //!
 //! Positive reviews are cached for [`REVIEW_TTL`] by the token's SHA-256,
 //! so a sidecar's report every few seconds does not cost a TokenReview
@@ -42,8 +44,20 @@ impl Refusal {
     }
 }
 
-/// A positive review: `(namespace, service account)` and when it was made.
-type Reviewed = ((String, String), Instant);
+/// Who a token speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub namespace: String,
+    pub service_account: String,
+    /// `(name, uid)` of the pod a projected token is bound to.
+    pub pod: Option<(String, Option<String>)>,
+}
+
+/// A positive review and when it was made.
+type Reviewed = (Subject, Instant);
+
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Cached TokenReview outcomes: token hash → (namespace, service account).
 #[derive(Debug, Default)]
@@ -66,7 +80,7 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 }
 
 impl ReviewCache {
-    async fn review(&self, ctx: &Context, token: &str) -> Result<(String, String), Refusal> {
+    async fn review(&self, ctx: &Context, token: &str) -> Result<Subject, Refusal> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Ok(entries) = self.entries.lock()
             && let Some((who, at)) = entries.get(&hash)
@@ -112,14 +126,23 @@ impl ReviewCache {
                 "the token is not meant for audience sluice",
             ));
         }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        let who = parse_username(&username).ok_or_else(|| {
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        let extra = user.extra.unwrap_or_default();
+        let first = |k: &str| extra.get(k).and_then(|v| v.first()).cloned();
+        let bound = first(POD_NAME).map(|name| (name, first(POD_UID)));
+        let (namespace, service_account) = parse_username(&username).ok_or_else(|| {
             Refusal::new(
                 403,
                 "not_a_service_account",
                 "only service-account tokens are accepted",
             )
         })?;
+        let who = Subject {
+            namespace,
+            service_account,
+            pod: bound,
+        };
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CACHE_MAX {
                 entries.retain(|_, (_, at)| at.elapsed() < REVIEW_TTL);
@@ -147,7 +170,8 @@ impl ReviewCache {
                 "Authorization: Bearer <service-account token> is required",
             )
         })?;
-        let (token_ns, sa) = self.review(ctx, token).await?;
+        let who = self.review(ctx, token).await?;
+        let (token_ns, sa) = (&who.namespace, &who.service_account);
         if token_ns != namespace {
             return Err(Refusal::new(
                 403,
@@ -155,9 +179,24 @@ impl ReviewCache {
                 format!("a token of namespace {token_ns} cannot read namespace {namespace}"),
             ));
         }
+        // A projected token is bound to its pod: it speaks for that pod
+        // only (and, by uid, not for a later pod of the same name).
+        if let Some((bound, _)) = &who.pod
+            && bound != pod
+        {
+            return Err(Refusal::new(
+                403,
+                "pod_mismatch",
+                format!("the token is bound to pod {bound}, not {pod}"),
+            ));
+        }
         let found = ctx
             .pod(namespace, pod)
-            .filter(|p| service_account_of(p) == sa)
+            .filter(|p| service_account_of(p) == *sa)
+            .filter(|p| match &who.pod {
+                Some((_, Some(uid))) => p.metadata.uid.as_deref() == Some(uid.as_str()),
+                _ => true,
+            })
             .ok_or_else(|| {
                 Refusal::new(
                     403,

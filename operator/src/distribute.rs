@@ -39,8 +39,9 @@
 //! - `401 missing_token` / `invalid_token` — no bearer token, or the
 //!   TokenReview refused it (wrong audience, unknown, expired);
 //! - `403 not_a_service_account`, `namespace_mismatch` (a token of
-//!   namespace A asking for B), `pod_not_found` (no such sidecar pod under
-//!   that service account);
+//!   namespace A asking for B), `pod_mismatch` (a pod-bound token asking
+//!   for another pod), `pod_not_found` (no such sidecar pod under that
+//!   service account, or not the pod the token was bound to by uid);
 //! - `404 not_found`, `405 method_not_allowed`;
 //! - `503 not_leader` (this replica is the standby; `Retry-After: 1`),
 //!   `token_review_failed`, `persist_failed` (retry later).

@@ -179,6 +179,20 @@ async fn tokens_of_another_namespace_or_audience_are_refused() {
         let (status, body) = wrong_audience.json("GET", path, None).await;
         assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_token")));
 
+        // A pod-bound (projected) token speaks for its own pod only.
+        rig.pod("shop", "web-2", "web").await;
+        let bound = rig
+            .emulator
+            .issue_pod_token("shop", "web", "web-1", &["sluice"])
+            .expect("pod token");
+        let bound = Sidecar::new(op.distribution, &ca, &bound);
+        let mut own = bound.stream("shop", "web-1").await;
+        assert_eq!(own.next().await["pod"]["name"], "web-1");
+        let (status, body) = bound
+            .json("GET", "/v1/snapshots/stream?namespace=shop&pod=web-2", None)
+            .await;
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("pod_mismatch")));
+
         let garbage = Sidecar::new(op.distribution, &ca, "not-a-token");
         assert_eq!(garbage.json("GET", path, None).await.0, 401);
 
