@@ -1,6 +1,7 @@
-//! Wires the operator together: listeners, the serving certificate, leader
-//! election, and — on the leader only — the watches, the compile loop and
-//! the controllers. Every replica serves the three ports; the standby
+//! Wires the operator together: listeners, the serving certificate, the
+//! watches (on both replicas, so a standby takes over warm), leader
+//! election, and — on the leader only — the compile loop and the
+//! controllers. Every replica serves the three ports; the standby
 //! answers `503 not_leader` on the distribution port.
 
 use std::convert::Infallible;
@@ -173,15 +174,18 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
                 tracing::info!("caches synced; serving sidecars");
             };
             futures::join!(
-                lead_ctx.clone().watch(writers),
                 lead_ctx.clone().compile_loop(),
                 controller::run(lead_ctx.clone()),
                 ready,
             );
         };
+        // Both replicas keep their caches warm, so a standby that takes
+        // over compiles and serves at once; only the leader acts on them.
+        let caches = ctx.clone().watch(writers);
         let serving = ctx.clone();
         let result = tokio::select! {
             r = elect => r,
+            () = caches => Ok(()),
             () = lead => Ok(()),
             () = dist_server => Ok(()),
             () = hook_server => Ok(()),
