@@ -62,12 +62,53 @@ pub fn status_differs<T: Serialize>(current: Option<&T>, wanted: &T) -> bool {
     }
 }
 
-/// Requeue with backoff: a quick retry, then the report interval.
-pub fn backoff(ctx: &Context, kind: &str, name: &str, error: &Error) -> Action {
-    ctx.metrics.failed(kind);
-    tracing::warn!(kind, name, error = %error, "reconcile failed; requeueing");
-    let interval: Duration = ctx.report_interval.into();
-    Action::requeue(interval.max(Duration::from_secs(1)))
+/// The delay before retrying after `failures` consecutive failures:
+/// 500 ms doubling up to 5 minutes.
+pub fn backoff_delay(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    Duration::from_millis(500)
+        .checked_mul(
+            1u32.checked_shl(failures.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .map_or(MAX, |d| d.min(MAX))
+}
+
+/// `error_policy` for every kind: count, log, requeue with exponential
+/// backoff per object.
+pub fn backoff<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, error: &Error) -> Action {
+    let kind = K::kind(&());
+    ctx.metrics.failed(&kind);
+    let key = format!(
+        "{kind}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
+    let failures = match ctx.failures.lock() {
+        Ok(mut f) => {
+            let n = f.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff_delay(failures);
+    tracing::warn!(object = %key, failures, ?delay, error = %error, "reconcile failed; requeueing");
+    Action::requeue(delay)
+}
+
+/// Resets the backoff of an object whose reconcile succeeded.
+pub fn succeeded<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K) {
+    if let Ok(mut f) = ctx.failures.lock()
+        && !f.is_empty()
+    {
+        f.remove(&format!(
+            "{}/{}/{}",
+            K::kind(&()),
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        ));
+    }
 }
 
 /// Every compile (a bump of the `compiled_tx` counter) as a trigger for
@@ -97,4 +138,18 @@ pub async fn run(ctx: Arc<Context>) {
         .run(budget::reconcile, budget::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     futures::join!(routes, providers, budgets);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_delay(1), Duration::from_millis(500));
+        assert_eq!(backoff_delay(2), Duration::from_secs(1));
+        assert_eq!(backoff_delay(4), Duration::from_secs(4));
+        assert_eq!(backoff_delay(20), Duration::from_secs(300));
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+    }
 }

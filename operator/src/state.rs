@@ -113,6 +113,8 @@ pub struct Context {
     pub compiled_tx: watch::Sender<u64>,
     /// True once this replica leads and its caches are synced.
     pub serving: watch::Sender<bool>,
+    /// Consecutive reconcile failures per object, for backoff.
+    pub failures: Mutex<std::collections::HashMap<String, u32>>,
     /// Publishes Kubernetes Events (see [`crate::events`]).
     pub events: crate::events::Publisher,
 }
@@ -153,6 +155,7 @@ impl Context {
         );
         let ctx = Self {
             events: crate::events::Publisher::new(recorder),
+            failures: Mutex::new(std::collections::HashMap::new()),
             client,
             namespace,
             report_interval,

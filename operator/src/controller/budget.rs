@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use sluice_crds::Budget;
 
-use super::{apply_status, backoff, status_differs};
+use super::{apply_status, backoff, status_differs, succeeded};
 use crate::compile::Key;
 use crate::error::Error;
 use crate::events;
@@ -38,11 +38,12 @@ pub async fn reconcile(budget: Arc<Budget>, ctx: Arc<Context>) -> Result<Action,
         ctx.persistence.mark(std::slice::from_ref(&key));
     }
     persist(&ctx, std::slice::from_ref(&key)).await?;
+    succeeded(&ctx, budget.as_ref());
     Ok(Action::await_change())
 }
 
 pub fn error_policy(budget: Arc<Budget>, error: &Error, ctx: Arc<Context>) -> Action {
-    backoff(&ctx, "Budget", &budget.name_any(), error)
+    backoff(&ctx, budget.as_ref(), error)
 }
 
 /// Writes the status of each of `budgets` that is pending (see

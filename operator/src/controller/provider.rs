@@ -8,7 +8,7 @@ use kube::ResourceExt as _;
 use kube::runtime::controller::Action;
 use sluice_crds::Provider;
 
-use super::{apply_status, backoff, status_differs};
+use super::{apply_status, backoff, status_differs, succeeded};
 use crate::error::Error;
 use crate::events;
 use crate::state::{Context, now_ms};
@@ -41,9 +41,10 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
         let notices = events::provider(provider.status.as_ref(), &status);
         ctx.events.publish(provider.as_ref(), notices).await;
     }
+    succeeded(&ctx, provider.as_ref());
     Ok(Action::await_change())
 }
 
 pub fn error_policy(provider: Arc<Provider>, error: &Error, ctx: Arc<Context>) -> Action {
-    backoff(&ctx, "Provider", &provider.name_any(), error)
+    backoff(&ctx, provider.as_ref(), error)
 }

@@ -8,7 +8,7 @@ use kube::ResourceExt as _;
 use kube::runtime::controller::Action;
 use sluice_crds::LLMRoute;
 
-use super::{apply_status, backoff, status_differs};
+use super::{apply_status, backoff, status_differs, succeeded};
 use crate::error::Error;
 use crate::events;
 use crate::state::{Context, now_ms};
@@ -65,9 +65,10 @@ pub async fn reconcile(route: Arc<LLMRoute>, ctx: Arc<Context>) -> Result<Action
         let notices = events::route(route.status.as_ref(), &status);
         ctx.events.publish(route.as_ref(), notices).await;
     }
+    succeeded(&ctx, route.as_ref());
     Ok(Action::await_change())
 }
 
 pub fn error_policy(route: Arc<LLMRoute>, error: &Error, ctx: Arc<Context>) -> Action {
-    backoff(&ctx, "LLMRoute", &route.name_any(), error)
+    backoff(&ctx, route.as_ref(), error)
 }
