@@ -187,6 +187,11 @@ impl Aggregator {
         }
     }
 
+    /// The snapshot version a pod's sidecar last reported running.
+    pub fn applied(&self, pod: &Key) -> Option<&str> {
+        self.sidecars.get(pod)?.report.config.applied.as_deref()
+    }
+
     /// Returns allowances of sidecars silent too long to the pool.
     pub fn reclaim(&mut self, now_ms: u64) {
         for book in self.books.values_mut() {

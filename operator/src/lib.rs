@@ -5,9 +5,29 @@
 //! The logic is pure and lives in [`compile`] (cluster state → snapshots and
 //! conditions), [`allowance`] (budget shares per sidecar) and
 //! [`aggregate`] (reports → status); controllers and servers are thin I/O
-//! around them.
+//! around them:
+//! - [`state`]: the one [`state::Context`], reflector caches, the compile loop;
+//! - [`controller`]: status of each kind, written with server-side apply;
+//! - [`distribute`]: the sidecar-facing HTTPS server (wire contract there),
+//!   with [`auth`] (TokenReview + pod check) and [`hub`] (per-pod channels);
+//! - [`lease`]: leader election; [`tls`]: the serving certificate;
+//! - [`events`]: Kubernetes Events on breaker, budget and rejection changes;
+//! - [`metrics`], [`options`], [`run`] (wiring).
 
+pub mod admission;
 pub mod aggregate;
 pub mod allowance;
+pub mod auth;
 pub mod compile;
+pub mod controller;
+pub mod distribute;
+pub mod error;
+pub mod events;
+pub mod hub;
+pub mod lease;
+pub mod metrics;
+pub mod options;
+pub mod run;
+pub mod state;
+pub mod tls;
 pub mod webhook;
