@@ -103,9 +103,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let stop = shutdown_signal().map_err(|e| anyhow::anyhow!("cannot watch for SIGTERM: {e}"))?;
     let path = match (&flags.config, &flags.operator) {
         (Some(path), _) => path.clone(),
-        (None, Some(_)) => anyhow::bail!(
-            "cluster mode (--operator) is not implemented yet in this build; run standalone with --config FILE"
-        ),
+        (None, Some(_)) => PathBuf::new(),
         (None, None) => {
             anyhow::bail!("give --config FILE (standalone) or --operator URL (cluster)")
         }
@@ -123,9 +121,29 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     };
     opts.reload_interval = Duration::from_millis(flags.reload_interval_ms.max(50));
     opts.grace = Duration::from_millis(flags.shutdown_grace_ms);
-    let running = run::standalone(opts, standalone::process_env)
-        .await
-        .map_err(|e| {
+    let started = match (&flags.operator, &flags.ca_file, &flags.token_file) {
+        (Some(operator), Some(ca_file), Some(token_file)) => {
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            let cluster = sluice_sidecar::cluster::ClusterOptions {
+                operator: operator.clone(),
+                ca_file: ca_file.clone(),
+                token_file: token_file.clone(),
+                state_dir: flags
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/var/run/sluice/state")),
+                namespace: env("POD_NAMESPACE").ok_or_else(|| {
+                    anyhow::anyhow!("cluster mode needs POD_NAMESPACE (the downward API sets it)")
+                })?,
+                pod: env("POD_NAME").ok_or_else(|| {
+                    anyhow::anyhow!("cluster mode needs POD_NAME (the downward API sets it)")
+                })?,
+            };
+            run::cluster(opts, cluster).await
+        }
+        _ => run::standalone(opts, standalone::process_env).await,
+    };
+    let running = started.map_err(|e| {
             if let run::StartError::Config(e) = &e {
                 for reason in &e.reasons {
                     tracing::error!(path = %e.path.display(), reason = %reason, "configuration refused");

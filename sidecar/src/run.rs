@@ -60,6 +60,8 @@ pub enum StartError {
     Config(#[from] LoadError),
     #[error(transparent)]
     Egress(#[from] EgressError),
+    #[error("cluster mode: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -121,6 +123,23 @@ where
         limits: opts.limits,
         bounds: opts.bounds,
     });
+    let tasks = vec![tokio::spawn(standalone::watch(
+        admission,
+        opts.config.clone(),
+        bytes,
+        handle,
+        opts.reload_interval,
+        env,
+    ))];
+    serve(&opts, app, tasks).await
+}
+
+/// Binds both listeners and serves `app`; `tasks` stop with the sidecar.
+async fn serve(
+    opts: &Options,
+    app: Arc<App>,
+    tasks: Vec<JoinHandle<()>>,
+) -> Result<Running, StartError> {
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -133,14 +152,6 @@ where
         admin.local_addr().unwrap_or(opts.admin),
     );
     tracing::info!(listen = %api_addr, admin = %admin_addr, "sluice-sidecar serving");
-    let tasks = vec![tokio::spawn(standalone::watch(
-        admission,
-        opts.config,
-        bytes,
-        handle,
-        opts.reload_interval,
-        env,
-    ))];
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let servers = vec![
         tokio::spawn(server::serve(
@@ -166,4 +177,82 @@ where
         servers,
         tasks,
     })
+}
+
+/// Applies operator snapshots to the shared configuration.
+struct ClusterRuntime {
+    handle: ConfigHandle,
+}
+
+impl crate::cluster::Runtime for ClusterRuntime {
+    fn apply(&self, snapshot: &sluice_crds::snapshot::Snapshot) -> Result<(), String> {
+        // `env` credentials name the sidecar's own environment.
+        let mut snapshot = snapshot.clone();
+        for p in &mut snapshot.providers {
+            if p.credential.is_none()
+                && let Some(var) = p.spec.credentials.as_ref().and_then(|c| c.env.as_ref())
+            {
+                match standalone::process_env(var) {
+                    Some(v) => p.credential = Some(sluice_crds::snapshot::Credential::new(v)),
+                    None => {
+                        return Err(format!(
+                            "provider {}: environment variable {var} is not set",
+                            p.name
+                        ));
+                    }
+                }
+            }
+        }
+        let config = crate::config::Config::try_from(&snapshot).map_err(|e| e.0.join("; "))?;
+        self.handle.set(config);
+        Ok(())
+    }
+
+    fn health(
+        &self,
+    ) -> (
+        Vec<sluice_crds::report::TargetHealth>,
+        std::collections::BTreeMap<String, sluice_crds::route::FallbackRecord>,
+    ) {
+        // Per-target health joins the report with the breakers (routing issue).
+        (Vec::new(), std::collections::BTreeMap::new())
+    }
+}
+
+/// Serves from the last good snapshot in the state directory (if any) at
+/// once, then follows the operator's stream and reports to it.
+pub async fn cluster(
+    opts: Options,
+    cluster: crate::cluster::ClusterOptions,
+) -> Result<Running, StartError> {
+    let handle = ConfigHandle::default();
+    let app = Arc::new(App {
+        config: handle.clone(),
+        egress: Egress::new(opts.extra_ca.as_deref())?,
+        metrics: Metrics::new(),
+        limits: opts.limits,
+        bounds: opts.bounds,
+    });
+    let client = crate::cluster::client(&cluster.ca_file).map_err(StartError::Cluster)?;
+    let runtime = Arc::new(ClusterRuntime { handle });
+    let session = crate::cluster::Session::new(cluster, runtime, instance_name);
+    tracing::info!(
+        operator = %session.options.operator,
+        serving_saved = session.has_config(),
+        "cluster mode"
+    );
+    let tasks = vec![
+        tokio::spawn(crate::cluster::run_stream(session.clone(), client.clone())),
+        tokio::spawn(crate::cluster::run_reports(session, client)),
+    ];
+    serve(&opts, app, tasks).await
+}
+
+/// A name for this sidecar instance, unique enough across restarts.
+fn instance_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", nanos, std::process::id())
 }

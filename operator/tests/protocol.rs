@@ -1,0 +1,226 @@
+//! The operator ↔ sidecar protocol with both real: the operator in-process
+//! against the emulator, and the sidecar's cluster mode (the same code its
+//! binary runs) following the operator's stream, answering requests from
+//! what it received, reporting back, and surviving the operator's absence
+//! and its own restart from the state file.
+
+mod rig;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rig::{Rig, WAIT};
+use serde_json::{Value, json};
+use sluice_sidecar::cluster::ClusterOptions;
+
+async fn objects(rig: &Rig) {
+    rig.create(
+        "sluice.dev/v1alpha1",
+        "Provider",
+        Some("shop"),
+        json!({"metadata": {"name": "offline"}, "spec": {"type": "mock", "mock": {"reply": "from the operator's config"}, "models": [{"name": "m"}]}}),
+    )
+    .await;
+    rig.create(
+        "sluice.dev/v1alpha1",
+        "LLMRoute",
+        Some("shop"),
+        json!({"metadata": {"name": "chat"}, "spec": {"model": "chat", "targets": [{"providerRef": {"name": "offline"}, "model": "m"}]}}),
+    )
+    .await;
+    rig.pod("shop", "web-1", "web").await;
+}
+
+fn files(rig: &Rig, ca: &str, name: &str) -> (PathBuf, ClusterOptions) {
+    let dir = std::env::temp_dir().join(format!("sluice-protocol-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("ca.crt"), ca).expect("ca");
+    let token = rig
+        .emulator
+        .issue_pod_token("shop", "web", "web-1", &["sluice"])
+        .expect("token");
+    std::fs::write(dir.join("token"), token).expect("token");
+    (
+        dir.clone(),
+        ClusterOptions {
+            operator: String::new(),
+            ca_file: dir.join("ca.crt"),
+            token_file: dir.join("token"),
+            state_dir: dir.join("state"),
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+        },
+    )
+}
+
+async fn sidecar(cluster: ClusterOptions) -> sluice_sidecar::run::Running {
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let opts = sluice_sidecar::run::Options::new(PathBuf::new(), loopback, loopback);
+    sluice_sidecar::run::cluster(opts, cluster)
+        .await
+        .expect("sidecar starts")
+}
+
+async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .expect("request");
+    let resp = client.request(req).await.expect("sidecar answers");
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn until_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while call(addr, "GET", "/readyz", None).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sidecar never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn chat() -> Value {
+    json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn cleanup(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_the_operators_config_and_keeps_serving_without_it() {
+    tokio::time::timeout(WAIT * 3, async {
+        let rig = Rig::start().await;
+        objects(&rig).await;
+        let op = rig.leader("op-a").await;
+        let ca = rig.operator_ca().await;
+        let (dir, mut cluster) = files(&rig, &ca, "serve");
+        cluster.operator = format!("https://{}", op.distribution);
+
+        let sc = sidecar(cluster.clone()).await;
+        until_ready(sc.admin).await;
+        let (status, body) = call(sc.api, "POST", "/v1/chat/completions", Some(chat())).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            "from the operator's config"
+        );
+
+        // The sidecar reports the version it runs: the route is Programmed.
+        rig.wait_for(
+            "sluice.dev/v1alpha1",
+            "LLMRoute",
+            "shop",
+            "chat",
+            "Programmed",
+            |v| {
+                v["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Programmed" && c["status"] == "True")
+                })
+            },
+        )
+        .await;
+
+        // A live change reaches the sidecar.
+        rig.api("sluice.dev/v1alpha1", "Provider", Some("shop"))
+            .patch(
+                "offline",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&json!({"spec": {"mock": {"reply": "changed live"}}})),
+            )
+            .await
+            .expect("patched");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (_, body) = call(sc.api, "POST", "/v1/chat/completions", Some(chat())).await;
+            if body["choices"][0]["message"]["content"] == "changed live" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the change never arrived"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+
+        // The operator goes away: the sidecar keeps serving.
+        drop(op);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (status, body) = call(sc.api, "POST", "/v1/chat/completions", Some(chat())).await;
+        assert_eq!(
+            (status, &body["choices"][0]["message"]["content"]),
+            (200, &json!("changed live"))
+        );
+
+        // The sidecar restarts while the operator is away: it serves from its state file.
+        drop(sc);
+        let state = std::fs::metadata(cluster.state_dir.join("state.json")).expect("state file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(state.permissions().mode() & 0o777, 0o600);
+        }
+        let restarted = sidecar(cluster).await;
+        until_ready(restarted.admin).await;
+        let (status, body) =
+            call(restarted.api, "POST", "/v1/chat/completions", Some(chat())).await;
+        assert_eq!(
+            (status, &body["choices"][0]["message"]["content"]),
+            (200, &json!("changed live"))
+        );
+        cleanup(&dir);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_another_namespaces_token_gets_nothing() {
+    tokio::time::timeout(WAIT * 2, async {
+        let rig = Rig::start().await;
+        objects(&rig).await;
+        rig.pod("other", "intruder", "web").await;
+        let op = rig.leader("op-a").await;
+        let ca = rig.operator_ca().await;
+        let (dir, mut cluster) = files(&rig, &ca, "intruder");
+        cluster.operator = format!("https://{}", op.distribution);
+        let token = rig
+            .emulator
+            .issue_pod_token("other", "web", "intruder", &["sluice"])
+            .expect("token");
+        std::fs::write(&cluster.token_file, token).expect("token");
+        let sc = sidecar(cluster).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            call(sc.admin, "GET", "/readyz", None).await.0,
+            503,
+            "no config for a foreign token"
+        );
+        let (status, body) = call(sc.api, "GET", "/v1/models", None).await;
+        assert!(
+            status != 200 || body["data"].as_array().is_none_or(|d| d.is_empty()),
+            "{body}"
+        );
+        cleanup(&dir);
+    })
+    .await
+    .expect("bounded");
+}
