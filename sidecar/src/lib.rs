@@ -1,6 +1,8 @@
 //! Sluice sidecar: the OpenAI-compatible data plane every application
 //! request passes through.
 
+pub mod budget;
 pub mod cluster;
 pub mod complexity;
+pub mod metering;
 pub mod openai;
