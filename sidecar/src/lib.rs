@@ -6,3 +6,4 @@ pub mod cluster;
 pub mod complexity;
 pub mod metering;
 pub mod openai;
+pub mod ratelimit;
