@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod complexity;
 pub mod metering;
 pub mod openai;
+pub mod pii;
 pub mod ratelimit;
