@@ -2,6 +2,7 @@
 //! request passes through.
 
 pub mod budget;
+pub mod cache;
 pub mod cluster;
 pub mod complexity;
 pub mod metering;
