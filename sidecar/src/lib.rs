@@ -5,6 +5,7 @@ pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod complexity;
+pub mod idempotency;
 pub mod metering;
 pub mod openai;
 pub mod pii;
