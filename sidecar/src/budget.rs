@@ -29,10 +29,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
-use sluice_crds::budget::{BudgetSpec, ExceededAction, Spend};
+use sluice_crds::budget::{BudgetSpec, BudgetState, ExceededAction, Spend};
 use sluice_crds::common::ModelRef;
 use sluice_crds::snapshot::{Allowance, Amounts, BudgetEntry};
 use sluice_crds::units::Money;
+
+use crate::ratelimit::RateLimiter;
 
 /// The tenant a request counts against when its budget has a
 /// `tenantHeader` and the request does not carry it.
@@ -208,6 +210,7 @@ pub struct Budget {
     routes: Vec<String>,
     applies_to_pod: bool,
     standalone: bool,
+    rate_limiter: Option<RateLimiter>,
     state: Mutex<State>,
 }
 
@@ -270,6 +273,7 @@ impl Budget {
         };
         Arc::new(Self {
             name,
+            rate_limiter: spec.rate_limits.clone().map(RateLimiter::new),
             spec,
             routes,
             applies_to_pod,
@@ -284,6 +288,26 @@ impl Budget {
 
     pub fn spec(&self) -> &BudgetSpec {
         &self.spec
+    }
+
+    /// The budget's `rateLimits` buckets (per tenant, as [`tenant_of`] says).
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limiter.as_ref()
+    }
+
+    /// The state the status shows: `Exhausted` at 100 %, `Degraded` on a
+    /// degrade step, `SoftLimit` past the soft limit, else `Ok`.
+    pub fn state(&self, tenant: Option<&str>, now: Timestamp) -> BudgetState {
+        let pct = self.usage(tenant, now).percent_used;
+        if pct >= 100 {
+            BudgetState::Exhausted
+        } else if self.spec.degrade.iter().any(|s| s.at_percent <= pct) {
+            BudgetState::Degraded
+        } else if pct >= self.spec.soft_limit_percent {
+            BudgetState::SoftLimit
+        } else {
+            BudgetState::Ok
+        }
     }
 
     /// Whether this budget counts a request on `route`.

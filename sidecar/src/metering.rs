@@ -18,7 +18,7 @@ use sluice_crds::units::Money;
 use tokio::sync::mpsc;
 
 use crate::budget::Reservation;
-use crate::openai::Usage;
+use crate::openai::{ChatRequest, StreamOptions, Usage};
 
 /// The exact cost of `usage` at `pricing`.
 ///
@@ -45,6 +45,23 @@ pub fn worst_case(pricing: &Pricing, input_estimate: u64, max_output_tokens: u64
         tokens: input_estimate.saturating_add(max_output_tokens),
         requests: 1,
     }
+}
+
+/// Asks a streaming request for the final usage chunk
+/// (`stream_options.include_usage`), so streams are metered from the
+/// provider's counts. Returns whether the client had asked for it itself:
+/// when it had not, the pipeline drops the usage chunk before the client.
+pub fn request_stream_usage(req: &mut ChatRequest) -> bool {
+    if !req.is_stream() {
+        return false;
+    }
+    let opts = req.stream_options.get_or_insert_with(|| StreamOptions {
+        include_usage: None,
+        extra: serde_json::Map::new(),
+    });
+    let asked = opts.include_usage == Some(true);
+    opts.include_usage = Some(true);
+    asked
 }
 
 /// A finished call's usage and cost.

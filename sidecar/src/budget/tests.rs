@@ -313,3 +313,71 @@ fn concurrent_reservations_never_overshoot() {
     assert_eq!(u.spent.cost_usd, money("10.00"));
     assert_eq!(u.reserved, Spend::default());
 }
+
+#[test]
+fn state_follows_the_percentage() {
+    let mut s = cost_limit("1.00");
+    s.degrade = vec![DegradeStep {
+        at_percent: 90,
+        to: target("cheap"),
+    }];
+    let b = Budget::standalone("team", s, vec![], true, at(NOW));
+    let spend = |usd: &str| {
+        let (r, _, _) = admitted(b.admit(None, &cost(usd), at(NOW)));
+        r.settle(&cost(usd));
+    };
+    assert_eq!(b.state(None, at(NOW)), BudgetState::Ok);
+    spend("0.85");
+    assert_eq!(b.state(None, at(NOW)), BudgetState::SoftLimit);
+    spend("0.05");
+    assert_eq!(b.state(None, at(NOW)), BudgetState::Degraded);
+    spend("0.10");
+    assert_eq!(b.state(None, at(NOW)), BudgetState::Exhausted);
+}
+
+proptest::proptest! {
+    /// Any interleaving of reserve / settle / drop: reservations never go
+    /// negative or leak, and settled spend stays within the allowance
+    /// whenever actual ≤ reserved.
+    #[test]
+    fn ledger_invariants(ops in proptest::collection::vec((0u8..3, 0u64..400, 0u64..=100), 1..60)) {
+        let b = Budget::standalone("team", cost_limit("10.00"), vec![], true, at(NOW));
+        let mut held: Vec<Reservation> = Vec::new();
+        for (op, cents, actual_pct) in ops {
+            match op {
+                0 => {
+                    let worst = Spend {
+                        cost_usd: Money::new(Decimal::new(cents as i64, 2)).expect("money"),
+                        tokens: 0,
+                        requests: 1,
+                    };
+                    if let Admission::Admit { reservation, .. } = b.admit(None, &worst, at(NOW)) {
+                        held.push(reservation);
+                    }
+                }
+                1 => {
+                    if let Some(r) = held.pop() {
+                        let amount = r.amount().cost_usd.get() * Decimal::from(actual_pct) / Decimal::from(100u32);
+                        let actual = Spend {
+                            cost_usd: Money::new(amount).expect("money"),
+                            tokens: 0,
+                            requests: 1,
+                        };
+                        r.settle(&actual);
+                    }
+                }
+                _ => {
+                    if !held.is_empty() {
+                        held.remove(0);
+                    }
+                }
+            }
+            let u = b.usage(None, at(NOW));
+            let expected: Money = held.iter().map(|r| r.amount().cost_usd).sum();
+            proptest::prop_assert_eq!(u.reserved.cost_usd, expected);
+            proptest::prop_assert!(u.spent.cost_usd + u.reserved.cost_usd <= money("10.00"));
+        }
+        drop(held);
+        proptest::prop_assert_eq!(b.usage(None, at(NOW)).reserved, Spend::default());
+    }
+}

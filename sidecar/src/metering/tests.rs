@@ -156,3 +156,23 @@ async fn accounting_settles_reservations_and_reports_per_budget() {
     assert_eq!(snap[0].0.window_start, "2026-11-01T00:00:00Z");
     assert_eq!(snap[0].1.tokens, 750_000);
 }
+
+#[test]
+fn streams_ask_for_the_usage_chunk() {
+    let mut req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .expect("request");
+    assert!(!request_stream_usage(&mut req));
+    assert_eq!(
+        req.stream_options.as_ref().and_then(|o| o.include_usage),
+        Some(true)
+    );
+    assert!(request_stream_usage(&mut req));
+    let mut plain: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "chat", "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .expect("request");
+    assert!(!request_stream_usage(&mut plain));
+    assert!(plain.stream_options.is_none());
+}
