@@ -114,7 +114,10 @@ fn plus(a: &Spend, b: &Spend) -> Spend {
 #[derive(Clone, Debug, Default)]
 struct Account {
     cap: Amounts,
+    /// Settled since the current allowance was granted (counts against it).
     settled: Spend,
+    /// Settled by this sidecar in the whole window (for the percentage).
+    window_settled: Spend,
     reserved: Spend,
 }
 
@@ -147,6 +150,7 @@ impl State {
         self.generation += 1;
         self.base_spent = Spend::default();
         self.total.settled = Spend::default();
+        self.total.window_settled = Spend::default();
         self.total.reserved = Spend::default();
         self.tenants.clear();
     }
@@ -365,18 +369,23 @@ impl Budget {
         rust_decimal::prelude::ToPrimitive::to_u32(&pct.trunc()).unwrap_or(u32::MAX)
     }
 
+    /// Spend in the window as far as this sidecar knows: for the total, the
+    /// cluster-wide spend of the last snapshot plus what this sidecar
+    /// settled since; for a tenant, what this sidecar settled.
+    fn spent_in_window(st: &mut State, tenant: Option<&str>) -> Spend {
+        match tenant {
+            None => plus(&st.base_spent, &st.total.settled),
+            Some(t) => st.account(Some(t)).window_settled.clone(),
+        }
+    }
+
     /// The usage of the total (`tenant == None`) or of one tenant.
     pub fn usage(&self, tenant: Option<&str>, now: Timestamp) -> Usage {
         let mut st = self.lock();
         st.roll(&self.spec, now);
-        let base = if tenant.is_none() {
-            st.base_spent.clone()
-        } else {
-            Spend::default()
-        };
         let window = st.window;
+        let spent = Self::spent_in_window(&mut st, tenant);
         let acct = st.account(tenant).clone();
-        let spent = plus(&base, &acct.settled);
         Usage {
             window_start: window.0,
             window_end: window.1,
@@ -397,10 +406,7 @@ impl Budget {
         let mut st = self.lock();
         st.roll(&self.spec, now);
         let fits = st.total.fits(worst) && tenant.is_none_or(|t| st.account(Some(t)).fits(worst));
-        let spent_for_percent = match tenant {
-            None => plus(&st.base_spent, &st.total.settled),
-            Some(t) => st.account(Some(t)).settled.clone(),
-        };
+        let spent_for_percent = Self::spent_in_window(&mut st, tenant);
         let pct = self.percent(&spent_for_percent);
         let generation = st.generation;
         let window = st.window;
@@ -465,12 +471,14 @@ impl Budget {
         st.total.reserved = sub(&st.total.reserved, &r.amount);
         if let Some(a) = actual {
             st.total.settled.add(a);
+            st.total.window_settled.add(a);
         }
         if let Some(t) = r.tenant.as_deref() {
             let acct = st.account(Some(t));
             acct.reserved = sub(&acct.reserved, &r.amount);
             if let Some(a) = actual {
                 acct.settled.add(a);
+                acct.window_settled.add(a);
             }
         }
     }

@@ -230,6 +230,23 @@ impl RateLimiter {
         Ok(Self::headers(p))
     }
 
+    /// Gives back what [`RateLimiter::check`] charged, for a request that
+    /// another budget then refused (it never reached a provider).
+    pub fn release(&self, tenant: Option<&str>, tokens: u64, now: Instant) {
+        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = map.get_mut(&tenant.map(str::to_owned)) else {
+            return;
+        };
+        if let Some(b) = p.requests.as_mut() {
+            b.refill(now);
+            b.level = (b.level + 1.0).min(b.capacity);
+        }
+        if let Some(b) = p.tokens.as_mut() {
+            b.refill(now);
+            b.level = (b.level + (tokens as f64).min(b.capacity)).min(b.capacity);
+        }
+    }
+
     /// Charges the difference between the tokens a request actually used
     /// and its estimate (a refund when it used fewer). The bucket may go
     /// below zero: the next requests wait for the debt.

@@ -381,3 +381,73 @@ proptest::proptest! {
         proptest::prop_assert_eq!(b.usage(None, at(NOW)).reserved, Spend::default());
     }
 }
+
+/// When the input estimate is low the overshoot is bounded by the
+/// estimation error of the requests in flight: 1,000 concurrent requests
+/// reserved at $0.01 that actually cost $0.012 overshoot a $10 budget by
+/// exactly $2 (1,000 × $0.002), and nothing is admitted afterwards.
+#[test]
+fn overshoot_is_bounded_by_the_estimation_error_in_flight() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .expect("runtime");
+    let b = Budget::standalone("team", cost_limit("10.00"), vec![], true, at(NOW));
+    rt.block_on(async {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2_000));
+        let mut tasks = Vec::new();
+        for _ in 0..2_000 {
+            let (b, barrier) = (b.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = match b.admit(None, &cost("0.01"), at(NOW)) {
+                    Admission::Admit { reservation, .. } => Some(reservation),
+                    _ => None,
+                };
+                barrier.wait().await;
+                if let Some(r) = r {
+                    r.settle(&cost("0.012"));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    let u = b.usage(None, at(NOW));
+    assert_eq!(u.spent.cost_usd, money("12.00"));
+    assert_eq!(u.spent.requests, 1_000);
+    assert!(matches!(
+        b.admit(None, &cost("0.01"), at(NOW)),
+        Admission::Reject { .. }
+    ));
+}
+
+#[test]
+fn tenant_percentage_survives_a_new_allowance() {
+    let mut s = cost_limit("10");
+    s.tenant_header = Some("x-team".into());
+    let entry = BudgetEntry {
+        name: "team".into(),
+        namespace: "shop".into(),
+        spec: s,
+        routes: vec![],
+        applies_to_pod: true,
+        window: Window::Day.bounds_rfc3339(at(NOW)),
+        spent: Spend::default(),
+        allowance: Allowance {
+            new_tenant: Some(Amounts {
+                cost_usd: Some(money("6")),
+                ..Amounts::default()
+            }),
+            ..Allowance::default()
+        },
+    };
+    let b = Budget::from_entry(&entry, at(NOW));
+    let (r, _, _) = admitted(b.admit(Some("a"), &cost("5"), at(NOW)));
+    r.settle(&cost("5"));
+    assert_eq!(b.usage(Some("a"), at(NOW)).percent_used, 50);
+    b.update_allowance(&entry, at(NOW));
+    assert_eq!(b.usage(Some("a"), at(NOW)).percent_used, 50);
+    // The new allowance of 6 counts from the snapshot on.
+    let (_r, _, _) = admitted(b.admit(Some("a"), &cost("6"), at(NOW)));
+}

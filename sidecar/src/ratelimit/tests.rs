@@ -81,3 +81,13 @@ fn headers_in_openai_format() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn release_gives_back_a_refused_request() {
+    let rl = limiter(Some(1), Some(100));
+    let now = Instant::now();
+    rl.check(None, 100, now).expect("first");
+    assert!(rl.check(None, 1, now).is_err());
+    rl.release(None, 100, now);
+    rl.check(None, 100, now).expect("given back");
+}
