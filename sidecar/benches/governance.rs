@@ -4,7 +4,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use sluice_crds::budget::{BudgetSpec, Spend};
 use sluice_crds::route::{PiiDetector, PiiMode, PiiSpec};
+use sluice_sidecar::budget::Budget;
+use sluice_sidecar::cache;
+use sluice_sidecar::openai::ChatRequest;
 use sluice_sidecar::pii::{Redactions, Scrubber};
 
 fn pii(c: &mut Criterion) {
@@ -32,5 +36,33 @@ fn pii(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pii);
+fn cache_and_budget(c: &mut Criterion) {
+    let req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "chat", "temperature": 0, "max_tokens": 512,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for an online shop."},
+            {"role": "user", "content": "Hi, I ordered a blue kettle last week. Where is it?"}
+        ]
+    }))
+    .expect("a valid request");
+    c.bench_function("cache/exact key, 2 messages", |b| {
+        b.iter(|| cache::key(black_box(&req), "gpt-4o", Some("team-a")))
+    });
+    let spec: BudgetSpec = serde_json::from_value(serde_json::json!({
+        "window": "month", "limits": {"costUSD": "1000000"}
+    }))
+    .expect("budget");
+    let now: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().expect("timestamp");
+    let budget = Budget::standalone("team", spec, vec![], true, now);
+    let worst = Spend {
+        cost_usd: "0.01".parse().expect("money"),
+        tokens: 1_000,
+        requests: 1,
+    };
+    c.bench_function("budget/admit + drop", |b| {
+        b.iter(|| drop(black_box(budget.admit(None, &worst, now))))
+    });
+}
+
+criterion_group!(benches, pii, cache_and_budget);
 criterion_main!(benches);

@@ -5,11 +5,14 @@
 //! The request path calls, in order:
 //! 1. [`applies`] / [`Budgets::applicable`] — which budgets count this
 //!    request (route, pod, tenant header);
-//! 2. [`Budgets::admit`] with the request's worst case
+//! 2. [`Budgets::rate_limit`] with the estimated tokens (429
+//!    `rate_limit_exceeded` on [`crate::ratelimit::Limited`]); after the call
+//!    [`Budgets::correct_rate`] with the actual tokens;
+//! 3. [`Budgets::admit`] with the request's worst case
 //!    ([`crate::metering::worst_case`]) — an atomic check-and-reserve that
 //!    returns [`Reservation`] guards, a warning header value past the soft
 //!    limit, a degrade/downgrade target, or a rejection with `Retry-After`;
-//! 3. the guards travel with the request; [`Reservation::settle`] (usually via
+//! 4. the guards travel with the request; [`Reservation::settle`] (usually via
 //!    [`crate::metering::Accountant`]) charges the actual spend. Dropping a
 //!    guard unsettled (failure, client disconnect, panic) releases it, so a
 //!    reservation can never leak.
@@ -34,7 +37,7 @@ use sluice_crds::common::ModelRef;
 use sluice_crds::snapshot::{Allowance, Amounts, BudgetEntry};
 use sluice_crds::units::Money;
 
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{Limited, RateHeaders, RateLimiter};
 
 /// The tenant a request counts against when its budget has a
 /// `tenantHeader` and the request does not carry it.
@@ -576,6 +579,61 @@ impl Budgets {
     /// The budgets that count a request on `route`.
     pub fn applicable<'s>(&'s self, route: &'s str) -> impl Iterator<Item = &'s Arc<Budget>> + 's {
         self.budgets.iter().filter(move |b| b.applies(route))
+    }
+
+    /// Charges the rate limits of every applicable budget for one request
+    /// estimated at `tokens`. All or nothing: when one budget limits, the
+    /// charges already made are given back. On success, the headers of the
+    /// budget with the fewest requests left (for `x-ratelimit-*`).
+    pub fn rate_limit<'a>(
+        &self,
+        route: &str,
+        header: impl Fn(&str) -> Option<&'a str>,
+        tokens: u64,
+        now: tokio::time::Instant,
+    ) -> Result<Option<RateHeaders>, Limited> {
+        let mut charged: Vec<(&RateLimiter, Option<String>)> = Vec::new();
+        let mut tightest: Option<RateHeaders> = None;
+        for b in self.applicable(route) {
+            let Some(rl) = b.rate_limiter() else {
+                continue;
+            };
+            let tenant = tenant_of(&b.spec, &header);
+            match rl.check(tenant.as_deref(), tokens, now) {
+                Ok(h) => {
+                    let left = |h: &RateHeaders| h.remaining_requests.unwrap_or(u64::MAX);
+                    if tightest.as_ref().is_none_or(|t| left(&h) < left(t)) {
+                        tightest = Some(h);
+                    }
+                    charged.push((rl, tenant));
+                }
+                Err(limited) => {
+                    for (rl, tenant) in charged {
+                        rl.release(tenant.as_deref(), tokens, now);
+                    }
+                    return Err(limited);
+                }
+            }
+        }
+        Ok(tightest)
+    }
+
+    /// Corrects the token charge of every applicable budget once the actual
+    /// usage is known.
+    pub fn correct_rate<'a>(
+        &self,
+        route: &str,
+        header: impl Fn(&str) -> Option<&'a str>,
+        estimated: u64,
+        actual: u64,
+        now: tokio::time::Instant,
+    ) {
+        for b in self.applicable(route) {
+            if let Some(rl) = b.rate_limiter() {
+                let tenant = tenant_of(&b.spec, &header);
+                rl.correct(tenant.as_deref(), estimated, actual, now);
+            }
+        }
     }
 
     /// Admits a request against every applicable budget. All or nothing: on

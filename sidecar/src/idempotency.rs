@@ -13,6 +13,7 @@
 //! - [`Begin::Conflict`]: the key was used with a different request body —
 //!   answer 422 without calling the provider.
 //!
+//! A TTL of minutes is enough for client retries (the pipeline's choice).
 //! Per sidecar: two pods do not share keys (clients retrying through the same
 //! Service may land on another pod).
 
@@ -33,6 +34,12 @@ pub struct Key {
 
 /// A digest of the request body, to detect a key reused for another request.
 pub type Fingerprint = [u8; 32];
+
+/// The fingerprint of a request as the client sent it (its own model name,
+/// field order and per-user fields ignored).
+pub fn fingerprint(req: &crate::openai::ChatRequest) -> Fingerprint {
+    crate::cache::key(req, &req.model, None)
+}
 
 #[derive(Clone, Debug)]
 enum Progress<V> {

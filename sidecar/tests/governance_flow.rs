@@ -11,7 +11,7 @@ use sluice_crds::budget::BudgetSpec;
 use sluice_crds::provider::Pricing;
 use sluice_crds::route::{CacheSpec, PiiDetector, PiiMode, PiiSpec};
 use sluice_crds::units::Money;
-use sluice_sidecar::budget::{Budget, Budgets, Rejected, tenant_of};
+use sluice_sidecar::budget::{Budget, Budgets, Rejected};
 use sluice_sidecar::cache::{self, Cached, Status, exact::ExactCache};
 use sluice_sidecar::idempotency::{Begin, Idempotency, Key};
 use sluice_sidecar::metering::{self, Accountant, Metered, Totals, UsageRecord};
@@ -110,17 +110,11 @@ impl Gateway {
         // rate limits and budgets of every budget that applies.
         let input_estimate = 1_000;
         let max_tokens = u64::from(req.max_output_tokens().unwrap_or(1_000));
-        for b in self.budgets.applicable("chat") {
-            if let Some(rl) = b.rate_limiter() {
-                let tenant = tenant_of(b.spec(), header);
-                if let Err(l) = rl.check(
-                    tenant.as_deref(),
-                    input_estimate + max_tokens,
-                    Instant::now(),
-                ) {
-                    return Outcome::RateLimited(l.retry_after_secs);
-                }
-            }
+        if let Err(l) =
+            self.budgets
+                .rate_limit("chat", header, input_estimate + max_tokens, Instant::now())
+        {
+            return Outcome::RateLimited(l.retry_after_secs);
         }
         let worst = metering::worst_case(&self.pricing, input_estimate, max_tokens);
         let admitted = match self.budgets.admit("chat", header, &worst, now_ts()) {

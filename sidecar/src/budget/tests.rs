@@ -451,3 +451,37 @@ fn tenant_percentage_survives_a_new_allowance() {
     // The new allowance of 6 counts from the snapshot on.
     let (_r, _, _) = admitted(b.admit(Some("a"), &cost("6"), at(NOW)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_of_all_budgets_are_all_or_nothing() {
+    let with_rpm = |rpm: u32| {
+        let mut s = cost_limit("100");
+        s.rate_limits = Some(sluice_crds::budget::RateLimits {
+            requests_per_minute: Some(rpm),
+            tokens_per_minute: None,
+        });
+        s
+    };
+    let budgets = Budgets::new(vec![
+        Budget::standalone("wide", with_rpm(10), vec!["chat".into()], true, at(NOW)),
+        Budget::standalone("narrow", with_rpm(1), vec!["chat".into()], true, at(NOW)),
+    ]);
+    let now = tokio::time::Instant::now();
+    let h = budgets
+        .rate_limit("chat", |_| None, 10, now)
+        .expect("first");
+    assert_eq!(h.and_then(|h| h.remaining_requests), Some(0));
+    let err = budgets
+        .rate_limit("chat", |_| None, 10, now)
+        .expect_err("narrow limits");
+    assert_eq!(err.retry_after_secs, 60);
+    // The wide budget was given its charge back: 9 left, not 8.
+    let wide = budgets
+        .get("wide")
+        .and_then(|b| b.rate_limiter())
+        .expect("limiter");
+    assert_eq!(
+        wide.check(None, 0, now).map(|h| h.remaining_requests),
+        Ok(Some(8))
+    );
+}

@@ -142,3 +142,19 @@ async fn bounded_in_entries() {
     }
     assert!(lock(&store.inner).slots.len() <= 3);
 }
+
+#[test]
+fn fingerprint_ignores_field_order_but_not_content() {
+    let a: crate::openai::ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .expect("request");
+    let b: crate::openai::ChatRequest = serde_json::from_value(serde_json::json!({
+        "messages": [{"content": "hi", "role": "user"}], "temperature": 0, "model": "chat"
+    }))
+    .expect("request");
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    let mut c = a.clone();
+    c.temperature = Some(1.0);
+    assert_ne!(fingerprint(&a), fingerprint(&c));
+}
