@@ -572,6 +572,30 @@ impl Budgets {
         Self { budgets }
     }
 
+    /// The budgets of a new snapshot (cluster mode). A budget whose spec,
+    /// routes and pod selection are unchanged keeps its ledger (window
+    /// counters and reservations in flight) and takes the new allowance; a
+    /// changed or new budget starts a fresh ledger (reservations held on the
+    /// old one still settle there, and their spend is still reported).
+    pub fn with_snapshot(&self, entries: &[BudgetEntry], now: Timestamp) -> Budgets {
+        let budgets = entries
+            .iter()
+            .map(|e| match self.get(&e.name) {
+                Some(b)
+                    if b.spec == e.spec
+                        && b.routes == e.routes
+                        && b.applies_to_pod == e.applies_to_pod
+                        && !b.standalone =>
+                {
+                    b.update_allowance(e, now);
+                    b.clone()
+                }
+                _ => Budget::from_entry(e, now),
+            })
+            .collect();
+        Budgets { budgets }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Budget>> {
         self.budgets.iter().find(|b| b.name == name)
     }

@@ -485,3 +485,44 @@ async fn rate_limits_of_all_budgets_are_all_or_nothing() {
         Ok(Some(8))
     );
 }
+
+#[test]
+fn a_new_snapshot_keeps_ledgers_of_unchanged_budgets() {
+    let entry = |name: &str, limit: &str, allowance: &str| BudgetEntry {
+        name: name.into(),
+        namespace: "shop".into(),
+        spec: cost_limit(limit),
+        routes: vec!["chat".into()],
+        applies_to_pod: true,
+        window: Window::Day.bounds_rfc3339(at(NOW)),
+        spent: Spend::default(),
+        allowance: Allowance {
+            total: Amounts {
+                cost_usd: Some(money(allowance)),
+                ..Amounts::default()
+            },
+            ..Allowance::default()
+        },
+    };
+    let v1 =
+        Budgets::default().with_snapshot(&[entry("a", "10", "1"), entry("b", "10", "1")], at(NOW));
+    let held = v1
+        .admit("chat", |_| None, &cost("0.5"), at(NOW))
+        .expect("admit");
+    let v2 = v1.with_snapshot(&[entry("a", "10", "2"), entry("b", "20", "1")], at(NOW));
+    // "a" kept its reservation of 0.5 and took the new allowance of 2.
+    let a = v2.get("a").expect("a");
+    assert!(Arc::ptr_eq(a, v1.get("a").expect("a")));
+    assert_eq!(a.usage(None, at(NOW)).reserved.cost_usd, money("0.5"));
+    assert!(matches!(
+        a.admit(None, &cost("1.5"), at(NOW)),
+        Admission::Admit { .. }
+    ));
+    // "b" changed its spec: a fresh ledger.
+    assert_eq!(
+        v2.get("b").expect("b").usage(None, at(NOW)).reserved,
+        Spend::default()
+    );
+    drop(held);
+    assert_eq!(a.usage(None, at(NOW)).reserved, Spend::default());
+}
