@@ -28,6 +28,13 @@ fn pii(c: &mut Criterion) {
     c.bench_function(&format!("pii/find, clean {}B", clean.len()), |b| {
         b.iter(|| scrubber.find(black_box(&clean)))
     });
+    let german = "Bitte vergleiche drei Entwürfe für einen Ratenbegrenzer, analysiere Fehlerfälle \
+                  und gib einen schrittweisen Einführungsplan für Version 1.2.3 um 12:30:45. "
+        .repeat(12);
+    c.bench_function(
+        &format!("pii/find, clean non-ASCII {}B", german.len()),
+        |b| b.iter(|| scrubber.find(black_box(&german))),
+    );
     c.bench_function(&format!("pii/redact, 5 findings {}B", dirty.len()), |b| {
         b.iter(|| {
             let mut counts = Redactions::new();

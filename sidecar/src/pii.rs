@@ -25,7 +25,10 @@ use sluice_crds::route::{PiiDetector, PiiMode, PiiSpec};
 
 use crate::openai::{ChatRequest, Content};
 
-const PATTERN: &str = r"(?x)
+/// ASCII-only (`-u`): `\d` means 0-9 and `\b` is an ASCII word boundary,
+/// which keeps the whole pattern on the lazy DFA even for non-ASCII text
+/// (Unicode word boundaries would fall back to a slower engine).
+const PATTERN: &str = r"(?x-u)
   (?P<secret>
       -----BEGIN\ (?:[A-Z0-9]+\ )*PRIVATE\ KEY-----
     | \bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}

@@ -78,6 +78,10 @@ const TABLE: &[(&str, &[PiiDetector])] = {
         ("AKIA is a prefix", &[]),
         ("-----BEGIN PUBLIC KEY-----", &[]),
         ("Bearer of bad news", &[]),
+        // non-ASCII text around
+        ("Grüße aus München, Tel. +49 30 1234567 — danke", &[Phone]),
+        ("日本語のテキスト 192.168.0.1 です", &[IpAddress]),
+        ("١٢٣-٤٥-٦٧٨٩ are Arabic-Indic digits", &[]),
         // several in one text, in order
         (
             "mail a@b.io, call 415-555-2671, card 4242 4242 4242 4242",
