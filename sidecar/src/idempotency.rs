@@ -13,7 +13,9 @@
 //! - [`Begin::Conflict`]: the key was used with a different request body —
 //!   answer 422 without calling the provider.
 //!
-//! A TTL of minutes is enough for client retries (the pipeline's choice).
+//! Waiters wait as long as the leader's call lasts, which the pipeline's
+//! total deadline bounds; a waiter whose client goes away simply stops
+//! waiting. A TTL of minutes is enough for client retries (the pipeline's choice).
 //! Per sidecar: two pods do not share keys (clients retrying through the same
 //! Service may land on another pod).
 
