@@ -185,3 +185,32 @@ async fn scoped_by_tenant_and_model_and_expires() {
         Lookup::Miss
     ));
 }
+
+#[test]
+fn guard_features() {
+    let f = |s: &str| Features::new("", s);
+    // Capitalised sentence openers and "I" are not entities; names are.
+    assert!(
+        f("How do I reset it? Where is it.")
+            .check(&f("how do I reset it? where is it."))
+            .is_ok()
+    );
+    assert_eq!(
+        f("Ship to Paris").check(&f("Ship to Lyon")),
+        Err(Refusal::Entities)
+    );
+    // Contractions count as negations.
+    assert_eq!(
+        f("Why does it work?").check(&f("Why doesn't it work?")),
+        Err(Refusal::Polarity)
+    );
+    assert_eq!(
+        f("Top 5 films").check(&f("Top 10 films")),
+        Err(Refusal::Numbers)
+    );
+    // The system prompt and earlier turns are part of the context.
+    assert_eq!(
+        Features::new("system: be brief", "hi").check(&Features::new("system: be verbose", "hi")),
+        Err(Refusal::Context)
+    );
+}
