@@ -284,6 +284,9 @@ fn valid(group: &str, text: &str, r: Range<usize>) -> bool {
         }
         "ssn" => {
             let d = digits(s);
+            if d.len() != 9 {
+                return false;
+            }
             let area = d[..3].iter().fold(0, |a, x| a * 10 + x);
             let group = d[3..5].iter().fold(0, |a, x| a * 10 + x);
             let serial = d[5..].iter().fold(0, |a, x| a * 10 + x);
@@ -302,10 +305,17 @@ fn valid(group: &str, text: &str, r: Range<usize>) -> bool {
             s.parse::<std::net::Ipv4Addr>().is_ok()
         }
         "ipv6" => {
-            let word = |c: Option<char>| {
-                c.is_some_and(|c| c.is_ascii_alphanumeric() || c == ':' || c == '.')
-            };
-            if word(before(text, r.start)) || word(after(text, r.end)) {
+            // Not glued to a word, a longer colon run, or a dotted name; a
+            // full stop ending the sentence is fine.
+            let glued = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == ':');
+            let dotted_after = text[r.end..]
+                .strip_prefix('.')
+                .is_some_and(|p| p.starts_with(|c: char| c.is_ascii_alphanumeric()));
+            if glued(before(text, r.start))
+                || before(text, r.start) == Some('.')
+                || glued(after(text, r.end))
+                || dotted_after
+            {
                 return false;
             }
             let groups = s.split(':').filter(|g| !g.is_empty()).count();

@@ -53,6 +53,8 @@ const TABLE: &[(&str, &[PiiDetector])] = {
         ("dns 8.8.8.8", &[IpAddress]),
         ("v6 2001:db8::8a2e:370:7334 up", &[IpAddress]),
         ("loopback ::1 only", &[IpAddress]),
+        ("ping fe80::1ff:fe23:4567:890a.", &[IpAddress]),
+        ("server 10.0.0.1.", &[IpAddress]),
         ("fe80::1ff:fe23:4567:890a", &[IpAddress]),
         ("octet too big 256.1.1.1", &[]),
         ("version 1.2.3 released", &[]),
