@@ -184,3 +184,25 @@ fn block_names_categories_never_values() {
     .expect("request");
     assert!(scrubber(PiiMode::Block).apply(&mut clean).is_ok());
 }
+
+proptest::proptest! {
+    /// Any text: findings are ordered, disjoint, on char boundaries, and
+    /// redacting replaces exactly them.
+    #[test]
+    fn findings_are_well_formed(text in "(\\PC|[0-9 .:@+-]){0,200}") {
+        let s = scrubber(PiiMode::Redact);
+        let found = s.find(&text);
+        let mut end = 0;
+        for f in &found {
+            proptest::prop_assert!(f.range.start >= end);
+            proptest::prop_assert!(text.is_char_boundary(f.range.start) && text.is_char_boundary(f.range.end));
+            end = f.range.end;
+        }
+        let mut counts = Redactions::new();
+        let out = s.redact(&text, &mut counts);
+        proptest::prop_assert_eq!(counts.values().sum::<usize>(), found.len());
+        let kept: usize = text.len() - found.iter().map(|f| f.range.len()).sum::<usize>();
+        let placeholders: usize = found.iter().map(|f| placeholder(f.kind).len()).sum();
+        proptest::prop_assert_eq!(out.len(), kept + placeholders);
+    }
+}
