@@ -74,13 +74,11 @@ fn pairs() -> Vec<Pair> {
 /// (hit, similarity ≥ threshold) for serving `b` from an entry stored for `a`.
 fn serve(p: &Pair, threshold: f32, guarded: bool) -> (bool, bool) {
     let cache = SemanticCache::with_limits(threshold, Duration::from_secs(60), 100);
-    let scope = Scope {
-        tenant: None,
-        model: "gpt-4o".into(),
-    };
     let now = Instant::now();
     let ra = request(p.system_a.as_deref(), &p.a);
     let rb = request(p.system_b.as_deref(), &p.b);
+    let scope = Scope::of(&ra, "gpt-4o", None);
+    assert_eq!(scope, Scope::of(&rb, "gpt-4o", None));
     let fa = Features::of(&ra);
     let fb = if guarded {
         Features::of(&rb)
@@ -148,10 +146,7 @@ async fn scoped_by_tenant_and_model_and_expires() {
     let r = request(None, "What is the capital of France?");
     let f = Features::of(&r);
     let v = embed(&embedding_input(&r));
-    let scope = |t: &str, m: &str| Scope {
-        tenant: Some(t.into()),
-        model: m.into(),
-    };
+    let scope = |t: &str, m: &str| Scope::of(&r, m, Some(t));
     cache.insert(
         scope("a", "gpt"),
         v.clone(),
@@ -178,6 +173,13 @@ async fn scoped_by_tenant_and_model_and_expires() {
             reason: Refusal::Polarity,
             ..
         }
+    ));
+    // Another response format never shares answers.
+    let mut json = r.clone();
+    json.response_format = Some(serde_json::json!({"type": "json_object"}));
+    assert!(matches!(
+        cache.lookup(&Scope::of(&json, "gpt", Some("a")), &v, &f, Instant::now()),
+        Lookup::Miss
     ));
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(matches!(

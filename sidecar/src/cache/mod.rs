@@ -8,12 +8,13 @@
 //! 2. exact mode: [`key`] (model after routing rules, tenant) then
 //!    [`exact::ExactCache::get`]; semantic mode: embed
 //!    [`semantic::embedding_input`] with the route's `cache.embedding` target,
-//!    then [`semantic::SemanticCache::lookup`] with
-//!    [`semantic::Features::of`];
+//!    then [`semantic::SemanticCache::lookup`] in [`semantic::Scope::of`]
+//!    with [`semantic::Features::of`];
 //! 3. on a miss, after the response completed: `insert` a
 //!    [`Cached::Response`], or for a stream the frames gathered by a
 //!    [`StreamRecorder`] (only if the stream finished cleanly);
-//! 4. `x-sluice-cache` is [`Status::as_str`].
+//! 4. `x-sluice-cache` is `hit` when the cache answered, else
+//!    [`Decision::status_if_not_served`] (see [`Status::as_str`]).
 //!
 //! What is deterministic: only requests with `temperature: 0` are cached by
 //! default. An unset temperature means the provider's default (1.0 for

@@ -246,11 +246,29 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// Which entries a lookup may see: one tenant, one routed model.
+/// Which entries a lookup may see: one tenant, one routed model, and one
+/// set of request parameters (tools, format, sampling, limits…).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub tenant: Option<String>,
     pub model: String,
+    /// Digest of everything but the messages; see [`Scope::of`].
+    pub params: [u8; 32],
+}
+
+impl Scope {
+    /// The scope of a request: only the prompt may differ between a lookup
+    /// and the entry it hits; a different `response_format`, tool set or
+    /// `max_tokens` never shares answers.
+    pub fn of(req: &ChatRequest, routed_model: &str, tenant: Option<&str>) -> Self {
+        let mut params = req.clone();
+        params.messages.clear();
+        Self {
+            tenant: tenant.map(str::to_owned),
+            model: routed_model.to_owned(),
+            params: super::key(&params, routed_model, tenant),
+        }
+    }
 }
 
 #[derive(Debug)]
