@@ -47,6 +47,48 @@ pub fn worst_case(pricing: &Pricing, input_estimate: u64, max_output_tokens: u64
     }
 }
 
+/// Tokens charged per message for the chat framing (role, separators).
+const MESSAGE_OVERHEAD: u64 = 4;
+/// Tokens charged per image part, whatever its size (OpenAI's high-detail
+/// cost of a 1024×1024 image).
+const IMAGE_TOKENS: u64 = 765;
+
+/// Tokens of `text`, estimated without a tokenizer: one per three bytes of
+/// UTF-8, rounded up. BPE tokenizers average about four bytes per token on
+/// English prose and fewer on code and non-Latin scripts, so this leans
+/// high, which is the safe side for reservations.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(3)
+}
+
+/// The prompt tokens of a request, estimated: message texts and tool-call
+/// arguments, tool definitions, a fixed cost per image and per message.
+pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
+    let mut n = 3; // the reply's priming
+    for m in &req.messages {
+        n += MESSAGE_OVERHEAD;
+        match &m.content {
+            Some(crate::openai::Content::Text(t)) => n += estimate_tokens(t),
+            Some(crate::openai::Content::Parts(parts)) => {
+                for p in parts {
+                    n += p.text.as_deref().map_or(0, estimate_tokens);
+                    if p.image_url.is_some() {
+                        n += IMAGE_TOKENS;
+                    }
+                }
+            }
+            None => {}
+        }
+        for c in m.tool_calls.iter().flatten() {
+            n += estimate_tokens(&c.function.name) + estimate_tokens(&c.function.arguments);
+        }
+    }
+    if let Some(tools) = &req.tools {
+        n += serde_json::to_string(tools).map_or(0, |s| estimate_tokens(&s));
+    }
+    n
+}
+
 /// Asks a streaming request for the final usage chunk
 /// (`stream_options.include_usage`), so streams are metered from the
 /// provider's counts. Returns whether the client had asked for it itself:

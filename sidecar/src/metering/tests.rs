@@ -176,3 +176,22 @@ fn streams_ask_for_the_usage_chunk() {
     assert!(!request_stream_usage(&mut plain));
     assert!(plain.stream_options.is_none());
 }
+
+#[test]
+fn input_estimates_lean_high() {
+    assert_eq!(estimate_tokens(""), 0);
+    assert_eq!(estimate_tokens("abcd"), 2);
+    let req: ChatRequest = serde_json::from_value(serde_json::json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "https://x/y.png"}}
+            ]}
+        ]
+    }))
+    .expect("request");
+    // 3 + (4 + 5) + (4 + 8 + 765)
+    assert_eq!(estimate_input_tokens(&req), 789);
+}
