@@ -24,12 +24,8 @@ fn request(prompt: &str) -> ChatRequest {
 fn complexity_scoring(c: &mut Criterion) {
     let short = request("Where is my order?");
     let long = request(&"Compare the trade-offs of three designs for a rate limiter, analyze failure modes and give a step by step rollout plan. ".repeat(12));
-    c.bench_function("complexity/short prompt", |b| {
-        b.iter(|| complexity::score(black_box(&short)))
-    });
-    c.bench_function("complexity/1.4k-char prompt", |b| {
-        b.iter(|| complexity::score(black_box(&long)))
-    });
+    c.bench_function("complexity/short prompt", |b| b.iter(|| complexity::score(black_box(&short))));
+    c.bench_function("complexity/1.4k-char prompt", |b| b.iter(|| complexity::score(black_box(&long))));
 }
 
 criterion_group!(benches, complexity_scoring);

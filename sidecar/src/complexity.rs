@@ -173,20 +173,13 @@ pub fn score_text(text: &str, user_turns: u32, tools: bool, max_tokens: Option<u
         }
     }
     let bytes = text.as_bytes();
-    let structural = bytes
-        .iter()
-        .filter(|b| matches!(b, b'{' | b'}' | b';'))
-        .count();
+    let structural = bytes.iter().filter(|b| matches!(b, b'{' | b'}' | b';')).count();
     if structural >= 6 {
         code = true;
     }
     let operators = bytes
         .windows(3)
-        .filter(|w| {
-            w[0].is_ascii_digit()
-                && matches!(w[1], b'+' | b'*' | b'/' | b'^' | b'=')
-                && (w[2].is_ascii_digit() || w[2] == b'x')
-        })
+        .filter(|w| w[0].is_ascii_digit() && matches!(w[1], b'+' | b'*' | b'/' | b'^' | b'=') && (w[2].is_ascii_digit() || w[2] == b'x'))
         .count();
     if operators >= 2 {
         math = true;
@@ -233,11 +226,7 @@ pub fn score_text(text: &str, user_turns: u32, tools: bool, max_tokens: Option<u
     };
     let distance = (s - SIMPLE_BELOW).abs().min((s - COMPLEX_FROM).abs());
     let confidence = (0.5 + distance / 0.3 * 0.5).min(1.0);
-    Score {
-        tier,
-        score: s,
-        confidence,
-    }
+    Score { tier, score: s, confidence }
 }
 
 fn whole_word(text: &str, start: usize, end: usize) -> bool {
@@ -253,10 +242,7 @@ mod tests {
 
     #[test]
     fn greetings_are_simple_and_proofs_are_complex() {
-        assert_eq!(
-            score_text("hi there!", 1, false, None).tier,
-            Complexity::Simple
-        );
+        assert_eq!(score_text("hi there!", 1, false, None).tier, Complexity::Simple);
         let proof = "Prove that the sum of the first n odd numbers is n^2, then derive a closed form for the sum of squares and explain why induction works here.";
         assert_eq!(score_text(proof, 1, false, None).tier, Complexity::Complex);
     }

@@ -8,11 +8,8 @@ use sluice_sidecar::complexity::score_text;
 
 #[test]
 fn the_scorer_agrees_with_the_labels() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/complexity.jsonl"
-    ))
-    .expect("fixture");
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/complexity.jsonl"))
+        .expect("fixture");
     let mut total = 0;
     let mut right = 0;
     let mut report = Vec::new();
@@ -29,28 +26,12 @@ fn the_scorer_agrees_with_the_labels() {
         if got.tier == want {
             right += 1;
         } else {
-            report.push(format!(
-                "{want:?} scored {:?} ({:.2}): {}",
-                got.tier,
-                got.score,
-                &prompt[..prompt.len().min(60)]
-            ));
+            report.push(format!("{want:?} scored {:?} ({:.2}): {}", got.tier, got.score, &prompt[..prompt.len().min(60)]));
         }
-        let opposite = matches!(
-            (want, got.tier),
-            (Complexity::Simple, Complexity::Complex) | (Complexity::Complex, Complexity::Simple)
-        );
+        let opposite = matches!((want, got.tier), (Complexity::Simple, Complexity::Complex) | (Complexity::Complex, Complexity::Simple));
         assert!(!opposite, "{want:?} prompt scored {:?}: {prompt}", got.tier);
     }
     let accuracy = right as f64 / total as f64;
-    println!(
-        "complexity scorer: {right}/{total} = {:.0}%",
-        accuracy * 100.0
-    );
-    assert!(
-        accuracy >= 0.85,
-        "agreement {:.0}% below 85%:\n{}",
-        accuracy * 100.0,
-        report.join("\n")
-    );
+    println!("complexity scorer: {right}/{total} = {:.0}%", accuracy * 100.0);
+    assert!(accuracy >= 0.85, "agreement {:.0}% below 85%:\n{}", accuracy * 100.0, report.join("\n"));
 }
