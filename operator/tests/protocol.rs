@@ -139,6 +139,17 @@ async fn a_sidecar_serves_the_operators_config_and_keeps_serving_without_it() {
         )
         .await;
 
+        // Its health reports reach the Provider's status.
+        rig.wait_for(
+            "sluice.dev/v1alpha1",
+            "Provider",
+            "shop",
+            "offline",
+            "reported healthy",
+            |v| v["status"]["sidecars"] == 1 && v["status"]["state"] == "Healthy",
+        )
+        .await;
+
         // A live change reaches the sidecar.
         rig.api("sluice.dev/v1alpha1", "Provider", Some("shop"))
             .patch(

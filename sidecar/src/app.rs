@@ -15,4 +15,6 @@ pub struct App {
     pub metrics: Metrics,
     pub limits: Limits,
     pub bounds: Bounds,
+    /// Breakers and per-target figures, across configuration reloads.
+    pub health: crate::health::Health,
 }

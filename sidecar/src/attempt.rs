@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::{Route, Slot, Target};
 use crate::egress::{Egress, UpstreamBody, UpstreamResponse};
+use crate::health::Health;
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::provider::{self, Failure, StreamContext, StreamDecoder, StreamEvent};
 
@@ -67,6 +68,20 @@ pub fn falls_back(route: &Route, class: FailureClass) -> bool {
         && class
             .trigger()
             .is_some_and(|t| route.fallback_triggers.contains(&t))
+}
+
+impl Call<'_> {
+    /// Tokens a call may occupy on its target while in flight, for
+    /// `least-busy`: the prompt (about four bytes a token) plus the
+    /// completion asked for.
+    pub fn estimated_tokens(&self) -> u64 {
+        match self {
+            Call::Chat { raw, req, .. } => {
+                raw.len() as u64 / 4 + u64::from(req.max_output_tokens().unwrap_or(256))
+            }
+            Call::Embeddings { .. } => 0,
+        }
+    }
 }
 
 /// What is being asked of the targets.
@@ -151,9 +166,33 @@ pub struct Outcome {
 /// Prefix of the failure message of a response over the size cap.
 pub const TOO_LARGE: &str = "upstream response larger than";
 
-/// Tries `targets` in order (at most `route.max_depth`) until one answers.
+/// Targets in order, without those whose breaker is open (and not yet
+/// due for a probe). When every breaker is open the least recently failed
+/// target is still tried (`true`): the last option is never ejected.
+fn admitted<'t>(health: &Health, targets: &'t [Target], now: Instant) -> (Vec<&'t Target>, bool) {
+    let blocked = |t: &Target| {
+        let e = health.endpoint(t);
+        e.breaker.state() == sluice_crds::report::BreakerState::Open
+            && e.breaker.retry_at().is_some_and(|at| now < at)
+    };
+    let open: Vec<&Target> = targets.iter().filter(|t| !blocked(t)).collect();
+    if open.is_empty() {
+        let least_recent = targets
+            .iter()
+            .min_by_key(|t| health.endpoint(t).breaker.last_failure())
+            .into_iter()
+            .collect();
+        return (least_recent, true);
+    }
+    (open, false)
+}
+
+/// Tries `targets` in order (at most `route.max_depth`) until one answers,
+/// skipping endpoints whose breaker is open and recording every outcome
+/// for the breakers and the report.
 pub async fn run(
     egress: &Egress,
+    health: &Health,
     bounds: Bounds,
     route: &Route,
     targets: &[Target],
@@ -165,7 +204,9 @@ pub async fn run(
     let mut last: Option<(Target, Failure)> = None;
     // After a context-length failure only a larger window can help.
     let mut larger_than: Option<u32> = None;
-    for target in targets {
+    let streamed = matches!(call, Call::Chat { stream: true, .. });
+    let (candidates, forced) = admitted(health, targets, Instant::now());
+    for target in candidates {
         if attempts as usize >= route.max_depth {
             break;
         }
@@ -174,11 +215,45 @@ pub async fn run(
         {
             continue;
         }
+        let endpoint = health.endpoint(target);
+        // A breaker due for a probe turns half-open here; a half-open one
+        // admits only its probes.
+        if !endpoint.breaker.admits(Instant::now()).0 && !forced {
+            continue;
+        }
         if let Some(prev) = last.take() {
             fell_back.push(prev);
         }
         attempts += 1;
-        match try_target(egress, bounds, route, target, call, propagate).await {
+        let started = Instant::now();
+        let result = {
+            let _busy = endpoint.in_flight.enter(call.estimated_tokens());
+            try_target(egress, bounds, route, target, call, propagate).await
+        };
+        match &result {
+            Ok(_) => health.record(
+                &route.name,
+                target,
+                Instant::now(),
+                Ok(started.elapsed()),
+                false,
+                streamed,
+            ),
+            Err(f) => health.record(
+                &route.name,
+                target,
+                Instant::now(),
+                Err(f.class),
+                class_policy(f.class).counts_against_breaker,
+                streamed,
+            ),
+        }
+        if result.is_ok()
+            && let Some((from, failure)) = fell_back.last()
+        {
+            health.fell_back(&route.name, from, target, failure.class);
+        }
+        match result {
             Ok(answer) => {
                 return Outcome {
                     result: Ok(answer),

@@ -224,6 +224,23 @@ impl Breaker {
         }
     }
 
+    /// A call this breaker admitted ended without telling anything about
+    /// the endpoint (rate limited, cancelled by the client): a half-open
+    /// probe slot is given back so the breaker cannot stall.
+    pub fn neutral(&self) {
+        let mut inner = self.lock();
+        if let State::HalfOpen {
+            admitted,
+            succeeded,
+        } = inner.state
+        {
+            inner.state = State::HalfOpen {
+                admitted: admitted.saturating_sub(1),
+                succeeded,
+            };
+        }
+    }
+
     /// Records how a call ended; returns a state change, if any.
     pub fn record(&self, now: Instant, outcome: Outcome) -> Option<Transition> {
         let mut inner = self.lock();

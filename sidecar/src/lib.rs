@@ -23,6 +23,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod framing;
+pub mod health;
 pub mod idempotency;
 pub mod ingress;
 pub mod messages;

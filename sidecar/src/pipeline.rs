@@ -117,7 +117,16 @@ where
         request_id: HeaderValue::from_str(tracker.request_id()).ok(),
         traceparent: headers.get("traceparent").cloned(),
     };
-    let outcome = attempt::run(&app.egress, app.bounds, &route, &targets, &call, &propagate).await;
+    let outcome = attempt::run(
+        &app.egress,
+        &app.health,
+        app.bounds,
+        &route,
+        &targets,
+        &call,
+        &propagate,
+    )
+    .await;
 
     // respond
     let model = outcome.target.as_ref().map_or("", |t| t.model.as_str());

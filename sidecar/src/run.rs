@@ -122,6 +122,7 @@ where
         metrics: Metrics::new(),
         limits: opts.limits,
         bounds: opts.bounds,
+        health: Default::default(),
     });
     let tasks = vec![tokio::spawn(standalone::watch(
         admission,
@@ -182,6 +183,7 @@ async fn serve(
 /// Applies operator snapshots to the shared configuration.
 struct ClusterRuntime {
     handle: ConfigHandle,
+    app: std::sync::Weak<App>,
 }
 
 impl crate::cluster::Runtime for ClusterRuntime {
@@ -214,8 +216,10 @@ impl crate::cluster::Runtime for ClusterRuntime {
         Vec<sluice_crds::report::TargetHealth>,
         std::collections::BTreeMap<String, sluice_crds::route::FallbackRecord>,
     ) {
-        // Per-target health joins the report with the breakers (routing issue).
-        (Vec::new(), std::collections::BTreeMap::new())
+        match self.app.upgrade() {
+            Some(app) => app.health.drain(),
+            None => (Vec::new(), std::collections::BTreeMap::new()),
+        }
     }
 }
 
@@ -232,9 +236,13 @@ pub async fn cluster(
         metrics: Metrics::new(),
         limits: opts.limits,
         bounds: opts.bounds,
+        health: Default::default(),
     });
     let client = crate::cluster::client(&cluster.ca_file).map_err(StartError::Cluster)?;
-    let runtime = Arc::new(ClusterRuntime { handle });
+    let runtime = Arc::new(ClusterRuntime {
+        handle,
+        app: Arc::downgrade(&app),
+    });
     let session = crate::cluster::Session::new(cluster, runtime, instance_name);
     tracing::info!(
         operator = %session.options.operator,

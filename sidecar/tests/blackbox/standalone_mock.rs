@@ -312,6 +312,7 @@ async fn not_ready_until_a_config_is_loaded() {
             max_response: 1 << 20,
             max_line: 1 << 16,
         },
+        health: Default::default(),
     });
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let api = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -356,4 +357,27 @@ async fn not_ready_until_a_config_is_loaded() {
     assert_eq!(get(format!("http://{admin_addr}/readyz")).await.status, 200);
     t1.abort();
     t2.abort();
+}
+
+#[tokio::test]
+async fn a_failing_target_trips_its_breaker_and_is_skipped() {
+    let sc = Sidecar::start(FIXTURE).await;
+    // consecutiveFailures defaults to 5: five requests each try flaky first.
+    for _ in 0..5 {
+        let resp = sc.chat(ask("resilient", "hi")).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-sluice-attempts"), Some("2"));
+    }
+    // Open: flaky is skipped, steady answers at the first attempt.
+    for _ in 0..3 {
+        let resp = sc.chat(ask("resilient", "hi")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-sluice-provider"), Some("steady"));
+        assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
+    }
+    // A route whose only target is open still tries it (the last option is
+    // never ejected) and answers its failure.
+    let resp = sc.chat(ask("doomed", "hi")).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
 }

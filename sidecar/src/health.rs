@@ -1,0 +1,204 @@
+//! What the sidecar knows about each endpoint's health: its circuit
+//! breaker, the estimated tokens in flight, and per route and target the
+//! figures the next report to the operator carries.
+//!
+//! Kept in the shared [`crate::app::App`], keyed by provider and model, so
+//! a configuration reload does not forget an endpoint's state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_crds::FailureClass;
+use sluice_crds::report::TargetHealth;
+use sluice_crds::route::FallbackRecord;
+use tokio::time::Instant;
+
+use crate::balance::InFlight;
+use crate::breaker::{Breaker, Outcome, Settings, Transition};
+use crate::config::Target;
+
+/// One endpoint (provider and model).
+#[derive(Debug)]
+pub struct Endpoint {
+    pub breaker: Breaker,
+    pub in_flight: InFlight,
+    settings: Settings,
+}
+
+#[derive(Debug, Default)]
+struct Figures {
+    requests: u64,
+    errors: BTreeMap<FailureClass, u64>,
+    /// Latencies (ms) of this interval, bounded.
+    latencies: Vec<u32>,
+    ttfts: Vec<u32>,
+}
+
+const MAX_SAMPLES: usize = 4096;
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Health {
+    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    figures: Mutex<BTreeMap<(String, String, String), Figures>>,
+    fallbacks: Mutex<BTreeMap<String, FallbackRecord>>,
+}
+
+fn key(target: &Target) -> (String, String) {
+    (
+        format!("{}/{}", target.provider.namespace, target.provider.name),
+        target.model.clone(),
+    )
+}
+
+impl Health {
+    /// The endpoint of `target`, created with its provider's breaker
+    /// settings (and recreated if those change).
+    pub fn endpoint(&self, target: &Target) -> Arc<Endpoint> {
+        let settings = Settings::from(&target.provider.spec.circuit_breaker);
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(key(target)).or_insert_with(|| {
+            Arc::new(Endpoint {
+                breaker: Breaker::new(settings.clone()),
+                in_flight: InFlight::default(),
+                settings: settings.clone(),
+            })
+        });
+        if entry.settings != settings {
+            *entry = Arc::new(Endpoint {
+                breaker: Breaker::new(settings.clone()),
+                in_flight: InFlight::default(),
+                settings,
+            });
+        }
+        entry.clone()
+    }
+
+    /// Records a call's end for the breaker and the report.
+    pub fn record(
+        &self,
+        route: &str,
+        target: &Target,
+        now: Instant,
+        result: Result<Duration, FailureClass>,
+        counts_against_breaker: bool,
+        streamed: bool,
+    ) {
+        let endpoint = self.endpoint(target);
+        let transition = match result {
+            Ok(latency) => endpoint.breaker.record(now, Outcome::Success { latency }),
+            Err(_) if counts_against_breaker => endpoint.breaker.record(now, Outcome::Failure),
+            Err(_) => {
+                endpoint.breaker.neutral();
+                None
+            }
+        };
+        if let Some(t) = transition {
+            match t {
+                Transition::Opened { reason, open_for } => tracing::warn!(
+                    provider = %target.provider.name, model = %target.model,
+                    reason = ?reason, open_for_ms = open_for.as_millis() as u64,
+                    "circuit breaker opened"
+                ),
+                Transition::HalfOpened | Transition::Closed => tracing::info!(
+                    provider = %target.provider.name, model = %target.model,
+                    state = ?t, "circuit breaker changed"
+                ),
+            }
+        }
+        let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
+        let f = figures
+            .entry((
+                route.to_owned(),
+                target.provider.name.clone(),
+                target.model.clone(),
+            ))
+            .or_default();
+        f.requests += 1;
+        match result {
+            Ok(latency) => {
+                let ms = u32::try_from(latency.as_millis()).unwrap_or(u32::MAX);
+                let samples = if streamed {
+                    &mut f.ttfts
+                } else {
+                    &mut f.latencies
+                };
+                if samples.len() < MAX_SAMPLES {
+                    samples.push(ms);
+                }
+            }
+            Err(class) => *f.errors.entry(class).or_default() += 1,
+        }
+    }
+
+    /// Remembers the latest fallback of a route, for the report.
+    pub fn fell_back(&self, route: &str, from: &Target, to: &Target, class: FailureClass) {
+        let time = jiff::Timestamp::now().to_string();
+        let record = FallbackRecord {
+            from: format!("{}/{}", from.provider.name, from.model),
+            to: format!("{}/{}", to.provider.name, to.model),
+            reason: class.as_str().to_owned(),
+            time,
+        };
+        self.fallbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(route.to_owned(), record);
+    }
+
+    /// The figures since the last call, for the report; resets them.
+    pub fn drain(&self) -> (Vec<TargetHealth>, BTreeMap<String, FallbackRecord>) {
+        let figures = std::mem::take(&mut *self.figures.lock().unwrap_or_else(|p| p.into_inner()));
+        let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let out = figures
+            .into_iter()
+            .map(|((route, provider, model), mut f)| {
+                let breaker = endpoints
+                    .iter()
+                    .find(|((p, m), _)| p.ends_with(&format!("/{provider}")) && *m == model)
+                    .map(|(_, e)| e.breaker.state())
+                    .unwrap_or_default();
+                let mut all = f.latencies.clone();
+                all.extend_from_slice(&f.ttfts);
+                TargetHealth {
+                    route,
+                    provider,
+                    model,
+                    requests: f.requests,
+                    errors: f.errors,
+                    latency_p50_ms: percentile(&mut all, 50),
+                    latency_p95_ms: percentile(&mut all, 95),
+                    ttft_p95_ms: percentile(&mut f.ttfts, 95),
+                    breaker,
+                }
+            })
+            .collect();
+        let fallbacks =
+            std::mem::take(&mut *self.fallbacks.lock().unwrap_or_else(|p| p.into_inner()));
+        (out, fallbacks)
+    }
+}
+
+fn percentile(samples: &mut [u32], p: usize) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = (samples.len() * p).div_ceil(100).max(1) - 1;
+    samples.get(rank).map(|v| u64::from(*v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_rank() {
+        let mut v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&mut v, 50), Some(50));
+        assert_eq!(percentile(&mut v, 95), Some(95));
+        assert_eq!(percentile(&mut [], 95), None);
+        assert_eq!(percentile(&mut [7], 95), Some(7));
+    }
+}
