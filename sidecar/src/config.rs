@@ -47,9 +47,22 @@ pub struct Route {
     pub catch_all: Option<CatchAll>,
     /// The route's timeout overrides.
     pub timeouts: Timeouts,
-    /// The whole spec, for the stages still to come (rules, strategies,
-    /// retries, cache, PII, budgets).
+    /// The whole spec, for the stages still to come (retries, cache, PII,
+    /// budgets).
     pub spec: LLMRouteSpec,
+    /// Orders `targets` by `spec.strategy`.
+    pub balancer: crate::balance::Balancer,
+    /// Content rules, in order, with their own targets and balancer.
+    pub rules: Vec<Rule>,
+}
+
+/// A content rule with its targets resolved.
+#[derive(Debug)]
+pub struct Rule {
+    pub match_: sluice_crds::route::RuleMatch,
+    pub targets: Vec<Target>,
+    pub strategy: sluice_crds::route::Strategy,
+    pub balancer: crate::balance::Balancer,
 }
 
 /// A provider and model a route may send to.
@@ -62,6 +75,9 @@ pub struct Target {
     pub priority: u32,
     /// The model's `contextWindow` in the Provider spec, when it says.
     pub context_window: Option<u32>,
+    /// The model's `capabilities` and `pricing` in the Provider spec.
+    pub capabilities: Vec<sluice_crds::provider::Capability>,
+    pub pricing: Option<sluice_crds::provider::Pricing>,
 }
 
 impl Target {
@@ -217,28 +233,56 @@ impl TryFrom<&Snapshot> for Config {
         for entry in &snapshot.routes {
             let spec = &entry.spec;
             let what = format!("LLMRoute/{}", entry.name);
-            let mut targets = Vec::new();
-            for (i, t) in spec.targets.iter().enumerate() {
-                let key = (entry.namespace.clone(), t.provider_ref.name.clone());
-                match providers.get(&key) {
-                    Some(p) => targets.push(Target {
-                        provider: p.clone(),
-                        model: t.model.clone(),
-                        weight: t.weight,
-                        priority: t.priority,
-                        context_window: p
-                            .spec
-                            .models
-                            .iter()
-                            .find(|m| m.name == t.model)
-                            .and_then(|m| m.context_window),
-                    }),
-                    None => problems.push(format!(
-                        "{what}: spec.targets[{i}]: Provider {:?} does not exist",
-                        t.provider_ref.name
-                    )),
+            let mut resolve = |list: &[sluice_crds::route::Target], field: &str| {
+                let mut out = Vec::new();
+                for (i, t) in list.iter().enumerate() {
+                    let key = (entry.namespace.clone(), t.provider_ref.name.clone());
+                    match providers.get(&key) {
+                        Some(p) => {
+                            let model = p.spec.models.iter().find(|m| m.name == t.model);
+                            out.push(Target {
+                                provider: p.clone(),
+                                model: t.model.clone(),
+                                weight: t.weight,
+                                priority: t.priority,
+                                context_window: model.and_then(|m| m.context_window),
+                                capabilities: model
+                                    .map(|m| m.capabilities.clone())
+                                    .unwrap_or_default(),
+                                pricing: model.and_then(|m| m.pricing.clone()),
+                            })
+                        }
+                        None => problems.push(format!(
+                            "{what}: {field}[{i}]: Provider {:?} does not exist",
+                            t.provider_ref.name
+                        )),
+                    }
                 }
-            }
+                out.sort_by_key(|t| t.priority);
+                out
+            };
+            let mut targets = resolve(&spec.targets, "spec.targets");
+            let seed = entry
+                .name
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            let rules: Vec<Rule> = spec
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let targets = resolve(&r.targets, &format!("spec.rules[{i}].targets"));
+                    Rule {
+                        match_: r.match_.clone(),
+                        strategy: r.strategy.unwrap_or(spec.strategy),
+                        balancer: crate::balance::Balancer::new(
+                            targets.len(),
+                            seed ^ (i as u64 + 1),
+                        ),
+                        targets,
+                    }
+                })
+                .collect();
             // The `priority` order: lowest first, ties as listed (stable).
             targets.sort_by_key(|t| t.priority);
             let index = routes.len();
@@ -254,6 +298,7 @@ impl TryFrom<&Snapshot> for Config {
                 .max_depth
                 .map_or(targets.len(), |d| d as usize)
                 .max(1);
+            let balancer = crate::balance::Balancer::new(targets.len(), seed);
             routes.push(Arc::new(Route {
                 name: entry.name.clone(),
                 namespace: entry.namespace.clone(),
@@ -265,6 +310,8 @@ impl TryFrom<&Snapshot> for Config {
                 catch_all: spec.fallback.catch_all.clone(),
                 timeouts: spec.timeouts.clone().unwrap_or_default(),
                 spec: spec.clone(),
+                balancer,
+                rules,
             }));
         }
         if !problems.is_empty() {

@@ -99,7 +99,14 @@ where
     let route = route::resolve(&config, parsed.model())?;
     tracker.route = Some(route.name.clone());
     let _admitted = policy::admit(&route, headers)?;
-    let targets = route::plan(&route);
+    let info = match &parsed {
+        Parsed::Chat(req) => route::RequestInfo::of_chat(req, raw.len(), headers, &route),
+        Parsed::Embeddings(_) => route::RequestInfo {
+            embeddings: true,
+            ..Default::default()
+        },
+    };
+    let targets = route::plan(&route, &info, &app.health);
     if targets.is_empty() {
         return Err(ApiError::no_target(&route.name));
     }

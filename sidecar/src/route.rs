@@ -1,11 +1,11 @@
 //! Route: which route serves the requested model, and in which order its
-//! targets are tried.
-//!
-//! Today: the virtual model or an alias picks the route, and targets are
-//! tried in `priority` order. Issue 4 adds, here and in this order: `rules`
-//! (complexity, input tokens, tools, images, headers), the capability
-//! filter (context window, tools, vision, json), the other strategies
-//! (weighted, latency, cost, least-busy) and skipping open breakers.
+//! targets are tried: the virtual model or an alias picks the route; the
+//! first `rules` entry whose `match` holds (complexity, input tokens,
+//! tools, images, headers) replaces its targets and strategy; the
+//! capability filter drops targets that cannot take the request (context
+//! window, tools, vision, json); the strategy orders the rest (priority,
+//! weighted, latency, cost, least-busy). Open breakers are skipped by
+//! `attempt`, which sees each breaker at the moment it would call.
 
 use std::sync::Arc;
 
@@ -20,9 +20,212 @@ pub fn resolve(config: &Config, model: &str) -> Result<Arc<Route>, ApiError> {
         .ok_or_else(|| ApiError::model_not_found(model))
 }
 
-/// The targets to try, in order. Never empty for a valid route; an empty
-/// plan answers 503 `no_healthy_target`.
-pub fn plan(route: &Route) -> Vec<Target> {
-    // Config already sorted targets by priority (stable for ties).
-    route.targets.clone()
+/// What routing looks at in a request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// Estimated prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens asked for (`max_tokens`), or a default (for cost).
+    pub max_output: u64,
+    /// Completion tokens the request asked for, if it did (for the window).
+    pub asked_output: Option<u64>,
+    pub has_tools: bool,
+    pub has_images: bool,
+    pub wants_json: bool,
+    pub embeddings: bool,
+    /// Lower-cased header names with their values.
+    pub headers: Vec<(String, String)>,
+    /// The prompt's complexity, computed only when a rule asks for it.
+    pub complexity: Option<sluice_crds::route::Complexity>,
+}
+
+/// Completion tokens assumed when the request does not say.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1024;
+
+impl RequestInfo {
+    /// Reads a chat request (and its headers). `raw_len` is the body size,
+    /// about four bytes a token.
+    pub fn of_chat(
+        req: &crate::openai::ChatRequest,
+        raw_len: usize,
+        headers: &http::HeaderMap,
+        route: &Route,
+    ) -> Self {
+        let wants_complexity = route.rules.iter().any(|r| r.match_.complexity.is_some());
+        Self {
+            input_tokens: raw_len as u64 / 4,
+            max_output: req
+                .max_output_tokens()
+                .map_or(DEFAULT_MAX_OUTPUT, u64::from),
+            asked_output: req.max_output_tokens().map(u64::from),
+            has_tools: req.has_tools(),
+            has_images: req.has_images(),
+            wants_json: req.wants_json(),
+            embeddings: false,
+            headers: headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            complexity: wants_complexity.then(|| crate::complexity::score(req).tier),
+        }
+    }
+
+    fn matches(&self, m: &sluice_crds::route::RuleMatch) -> bool {
+        let tokens = u32::try_from(self.input_tokens).unwrap_or(u32::MAX);
+        m.complexity.is_none_or(|c| self.complexity == Some(c))
+            && m.min_input_tokens.is_none_or(|min| tokens >= min)
+            && m.max_input_tokens.is_none_or(|max| tokens <= max)
+            && m.has_tools.is_none_or(|t| t == self.has_tools)
+            && m.has_images.is_none_or(|i| i == self.has_images)
+            && m.headers.iter().all(|(k, v)| {
+                let k = k.to_ascii_lowercase();
+                self.headers.iter().any(|(hk, hv)| *hk == k && hv == v)
+            })
+    }
+
+    /// Whether `target` can take this request at all.
+    fn fits(&self, target: &Target) -> bool {
+        use sluice_crds::provider::Capability as C;
+        let has = |c: C| target.capabilities.contains(&c);
+        if self.embeddings {
+            return has(C::Embeddings);
+        }
+        // The prompt plus the completion asked for must fit the window.
+        let window_ok = target
+            .context_window
+            .is_none_or(|w| self.input_tokens + self.asked_output.unwrap_or(0) <= u64::from(w));
+        window_ok
+            && (!self.has_tools || has(C::Tools))
+            && (!self.has_images || has(C::Vision))
+            && (!self.wants_json || has(C::Json))
+    }
+}
+
+/// The targets to try, in order. An empty plan answers 503
+/// `no_healthy_target`.
+pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -> Vec<Target> {
+    let (targets, strategy, balancer) =
+        route.rules.iter().find(|r| info.matches(&r.match_)).map_or(
+            (&route.targets, route.spec.strategy, &route.balancer),
+            |r| (&r.targets, r.strategy, &r.balancer),
+        );
+    let fitting: Vec<&Target> = targets.iter().filter(|t| info.fits(t)).collect();
+    let candidates: Vec<crate::balance::Candidate> = fitting
+        .iter()
+        .map(|t| crate::balance::Candidate {
+            weight: t.weight,
+            priority: t.priority,
+            latency: None,
+            cost: t.pricing.as_ref().map(|p| {
+                crate::balance::estimated_cost(
+                    p.input_per_million,
+                    p.output_per_million,
+                    info.input_tokens,
+                    info.max_output,
+                )
+            }),
+            in_flight_tokens: health.endpoint(t).in_flight.get(),
+        })
+        .collect();
+    balancer
+        .order(strategy, &candidates)
+        .into_iter()
+        .map(|i| fitting[i].clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use sluice_crds::route::Complexity;
+
+    fn config(routes: &str) -> Config {
+        let yaml = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {{name: p}}\nspec:\n  type: mock\n  models:\n  - {{name: small, contextWindow: 1000, capabilities: [chat], pricing: {{inputPerMillion: \"0.1\", outputPerMillion: \"0.4\"}}}}\n  - {{name: big, contextWindow: 100000, capabilities: [chat, tools, vision, json], pricing: {{inputPerMillion: \"3\", outputPerMillion: \"15\"}}}}\n  - {{name: embed, capabilities: [embeddings]}}\n---\n{routes}"
+        );
+        crate::standalone::load_bytes(
+            &sluice_crds::load::Admission::new(),
+            yaml.as_bytes(),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn names(targets: &[Target]) -> Vec<&str> {
+        targets.iter().map(|t| t.model.as_str()).collect()
+    }
+
+    const ROUTE: &str = "apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  strategy: cost\n  targets: [{providerRef: {name: p}, model: big}, {providerRef: {name: p}, model: small}]\n  rules:\n  - {match: {complexity: complex}, targets: [{providerRef: {name: p}, model: big}]}\n  - {match: {headers: {x-tier: gold}}, strategy: priority, targets: [{providerRef: {name: p}, model: big}, {providerRef: {name: p}, model: small}]}\n";
+
+    #[test]
+    fn cost_orders_the_cheapest_first_and_rules_replace_targets() {
+        let c = config(ROUTE);
+        let route = c.route("r").expect("route");
+        let health = crate::health::Health::default();
+        let simple = RequestInfo {
+            input_tokens: 10,
+            max_output: 100,
+            complexity: Some(Complexity::Simple),
+            ..Default::default()
+        };
+        assert_eq!(names(&plan(route, &simple, &health)), vec!["small", "big"]);
+        let complex = RequestInfo {
+            complexity: Some(Complexity::Complex),
+            ..simple.clone()
+        };
+        assert_eq!(names(&plan(route, &complex, &health)), vec!["big"]);
+        let gold = RequestInfo {
+            headers: vec![("x-tier".into(), "gold".into())],
+            ..simple.clone()
+        };
+        assert_eq!(
+            names(&plan(route, &gold, &health)),
+            vec!["big", "small"],
+            "the rule's own strategy"
+        );
+    }
+
+    #[test]
+    fn the_capability_filter_skips_what_cannot_take_the_request() {
+        let c = config(ROUTE);
+        let route = c.route("r").expect("route");
+        let health = crate::health::Health::default();
+        let base = RequestInfo {
+            input_tokens: 10,
+            max_output: 100,
+            complexity: Some(Complexity::Simple),
+            ..Default::default()
+        };
+        for needs in [
+            RequestInfo {
+                has_tools: true,
+                ..base.clone()
+            },
+            RequestInfo {
+                has_images: true,
+                ..base.clone()
+            },
+            RequestInfo {
+                wants_json: true,
+                ..base.clone()
+            },
+            RequestInfo {
+                input_tokens: 900,
+                asked_output: Some(200),
+                ..base.clone()
+            },
+        ] {
+            assert_eq!(
+                names(&plan(route, &needs, &health)),
+                vec!["big"],
+                "{needs:?}"
+            );
+        }
+        let too_big = RequestInfo {
+            input_tokens: 200_000,
+            ..base
+        };
+        assert!(plan(route, &too_big, &health).is_empty());
+    }
 }

@@ -478,7 +478,10 @@ async fn context_length_falls_back_only_to_a_larger_window() {
     };
     let yaml = format!(
         "{}{}{}apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: chat}}\nspec:\n  model: chat\n  targets:\n  - {{providerRef: {{name: small}}, model: m, priority: 0}}\n  - {{providerRef: {{name: smaller}}, model: m, priority: 1}}\n  - {{providerRef: {{name: large}}, model: m, priority: 2}}\n",
-        provider("small", &small.url(), 50),
+        // The Provider claims more than the upstream takes: the request is
+        // sent, the upstream answers context-length, and fallback must skip
+        // the smaller window.
+        provider("small", &small.url(), 1000),
         provider("smaller", &smaller.url(), 40),
         provider("large", &large.url(), 100_000),
     );
@@ -496,4 +499,12 @@ async fn context_length_falls_back_only_to_a_larger_window() {
     // A short prompt is served by the first target as usual.
     let resp = sc.chat(ask("chat", "hi")).await;
     assert_eq!(resp.header("x-sluice-provider"), Some("small"));
+    // A prompt no listed window can hold beyond `large` is never sent to
+    // the others at all: the capability filter skips them.
+    let before = small.request_count();
+    let longer = "word ".repeat(1000);
+    let resp = sc.chat(ask("chat", &longer)).await;
+    assert_eq!(resp.header("x-sluice-provider"), Some("large"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
+    assert_eq!(small.request_count(), before);
 }
