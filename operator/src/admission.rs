@@ -127,3 +127,34 @@ pub async fn handle(req: Request<Incoming>, client: Client, cfg: Arc<Injection>)
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
+
+/// Sets `caBundle` of every webhook of the MutatingWebhookConfiguration
+/// `name` to the operator's CA (a JSON patch per webhook, so other fields
+/// and other managers' webhooks stay as they are).
+pub async fn publish_ca_bundle(
+    client: Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<(), kube::Error> {
+    use base64::Engine;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let Some(current) = api.get_opt(name).await? else {
+        tracing::warn!(webhook = %name, "the injection webhook configuration does not exist (yet)");
+        return Ok(());
+    };
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    let ops: Vec<serde_json::Value> = (0..current.webhooks.as_ref().map_or(0, Vec::len))
+        .map(|i| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}))
+        .collect();
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    tracing::info!(webhook = %name, "injection webhook trusts the operator's CA");
+    Ok(())
+}

@@ -118,6 +118,18 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
     )
     .await?;
     let acceptor = cert.acceptor()?;
+    if let Ok(name) = std::env::var("SLUICE_WEBHOOK_CONFIGURATION")
+        && !name.is_empty()
+    {
+        // With a generated CA nobody else tells the API server whom to
+        // trust for the injection webhook (cert-manager's cainjector does,
+        // when it issues the certificate, and the chart then leaves this unset).
+        if let Err(e) =
+            crate::admission::publish_ca_bundle(client.clone(), &name, &cert.ca_pem).await
+        {
+            tracing::warn!(webhook = %name, error = %e, "cannot set the injection webhook's caBundle");
+        }
+    }
 
     let identity = opts
         .identity

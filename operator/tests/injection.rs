@@ -109,3 +109,43 @@ async fn a_bad_resource_annotation_is_refused_with_its_reason() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_publishes_its_ca_to_the_webhook_configuration() {
+    tokio::time::timeout(WAIT * 2, async {
+        let rig = Rig::start().await;
+        let op = rig.leader("op-a").await;
+        let ca = rig.operator_ca().await;
+        rig.create(
+            "admissionregistration.k8s.io/v1",
+            "MutatingWebhookConfiguration",
+            None,
+            json!({
+                "metadata": {"name": "sluice-operator"},
+                "webhooks": [{
+                    "name": "inject.sluice.dev",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "clientConfig": {"url": format!("https://{}/mutate-pods", op.webhook)},
+                    "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+                }]
+            }),
+        )
+        .await;
+        sluice_operator::admission::publish_ca_bundle(rig.client.clone(), "sluice-operator", &ca)
+            .await
+            .expect("patched");
+        let hook = rig
+            .api("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", None)
+            .get("sluice-operator")
+            .await
+            .expect("exists");
+        let hook = serde_json::to_value(hook).expect("json");
+        assert_eq!(hook["webhooks"][0]["clientConfig"]["caBundle"], b64(&ca));
+        // Now the API server trusts the operator: an annotated pod is injected.
+        let pod = create_pod(&rig, "other", "asked", json!({"sluice.dev/inject": "true"})).await;
+        assert!(sidecar(&pod).is_some());
+    })
+    .await
+    .expect("bounded");
+}
