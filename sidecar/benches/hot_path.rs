@@ -32,5 +32,86 @@ fn complexity_scoring(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, complexity_scoring);
+fn request_parsing(c: &mut Criterion) {
+    let raw = serde_json::to_vec(&serde_json::json!({
+        "model": "chat",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant for an online shop."},
+            {"role": "user", "content": "Hi, I ordered a blue kettle last week and it has not arrived. Order 12345."},
+            {"role": "assistant", "content": "Sorry to hear that! Let me check."},
+            {"role": "user", "content": "Thanks. Can you also tell me the return policy?"}
+        ],
+        "temperature": 0.2,
+        "max_tokens": 512,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "tools": [{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}]
+    }))
+    .expect("json");
+    let limits = sluice_sidecar::ingress::Limits::default();
+    c.bench_function("ingress/parse 4-message chat request", |b| {
+        b.iter(|| sluice_sidecar::ingress::parse_chat(black_box(&raw), &limits))
+    });
+}
+
+fn sse_translation(c: &mut Criterion) {
+    use sluice_sidecar::provider::{StreamContext, adapter};
+    let mut stream = String::from(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude\",\"stop_reason\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+         event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    );
+    for _ in 0..50 {
+        stream.push_str("event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello there, \"}}\n\n");
+    }
+    stream.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":100}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    let ctx = StreamContext {
+        model: "claude".into(),
+        id: "chatcmpl-1".into(),
+        created: 0,
+        max_line: 1 << 20,
+    };
+    let bytes = stream.into_bytes();
+    c.bench_function("sse/anthropic 50-delta stream to OpenAI chunks", |b| {
+        b.iter(|| {
+            let mut d = adapter(sluice_crds::ProviderType::Anthropic).stream_decoder(&ctx);
+            let mut n = d.feed(black_box(&bytes)).len();
+            n += d.finish().len();
+            n
+        })
+    });
+}
+
+fn route_selection(c: &mut Criterion) {
+    let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {name: p}\nspec:\n  type: mock\n  models:\n  - {name: a, contextWindow: 128000, pricing: {inputPerMillion: \"1\", outputPerMillion: \"2\"}}\n  - {name: b, contextWindow: 128000, pricing: {inputPerMillion: \"3\", outputPerMillion: \"4\"}}\n  - {name: c, contextWindow: 32000}\n---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  strategy: weighted\n  targets: [{providerRef: {name: p}, model: a, weight: 5}, {providerRef: {name: p}, model: b, weight: 3}, {providerRef: {name: p}, model: c, weight: 2}]\n";
+    let config = sluice_sidecar::standalone::load_bytes(
+        &sluice_crds::load::Admission::new(),
+        yaml.as_bytes(),
+        &|_| None,
+    )
+    .expect("config");
+    let route = config.route("r").expect("route").clone();
+    let health = sluice_sidecar::health::Health::default();
+    let info = sluice_sidecar::route::RequestInfo {
+        input_tokens: 800,
+        max_output: 512,
+        ..Default::default()
+    };
+    c.bench_function("route/plan 3 weighted targets + breaker checks", |b| {
+        b.iter(|| {
+            let plan = sluice_sidecar::route::plan(black_box(&route), &info, &health);
+            let now = tokio::time::Instant::now();
+            plan.iter()
+                .filter(|t| health.endpoint(t).breaker.admits(now).0)
+                .count()
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    complexity_scoring,
+    request_parsing,
+    sse_translation,
+    route_selection
+);
 criterion_main!(benches);
