@@ -201,13 +201,15 @@ pub async fn run(
 ) -> Outcome {
     let mut fell_back = Vec::new();
     let mut attempts = 0;
+    let mut targets_tried = 0usize;
+    route.retry_budget.deposit();
     let mut last: Option<(Target, Failure)> = None;
     // After a context-length failure only a larger window can help.
     let mut larger_than: Option<u32> = None;
     let streamed = matches!(call, Call::Chat { stream: true, .. });
     let (candidates, forced) = admitted(health, targets, Instant::now());
     for target in candidates {
-        if attempts as usize >= route.max_depth {
+        if targets_tried >= route.max_depth {
             break;
         }
         if let Some(min) = larger_than
@@ -224,30 +226,52 @@ pub async fn run(
         if let Some(prev) = last.take() {
             fell_back.push(prev);
         }
-        attempts += 1;
-        let started = Instant::now();
-        let result = {
-            let _busy = endpoint.in_flight.enter(call.estimated_tokens());
-            try_target(egress, bounds, route, target, call, propagate).await
+        targets_tried += 1;
+        let mut tries_here = 0u32;
+        let result = loop {
+            attempts += 1;
+            tries_here += 1;
+            let started = Instant::now();
+            let result = {
+                let _busy = endpoint.in_flight.enter(call.estimated_tokens());
+                try_target(egress, bounds, route, target, call, propagate).await
+            };
+            match &result {
+                Ok(_) => health.record(
+                    &route.name,
+                    target,
+                    Instant::now(),
+                    Ok(started.elapsed()),
+                    false,
+                    streamed,
+                ),
+                Err(f) => health.record(
+                    &route.name,
+                    target,
+                    Instant::now(),
+                    Err(f.class),
+                    class_policy(f.class).counts_against_breaker,
+                    streamed,
+                ),
+            }
+            let Err(f) = &result else { break result };
+            let retry = &route.spec.retry;
+            let retryable = tries_here < retry.attempts
+                && class_policy(f.class).retry_same_target
+                && f.class
+                    .trigger()
+                    .is_some_and(|t| retry.triggers.contains(&t))
+                && endpoint.breaker.state() == sluice_crds::report::BreakerState::Closed;
+            if !retryable || !route.retry_budget.withdraw() {
+                break result;
+            }
+            match retry_delay(&retry.backoff, tries_here, f.retry_after, jitter()) {
+                Some(d) => tokio::time::sleep(d).await,
+                // The provider asks for longer than the backoff allows:
+                // fail over at once instead of sleeping.
+                None => break result,
+            }
         };
-        match &result {
-            Ok(_) => health.record(
-                &route.name,
-                target,
-                Instant::now(),
-                Ok(started.elapsed()),
-                false,
-                streamed,
-            ),
-            Err(f) => health.record(
-                &route.name,
-                target,
-                Instant::now(),
-                Err(f.class),
-                class_policy(f.class).counts_against_breaker,
-                streamed,
-            ),
-        }
         if result.is_ok()
             && let Some((from, failure)) = fell_back.last()
         {
@@ -489,6 +513,84 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, Failure> {
             format!("cannot encode response: {e}"),
         )
     })
+}
+
+/// The delay before retry `n` (1-based) of the same target: a uniformly
+/// random share (`unit` in [0, 1)) of `base × 2^(n-1)`, capped at `max`
+/// (full jitter). A provider's `Retry-After` is honoured up to `max`;
+/// longer than that, `None`: move on instead of sleeping.
+pub fn retry_delay(
+    backoff: &sluice_crds::route::Backoff,
+    n: u32,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Option<Duration> {
+    let max = backoff.max.get();
+    if let Some(hint) = retry_after {
+        return (hint <= max).then_some(hint);
+    }
+    let ceiling = backoff
+        .base
+        .get()
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(max);
+    Some(ceiling.mul_f64(unit.clamp(0.0, 1.0)))
+}
+
+/// A jitter draw in [0, 1).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut r = crate::balance::SplitMix64(u64::from(nanos));
+    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Retries may add at most `budgetPercent` of a route's requests (plus a
+/// small floor), so retries cannot multiply load during an outage: every
+/// request deposits `budgetPercent / 100` of a retry, every retry
+/// withdraws one.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Thousandths of a retry.
+    milli: std::sync::atomic::AtomicI64,
+    percent: i64,
+}
+
+/// Retries a route may make before its own traffic has paid for any.
+const RETRY_FLOOR: i64 = 10;
+/// Most retries a quiet route can save up.
+const RETRY_CAP: i64 = 100;
+
+impl RetryBudget {
+    pub fn new(percent: u32) -> Self {
+        Self {
+            milli: std::sync::atomic::AtomicI64::new(RETRY_FLOOR * 1000),
+            percent: i64::from(percent.min(100)),
+        }
+    }
+
+    /// One request's contribution.
+    pub fn deposit(&self) {
+        use std::sync::atomic::Ordering;
+        let add = self.percent * 10;
+        let _ = self
+            .milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some((m + add).min(RETRY_CAP * 1000))
+            });
+    }
+
+    /// Takes one retry if the budget has it.
+    pub fn withdraw(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                (m >= 1000).then_some(m - 1000)
+            })
+            .is_ok()
+    }
 }
 
 /// Seconds since the Unix epoch.

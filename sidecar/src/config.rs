@@ -54,6 +54,8 @@ pub struct Route {
     pub balancer: crate::balance::Balancer,
     /// Content rules, in order, with their own targets and balancer.
     pub rules: Vec<Rule>,
+    /// Bounds retries to `retry.budgetPercent` of the route's requests.
+    pub retry_budget: crate::attempt::RetryBudget,
 }
 
 /// A content rule with its targets resolved.
@@ -312,6 +314,7 @@ impl TryFrom<&Snapshot> for Config {
                 spec: spec.clone(),
                 balancer,
                 rules,
+                retry_budget: crate::attempt::RetryBudget::new(spec.retry.budget_percent),
             }));
         }
         if !problems.is_empty() {

@@ -38,6 +38,8 @@ kind: LLMRoute
 metadata: {{name: chat}}
 spec:
   model: chat
+  # One try per target: these tests are about fallback; retries have theirs.
+  retry: {{attempts: 1}}
   fallback:
     triggers: [connect, reset, timeout, rate-limited, overloaded, server-error, malformed, stream-interrupted]
   targets:
@@ -49,8 +51,19 @@ kind: LLMRoute
 metadata: {{name: solo}}
 spec:
   model: solo
+  retry: {{attempts: 1}}
   targets:
   - {{providerRef: {{name: primary}}, model: gpt-4o-mini}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: retrying}}
+spec:
+  model: retrying
+  retry: {{attempts: 3, backoff: {{base: 10ms, max: 200ms}}}}
+  targets:
+  - {{providerRef: {{name: primary}}, model: gpt-4o-mini}}
+  - {{providerRef: {{name: backup}}, model: gpt-4o, priority: 1}}
 "#
     )
 }
@@ -306,6 +319,8 @@ kind: LLMRoute
 metadata: {{name: chat}}
 spec:
   model: chat
+  # One try per target: these tests are about fallback; retries have theirs.
+  retry: {{attempts: 1}}
   fallback:
     triggers: [connect, reset, timeout, rate-limited, overloaded, server-error, malformed, stream-interrupted]
   targets: [{{providerRef: {{name: azure}}, model: gpt4o-prod}}]
@@ -507,4 +522,58 @@ async fn context_length_falls_back_only_to_a_larger_window() {
     assert_eq!(resp.header("x-sluice-provider"), Some("large"));
     assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
     assert_eq!(small.request_count(), before);
+}
+
+#[tokio::test]
+async fn retries_the_same_target_with_backoff_and_only_for_retryable_failures() {
+    let (primary, backup) = mocks().await;
+    let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "2s")).await;
+    // Two server errors, then an answer: retried on the same target.
+    primary.enqueue(2, Behaviour::error(ErrorKind::ServerError));
+    let resp = sc.chat(ask("retrying", "hi")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-sluice-provider"), Some("primary"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("3"));
+    assert_eq!(primary.request_count(), 3);
+    // A bad request is never retried (nor fallen back from).
+    primary.enqueue(1, Behaviour::error(ErrorKind::BadRequest));
+    let resp = sc.chat(ask("retrying", "hi")).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(primary.request_count(), 4);
+    // Retries exhausted on the primary: the backup answers.
+    primary.enqueue(3, Behaviour::error(ErrorKind::Overloaded));
+    let resp = sc.chat(ask("retrying", "hi")).await;
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("4"));
+    // A Retry-After longer than the backoff allows fails over at once.
+    primary.enqueue(
+        1,
+        Behaviour::error(ErrorKind::RateLimited(RateLimit::after(
+            Duration::from_secs(30),
+        ))),
+    );
+    let started = std::time::Instant::now();
+    let resp = sc.chat(ask("retrying", "hi")).await;
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("2"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_during_a_full_outage() {
+    let (primary, backup) = mocks().await;
+    let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "2s")).await;
+    primary.set_default(Behaviour::error(ErrorKind::ServerError));
+    backup.set_default(Behaviour::error(ErrorKind::ServerError));
+    let requests = 40;
+    for _ in 0..requests {
+        let resp = sc.chat(ask("retrying", "hi")).await;
+        assert_eq!(resp.status, 502, "{}", resp.text());
+    }
+    // Without a budget: 40 requests × 3 tries on each of two targets = 240
+    // calls. With budgetPercent 20 and a floor of 10, retries are at most
+    // 10 + 20 % of 40 = 18; the breakers (5 failures in a row) cut the
+    // rest short.
+    let calls = primary.request_count() + backup.request_count();
+    assert!(calls <= requests * 2 + 18, "{calls} upstream calls");
 }
