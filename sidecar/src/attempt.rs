@@ -202,6 +202,7 @@ pub async fn run(
     let mut fell_back = Vec::new();
     let mut attempts = 0;
     let mut targets_tried = 0usize;
+    let mut throttled: Option<Duration> = None;
     route.retry_budget.deposit();
     let mut last: Option<(Target, Failure)> = None;
     // After a context-length failure only a larger window can help.
@@ -218,9 +219,25 @@ pub async fn run(
             continue;
         }
         let endpoint = health.endpoint(target);
+        let now = Instant::now();
+        // Throttled after a 429, or at the provider's own per-minute limits:
+        // route around it rather than collect a 429.
+        if !forced {
+            if let Some(wait) = endpoint.throttled_for(now) {
+                throttled = Some(throttled.map_or(wait, |w: Duration| w.min(wait)));
+                continue;
+            }
+            if let Some(limiter) = health.provider_limiter(target)
+                && let Err(limited) = limiter.check(None, call.estimated_tokens(), now)
+            {
+                let wait = Duration::from_secs(limited.retry_after_secs);
+                throttled = Some(throttled.map_or(wait, |w: Duration| w.min(wait)));
+                continue;
+            }
+        }
         // A breaker due for a probe turns half-open here; a half-open one
         // admits only its probes.
-        if !endpoint.breaker.admits(Instant::now()).0 && !forced {
+        if !endpoint.breaker.admits(now).0 && !forced {
             continue;
         }
         if let Some(prev) = last.take() {
@@ -255,6 +272,9 @@ pub async fn run(
                 ),
             }
             let Err(f) = &result else { break result };
+            if f.class == FailureClass::RateLimited {
+                endpoint.throttle(Instant::now(), f.retry_after);
+            }
             let retry = &route.spec.retry;
             let retryable = tries_here < retry.attempts
                 && class_policy(f.class).retry_same_target
@@ -316,6 +336,19 @@ pub async fn run(
             target: Some(target),
             fell_back,
         },
+        None if throttled.is_some() => {
+            let mut f = Failure::new(
+                FailureClass::RateLimited,
+                format!("every target of route {} is at its rate limit", route.name),
+            );
+            f.retry_after = throttled.map(|w| w.max(Duration::from_secs(1)));
+            Outcome {
+                result: Err(f),
+                attempts,
+                target: None,
+                fell_back,
+            }
+        }
         None => Outcome {
             result: Err(Failure::new(
                 FailureClass::NotFound,

@@ -24,6 +24,40 @@ pub struct Endpoint {
     pub breaker: Breaker,
     pub in_flight: InFlight,
     settings: Settings,
+    /// After a 429: not tried again before this instant (429 is not an
+    /// outage, so it steers traffic away without feeding the breaker).
+    throttled_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn new(settings: Settings) -> Self {
+        Self {
+            breaker: Breaker::new(settings.clone()),
+            in_flight: InFlight::default(),
+            settings,
+            throttled_until: Mutex::new(None),
+        }
+    }
+
+    /// Marks the endpoint throttled for `hint` (1 s without one, at most 5 min).
+    pub fn throttle(&self, now: Instant, hint: Option<Duration>) {
+        let d = hint
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(300));
+        *self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(now + d);
+    }
+
+    /// How long the endpoint stays throttled, if it is.
+    pub fn throttled_for(&self, now: Instant) -> Option<Duration> {
+        let until = *self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        until.filter(|u| *u > now).map(|u| u - now)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +77,16 @@ pub struct Health {
     endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
     figures: Mutex<BTreeMap<(String, String, String), Figures>>,
     fallbacks: Mutex<BTreeMap<String, FallbackRecord>>,
+    #[allow(clippy::type_complexity)]
+    limiters: Mutex<
+        HashMap<
+            String,
+            (
+                sluice_crds::budget::RateLimits,
+                Arc<crate::ratelimit::RateLimiter>,
+            ),
+        >,
+    >,
 }
 
 fn key(target: &Target) -> (String, String) {
@@ -58,21 +102,41 @@ impl Health {
     pub fn endpoint(&self, target: &Target) -> Arc<Endpoint> {
         let settings = Settings::from(&target.provider.spec.circuit_breaker);
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(key(target)).or_insert_with(|| {
-            Arc::new(Endpoint {
-                breaker: Breaker::new(settings.clone()),
-                in_flight: InFlight::default(),
-                settings: settings.clone(),
-            })
-        });
+        let entry = map
+            .entry(key(target))
+            .or_insert_with(|| Arc::new(Endpoint::new(settings.clone())));
         if entry.settings != settings {
-            *entry = Arc::new(Endpoint {
-                breaker: Breaker::new(settings.clone()),
-                in_flight: InFlight::default(),
-                settings,
-            });
+            *entry = Arc::new(Endpoint::new(settings));
         }
         entry.clone()
+    }
+
+    /// The provider's own `limits.requestsPerMinute` / `tokensPerMinute`
+    /// buckets, shared by all its models; `None` when it sets neither.
+    pub fn provider_limiter(&self, target: &Target) -> Option<Arc<crate::ratelimit::RateLimiter>> {
+        let limits = target.provider.spec.limits.as_ref()?;
+        if limits.requests_per_minute.is_none() && limits.tokens_per_minute.is_none() {
+            return None;
+        }
+        let wanted = sluice_crds::budget::RateLimits {
+            requests_per_minute: limits.requests_per_minute,
+            tokens_per_minute: limits.tokens_per_minute,
+        };
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        let k = key(target).0;
+        let entry = map.entry(k).or_insert_with(|| {
+            (
+                wanted.clone(),
+                Arc::new(crate::ratelimit::RateLimiter::new(wanted.clone())),
+            )
+        });
+        if entry.0 != wanted {
+            *entry = (
+                wanted.clone(),
+                Arc::new(crate::ratelimit::RateLimiter::new(wanted)),
+            );
+        }
+        Some(entry.1.clone())
     }
 
     /// Records a call's end for the breaker and the report.

@@ -190,6 +190,18 @@ async fn pre_commit_failures_fall_back_invisibly() {
 async fn terminal_errors_carry_codes_and_hints() {
     let (primary, backup) = mocks().await;
     let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "2s")).await;
+    primary.enqueue(1, Behaviour::error(ErrorKind::ContextLength));
+    let resp = sc.chat(ask("solo", "hi")).await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(resp.json()["error"]["code"], "context_length_exceeded");
+
+    // A bad request is not fallen back from, even with a backup.
+    primary.enqueue(1, Behaviour::error(ErrorKind::BadRequest));
+    let resp = sc.chat(ask("chat", "hi")).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "upstream_error");
+    assert_eq!(backup.request_count(), 0);
+
     primary.enqueue(
         1,
         Behaviour::error(ErrorKind::RateLimited(RateLimit::after(
@@ -202,17 +214,42 @@ async fn terminal_errors_carry_codes_and_hints() {
     assert_eq!(resp.header("retry-after"), Some("7"));
     assert_eq!(resp.header("x-should-retry"), Some("false"));
 
-    primary.enqueue(1, Behaviour::error(ErrorKind::ContextLength));
+    // 429 is not an outage: the target is throttled until its Retry-After,
+    // so the next request does not collect another 429 from it…
+    let calls = primary.request_count();
     let resp = sc.chat(ask("solo", "hi")).await;
-    assert_eq!(resp.status, 400);
-    assert_eq!(resp.json()["error"]["code"], "context_length_exceeded");
-
-    // A bad request is not fallen back from, even with a backup.
-    primary.enqueue(1, Behaviour::error(ErrorKind::BadRequest));
+    assert_eq!(resp.status, 429, "{}", resp.text());
+    assert!(resp.header("retry-after").is_some());
+    assert_eq!(primary.request_count(), calls, "not sent while throttled");
+    // …and a route with another target goes there meanwhile.
     let resp = sc.chat(ask("chat", "hi")).await;
-    assert_eq!(resp.status, 400, "{}", resp.text());
-    assert_eq!(resp.json()["error"]["code"], "upstream_error");
-    assert_eq!(backup.request_count(), 0);
+    assert_eq!(resp.header("x-sluice-provider"), Some("backup"));
+    assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
+}
+
+#[tokio::test]
+async fn a_providers_own_rate_limit_steers_traffic_before_it_answers_429() {
+    let (primary, backup) = mocks().await;
+    let yaml = yaml(&primary.url(), &backup.url(), "2s").replace(
+        "  models: [{name: gpt-4o-mini}]",
+        "  limits: {requestsPerMinute: 3}\n  models: [{name: gpt-4o-mini}]",
+    );
+    let sc = Sidecar::start(&yaml).await;
+    let mut providers = Vec::new();
+    for _ in 0..5 {
+        let resp = sc.chat(ask("chat", "hi")).await;
+        assert_eq!(resp.status, 200);
+        providers.push(
+            resp.header("x-sluice-provider")
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        providers,
+        vec!["primary", "primary", "primary", "backup", "backup"]
+    );
+    assert_eq!(primary.request_count(), 3);
 }
 
 #[tokio::test]
