@@ -216,6 +216,14 @@ impl Breaker {
         }
     }
 
+    /// The p95 latency (time to first token for streams) over the rolling
+    /// window, for the `latency` strategy; `None` before any success.
+    pub fn p95(&self, now: Instant) -> Option<Duration> {
+        let inner = self.lock();
+        let (_, _, hist) = totals(&inner.slots, now, self.settings.window);
+        p95(&hist)
+    }
+
     /// When an open breaker will let a probe through.
     pub fn retry_at(&self) -> Option<Instant> {
         match self.lock().state {

@@ -115,7 +115,7 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
         .map(|t| crate::balance::Candidate {
             weight: t.weight,
             priority: t.priority,
-            latency: None,
+            latency: health.endpoint(t).breaker.p95(tokio::time::Instant::now()),
             cost: t.pricing.as_ref().map(|p| {
                 crate::balance::estimated_cost(
                     p.input_per_million,

@@ -614,3 +614,72 @@ async fn the_retry_budget_caps_retries_during_a_full_outage() {
     let calls = primary.request_count() + backup.request_count();
     assert!(calls <= requests * 2 + 18, "{calls} upstream calls");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_the_primary_dies_and_recovers_under_load_without_client_errors() {
+    let (primary, backup) = mocks().await;
+    let primary = std::sync::Arc::new(primary);
+    let yaml = yaml(&primary.url(), &backup.url(), "2s").replace(
+        "  models: [{name: gpt-4o-mini}]",
+        "  circuitBreaker: {consecutiveFailures: 3, openFor: 300ms, maxOpenFor: 300ms, halfOpenProbes: 1}\n  models: [{name: gpt-4o-mini}]",
+    );
+    let sc = std::sync::Arc::new(Sidecar::start(&yaml).await);
+    let clients = 8;
+    let per_client = 30;
+    // Phases by requests done, not by time: healthy for the first 60, the
+    // primary down until 150, then healthy again.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let sc = sc.clone();
+        let done = done.clone();
+        let primary = primary.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..per_client {
+                let resp = sc.chat(ask("retrying", "hi")).await;
+                statuses.push(resp.status);
+                match done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 {
+                    60 => primary.set_default(Behaviour::error(ErrorKind::ServerError)),
+                    150 => primary.set_default(Behaviour::ok()),
+                    _ => {}
+                }
+                // Spread the load over time so breakers open, probe and close.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.expect("client task"));
+    }
+    let requests = clients * per_client;
+    assert_eq!(statuses.len(), requests);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "client-visible errors: {statuses:?}"
+    );
+    // Bounded upstream calls: one per request, plus retries within the
+    // budget (floor 10 + 20 %), plus breaker probes.
+    let calls = primary.request_count() + backup.request_count();
+    eprintln!(
+        "chaos: {requests} requests, {} primary + {} backup upstream calls",
+        primary.request_count(),
+        backup.request_count()
+    );
+    assert!(backup.request_count() > 0, "the outage was seen");
+    assert!(
+        calls <= requests + 10 + requests / 5 + 20,
+        "{calls} upstream calls for {requests} requests"
+    );
+    // Recovered: the primary serves again.
+    let resp = sc.chat(ask("retrying", "hi")).await;
+    let resp = if resp.header("x-sluice-provider") == Some("primary") {
+        resp
+    } else {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sc.chat(ask("retrying", "hi")).await
+    };
+    assert_eq!(resp.header("x-sluice-provider"), Some("primary"));
+}
