@@ -139,6 +139,17 @@ impl Health {
         Some(entry.1.clone())
     }
 
+    /// Every endpoint's breaker state: `(provider, model, state)`.
+    pub fn breaker_states(&self) -> Vec<(String, String, sluice_crds::report::BreakerState)> {
+        let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|((p, m), e)| {
+                let provider = p.rsplit('/').next().unwrap_or(p).to_owned();
+                (provider, m.clone(), e.breaker.state())
+            })
+            .collect()
+    }
+
     /// Records a call's end for the breaker and the report.
     pub fn record(
         &self,

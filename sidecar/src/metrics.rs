@@ -105,6 +105,16 @@ pub struct Metrics {
     cost: Family<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     errors: Family<ErrorLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
+    breakers: Family<
+        BreakerLabels,
+        prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    >,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BreakerLabels {
+    provider: String,
+    model: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,6 +148,15 @@ impl Metrics {
         let cost = Family::<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
+        let breakers = Family::<
+            BreakerLabels,
+            prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+        >::default();
+        registry.register(
+            "sluice_breaker_open",
+            "1 while the circuit breaker of a provider and model is open, 0.5 half-open, 0 closed",
+            breakers.clone(),
+        );
         registry.register(
             "gen_ai_client_operation_duration_seconds",
             "Duration of GenAI operations through the sidecar, to the last byte",
@@ -178,6 +197,27 @@ impl Metrics {
             cost,
             errors,
             fallbacks,
+            breakers,
+        }
+    }
+
+    /// Sets the breaker gauges from the current states (called on scrape;
+    /// one series per provider and model the sidecar has called, which the
+    /// configuration bounds).
+    pub fn breakers(&self, states: &[(String, String, sluice_crds::report::BreakerState)]) {
+        use sluice_crds::report::BreakerState as B;
+        for (provider, model, state) in states {
+            let v = match state {
+                B::Closed => 0.0,
+                B::HalfOpen => 0.5,
+                B::Open => 1.0,
+            };
+            self.breakers
+                .get_or_create(&BreakerLabels {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                })
+                .set(v);
         }
     }
 

@@ -128,6 +128,7 @@ fn admin(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> 
             ),
         },
         "/metrics" => {
+            app.metrics.breakers(&app.health.breaker_states());
             let mut resp = Response::new(body::full(app.metrics.encode()));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

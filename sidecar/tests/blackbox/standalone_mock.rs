@@ -375,6 +375,11 @@ async fn a_failing_target_trips_its_breaker_and_is_skipped() {
         assert_eq!(resp.header("x-sluice-provider"), Some("steady"));
         assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
     }
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains(r#"sluice_breaker_open{provider="flaky",model="mock-large"} 1"#),
+        "{metrics}"
+    );
     // A route whose only target is open still tries it (the last option is
     // never ejected) and answers its failure.
     let resp = sc.chat(ask("doomed", "hi")).await;
