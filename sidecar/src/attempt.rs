@@ -5,10 +5,9 @@
 //! invisibly.
 //!
 //! The class table ([`class_policy`]) is the one exhaustive `match` that
-//! says what each failure class means. Retries of the same target with
-//! backoff, breakers, throttling and the retry budget (issue 4) plug in
-//! here: `retry_same_target` and `counts_against_breaker` are already
-//! decided, only not acted on yet.
+//! says what each failure class means; from it come retries of the same
+//! target (full-jitter backoff, `Retry-After`, the route's retry budget),
+//! breaker bookkeeping, 429 throttling and fallback.
 
 use std::time::Duration;
 

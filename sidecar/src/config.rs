@@ -47,8 +47,8 @@ pub struct Route {
     pub catch_all: Option<CatchAll>,
     /// The route's timeout overrides.
     pub timeouts: Timeouts,
-    /// The whole spec, for the stages still to come (retries, cache, PII,
-    /// budgets).
+    /// The whole spec, for the stages that read it directly (retry, and the
+    /// governance stages once wired: cache, PII, budgets).
     pub spec: LLMRouteSpec,
     /// Orders `targets` by `spec.strategy`.
     pub balancer: crate::balance::Balancer,

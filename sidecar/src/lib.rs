@@ -4,7 +4,7 @@
 //! A request meets, in order: [`ingress`] (parse, limits, validation),
 //! [`policy`] (the seam for PII, rate limits, budgets, idempotency, cache),
 //! [`route`] (which route and in which order its targets), [`attempt`]
-//! (timeouts, fallback; retries and breakers to come) calling a
+//! (timeouts, retries, breakers, fallback) calling a
 //! [`provider`] adapter (pure translation) over [`egress`] (the one client
 //! that talks to providers), then the response and accounting in
 //! [`pipeline`], which reads top to bottom.
