@@ -284,7 +284,12 @@ pub async fn run(
             if !retryable || !route.retry_budget.withdraw() {
                 break result;
             }
-            match retry_delay(&retry.backoff, tries_here, f.retry_after, jitter()) {
+            match retry_delay(
+                &retry.backoff,
+                tries_here,
+                f.retry_after,
+                crate::balance::jitter(),
+            ) {
                 Some(d) => tokio::time::sleep(d).await,
                 // The provider asks for longer than the backoff allows:
                 // fail over at once instead of sleeping.
@@ -561,22 +566,12 @@ pub fn retry_delay(
     if let Some(hint) = retry_after {
         return (hint <= max).then_some(hint);
     }
-    let ceiling = backoff
-        .base
-        .get()
-        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
-        .min(max);
-    Some(ceiling.mul_f64(unit.clamp(0.0, 1.0)))
-}
-
-/// A jitter draw in [0, 1).
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut r = crate::balance::SplitMix64(u64::from(nanos));
-    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    Some(crate::balance::full_jitter(
+        backoff.base.get(),
+        max,
+        n.saturating_sub(1),
+        unit,
+    ))
 }
 
 /// Retries may add at most `budgetPercent` of a route's requests (plus a

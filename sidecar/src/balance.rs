@@ -147,6 +147,26 @@ impl SplitMix64 {
     }
 }
 
+/// Full-jitter exponential backoff: a `unit` share (in [0, 1)) of
+/// `base × 2^n`, capped at `max`.
+pub fn full_jitter(base: Duration, max: Duration, n: u32, unit: f64) -> Duration {
+    base.saturating_mul(1u32 << n.min(20))
+        .min(max)
+        .mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// A jitter draw in [0, 1) for backoffs: the clock's nanoseconds, mixed,
+/// de-synchronise sidecars and requests that back off together (no
+/// cryptographic quality needed).
+pub fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut r = SplitMix64(u64::from(nanos));
+    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Estimated cost of a request on a model with these prices.
 pub fn estimated_cost(
     input_per_million: Money,

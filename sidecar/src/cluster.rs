@@ -209,12 +209,9 @@ impl Backoff {
 
     /// The next delay; `unit` in [0, 1) is the jitter draw.
     pub fn next(&mut self, unit: f64) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
+        let d = crate::balance::full_jitter(self.base, self.max, self.attempt, unit);
         self.attempt = self.attempt.saturating_add(1);
-        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+        d
     }
 
     pub fn reset(&mut self) {

@@ -126,7 +126,7 @@ pub async fn run_stream(session: Arc<Session>, client: OperatorClient) {
         if let Err(e) = stream_once(&session, &client, &mut backoff).await {
             tracing::warn!(error = %e, "snapshot stream down; serving the last good configuration");
         }
-        tokio::time::sleep(backoff.next(jitter())).await;
+        tokio::time::sleep(backoff.next(crate::balance::jitter())).await;
     }
 }
 
@@ -168,14 +168,4 @@ pub async fn run_reports(session: Arc<Session>, client: OperatorClient) {
             Err(e) => tracing::warn!(error = %e, "report not delivered; usage stays pending"),
         }
     }
-}
-
-/// A jitter draw in [0, 1) without a dependency: the low bits of the clock
-/// are random enough to de-synchronise sidecars reconnecting together.
-fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    f64::from(nanos % 1_000_000) / 1_000_000.0
 }
