@@ -1,0 +1,163 @@
+//! `loadbench`: the sidecar load benchmark (see `tests/LOADBENCH.md`).
+//!
+//! `loadbench [run] [flags]` runs the whole benchmark and prints a markdown
+//! table; `loadbench upstream` and `loadbench proxy` are the child processes
+//! it starts (the fast upstream and the bare proxy), each in its own process
+//! so that its CPU and memory can be read from `/proc` on their own.
+
+#[path = "../loadbench/mod.rs"]
+mod loadbench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Sidecar load benchmark: direct vs bare proxy vs sidecar, on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunFlags,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the benchmark (the default).
+    Run(RunFlags),
+    /// The fast upstream (a child of `run`).
+    Upstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Runtime worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Pause between a stream's first chunk and the rest, milliseconds.
+        #[arg(long, default_value_t = 2)]
+        stream_gap_ms: u64,
+        /// How long a held stream lasts at most, seconds.
+        #[arg(long, default_value_t = 120)]
+        hold_secs: u64,
+    },
+    /// The bare pass-through proxy (a child of `run`).
+    Proxy {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
+}
+
+#[derive(Args, Clone)]
+struct RunFlags {
+    /// Rounds per phase; each round runs every path once, order rotated.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of one path's round, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    round_secs: f64,
+    /// Open-loop rates for non-stream requests, req/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "200,1000")]
+    rates: Vec<f64>,
+    /// Connections of the closed-loop (max throughput) phase.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Open-loop rate of the stream (time to first byte) phase, req/s.
+    #[arg(long, default_value_t = 200.0)]
+    stream_rate: f64,
+    /// Concurrent slow streams held open for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// The sidecar binary (default: `sluice-sidecar` beside this binary).
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+    /// RUST_LOG for the sidecar; `info` (its default) keeps the access log on.
+    #[arg(long, default_value = "info")]
+    sidecar_log: String,
+    /// Worker threads of the upstream process.
+    #[arg(long, default_value_t = 1)]
+    upstream_threads: usize,
+    /// Pause between a stream's first chunk and the rest, milliseconds.
+    #[arg(long, default_value_t = 2)]
+    stream_gap_ms: u64,
+    /// Give up (and kill the children) after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    max_secs: u64,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Upstream {
+            listen,
+            threads,
+            stream_gap_ms,
+            hold_secs,
+        }) => loadbench::upstream::run(
+            listen,
+            loadbench::upstream::Shape {
+                stream_gap: Duration::from_millis(stream_gap_ms),
+                hold: Duration::from_secs(hold_secs),
+            },
+            threads,
+        ),
+        Some(Command::Proxy { listen, upstream }) => loadbench::proxy::run(listen, upstream),
+        Some(Command::Run(flags)) => bench(flags),
+        None => bench(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadbench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(flags: RunFlags) -> anyhow::Result<()> {
+    let sidecar_bin = match flags.sidecar.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("sluice-sidecar"),
+    };
+    let opts = loadbench::Options {
+        rounds: flags.rounds.max(1),
+        round_secs: flags.round_secs,
+        rates: flags.rates.clone(),
+        connections: flags.connections.max(1),
+        stream_rate: flags.stream_rate,
+        streams: flags.streams,
+        sidecar_bin,
+        sidecar_log: flags.sidecar_log.clone(),
+        upstream_threads: flags.upstream_threads,
+        stream_gap_ms: flags.stream_gap_ms,
+    };
+    anyhow::ensure!(
+        opts.round_secs > 0.0 && opts.stream_rate > 0.0 && opts.rates.iter().all(|r| *r > 0.0),
+        "--round-secs, --rates and --stream-rate must be positive"
+    );
+    // The load generator's own runtime: one worker, so that it takes at most
+    // one core's share from the processes it measures.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(flags.max_secs), loadbench::run(opts)) => {
+                r.map_err(|_| anyhow::anyhow!("gave up after --max-secs {}", flags.max_secs))?
+            }
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        }
+    })?;
+    print!("{report}");
+    if let Some(out) = &flags.out {
+        std::fs::write(out, &report)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The load generator: open loop on a fixed timeline with latency measured
+//! from each request's *scheduled* send time (so a stall in the system under
+//! test shows up as latency instead of silently lowering the rate — the
+//! coordinated-omission correction), closed loop for throughput, streams for
+//! time to first byte, and a crowd of held streams for memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::runtime::Handle;
+
+/// The request every path gets; the sidecar rewrites `model` to the target's.
+pub const CHAT: &str = r#"{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark, please."}],"max_tokens":16}"#;
+pub const STREAM: &str = r#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Say hello to the benchmark, please."}],"max_tokens":16}"#;
+pub const HOLD: &str = r#"{"model":"bench-hold","stream":true,"messages":[{"role":"user","content":"Hold this stream open."}],"max_tokens":16}"#;
+
+/// No request waits longer than this; past it, it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One path under test: where to send, and (for gateways) whose CPU to read.
+#[derive(Clone)]
+pub struct Path {
+    pub name: &'static str,
+    pub uri: Uri,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub gateway_pid: Option<u32>,
+}
+
+impl Path {
+    pub fn new(
+        name: &'static str,
+        base: std::net::SocketAddr,
+        gateway_pid: Option<u32>,
+    ) -> anyhow::Result<Path> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Path {
+            name,
+            uri: format!("http://{base}/v1/chat/completions").parse()?,
+            client,
+            gateway_pid,
+        })
+    }
+
+    fn request(&self, body: &'static str) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = self.uri.clone();
+        req.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        req
+    }
+
+    /// Sends one request and reads it to the end. Returns the time from
+    /// `from` to the first body byte and to the end, or `None` on any error.
+    pub async fn call(&self, body: &'static str, from: Instant) -> Option<(Duration, Duration)> {
+        let work = async {
+            let resp = self.client.request(self.request(body)).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            let mut body = resp.into_body();
+            let mut first = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.ok()?;
+                if first.is_none() && frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    first = Some(from.elapsed());
+                }
+            }
+            let end = from.elapsed();
+            Some((first.unwrap_or(end), end))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, work)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// What one round measured on one path.
+#[derive(Default)]
+pub struct Round {
+    /// Nanoseconds, per successful request: to the end (non-stream) or to
+    /// the first body byte (stream), from the scheduled send time.
+    pub latencies: Vec<u64>,
+    pub errors: u64,
+    pub completed: u64,
+    pub elapsed: Duration,
+    pub cpu_ticks: u64,
+}
+
+fn gateway_ticks(path: &Path) -> u64 {
+    path.gateway_pid
+        .and_then(|pid| super::net::cpu_ticks(pid).ok())
+        .unwrap_or(0)
+}
+
+/// Open loop: request `i` is due at `start + i / rate`, whatever happened to
+/// the ones before. The timeline is kept by a plain thread sleeping to each
+/// instant (finer than tokio's millisecond timer); each request then runs as
+/// a task on the generator's runtime.
+pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round {
+    let body = if stream { STREAM } else { CHAT };
+    let total = (rate * secs).round().max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let handle = Handle::current();
+    let cpu_before = gateway_ticks(path);
+    let start = Instant::now() + Duration::from_millis(5);
+    let dispatcher = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            for i in 0..total {
+                let due = start + interval.mul_f64(i as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let path = path.clone();
+                let tx = tx.clone();
+                handle.spawn(async move {
+                    let _ = tx.send(path.call(body, due).await);
+                });
+            }
+        })
+    };
+    let mut round = Round::default();
+    while let Some(result) = rx.recv().await {
+        match result {
+            Some((first, end)) => {
+                let d = if stream { first } else { end };
+                round.latencies.push(d.as_nanos() as u64);
+                round.completed += 1;
+            }
+            None => round.errors += 1,
+        }
+    }
+    let _ = dispatcher.join();
+    round.elapsed = start.elapsed();
+    round.cpu_ticks = gateway_ticks(path).saturating_sub(cpu_before);
+    round
+}
+
+/// Closed loop: `connections` callers, each sending its next request as soon
+/// as the last one ended, for `secs`.
+pub async fn closed_loop(path: &Path, connections: usize, secs: f64) -> Round {
+    let cpu_before = gateway_ticks(path);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let path = path.clone();
+        let ok = ok.clone();
+        let failed = failed.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match path.call(CHAT, Instant::now()).await {
+                    Some(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    None => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Round {
+        latencies: Vec::new(),
+        completed: ok.load(Ordering::Relaxed),
+        errors: failed.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        cpu_ticks: gateway_ticks(path).saturating_sub(cpu_before),
+    }
+}
+
+/// What holding many streams open cost a gateway.
+pub struct Held {
+    pub opened: u64,
+    pub failed: u64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+/// Opens `n` slow streams through `path` (50 at a time), waits for each one's
+/// first byte, samples the gateway's memory while all are open, then lets
+/// them go.
+pub async fn hold_streams(path: &Path, pid: u32, n: usize) -> anyhow::Result<Held> {
+    let opened = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gate = Arc::new(tokio::sync::Semaphore::new(50));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let path = path.clone();
+        let opened = opened.clone();
+        let failed = failed.clone();
+        let mut stop = stop_rx.clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let first_byte = async {
+                let _permit = gate.acquire().await.ok()?;
+                let resp = path.client.request(path.request(HOLD)).await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                let mut body = resp.into_body();
+                loop {
+                    let frame = body.frame().await?.ok()?;
+                    if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                        return Some(body);
+                    }
+                }
+            };
+            let Ok(Some(mut body)) =
+                tokio::time::timeout(Duration::from_secs(30), first_byte).await
+            else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            opened.fetch_add(1, Ordering::Relaxed);
+            // Keep reading the heartbeats until told to let go.
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    frame = body.frame() => if !matches!(frame, Some(Ok(_))) { return },
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n as u64
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let every stream deliver a heartbeat or two through the gateway.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (rss_kib, hwm_kib) = super::net::rss_kib(pid)?;
+    let held = Held {
+        opened: opened.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        rss_kib,
+        hwm_kib,
+    };
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(held)
+}

@@ -1,0 +1,336 @@
+//! The sidecar load benchmark (issue 3, "Performance"): the same requests
+//! sent straight to a fast upstream, through a bare hyper proxy, and through
+//! the sidecar, the three paths alternated in short rounds so that whatever
+//! else the machine is doing hits all of them alike. Figures are reported as
+//! the sidecar's added cost over the bare proxy's. See `tests/LOADBENCH.md`.
+
+pub mod load;
+pub mod net;
+pub mod proxy;
+pub mod report;
+pub mod upstream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use load::{Path, Round};
+use net::Proc;
+use report::{Check, Row, quantile_us};
+
+/// What to run; every knob is a flag of `loadbench run`.
+pub struct Options {
+    pub rounds: usize,
+    pub round_secs: f64,
+    pub rates: Vec<f64>,
+    pub connections: usize,
+    pub stream_rate: f64,
+    pub streams: usize,
+    pub sidecar_bin: PathBuf,
+    pub sidecar_log: String,
+    pub upstream_threads: usize,
+    pub stream_gap_ms: u64,
+}
+
+fn sidecar_yaml(upstream: std::net::SocketAddr) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: Provider
+metadata: {{name: bench-upstream}}
+spec:
+  type: openai-compatible
+  endpoint: http://{upstream}/v1
+  models:
+    - name: bench-model
+      contextWindow: 128000
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+    - name: bench-hold
+      contextWindow: 128000
+      pricing: {{inputPerMillion: "0.15", outputPerMillion: "0.60"}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench}}
+spec:
+  model: bench
+  targets:
+    - providerRef: {{name: bench-upstream}}
+      model: bench-model
+---
+apiVersion: sluice.dev/v1alpha1
+kind: LLMRoute
+metadata: {{name: bench-hold}}
+spec:
+  model: bench-hold
+  targets:
+    - providerRef: {{name: bench-upstream}}
+      model: bench-hold
+"#
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Rounds of one kind, all three paths per round, the order rotated each
+/// round so that no path is always first after a pause.
+async fn alternate<F, Fut>(paths: &[Path; 3], rounds: usize, label: &str, run: F) -> [Round; 3]
+where
+    F: Fn(Path) -> Fut,
+    Fut: std::future::Future<Output = Round>,
+{
+    let mut acc: [Round; 3] = Default::default();
+    for r in 0..rounds {
+        for k in 0..3 {
+            let i = (r + k) % 3;
+            let round = run(paths[i].clone()).await;
+            eprintln!(
+                "  {label} round {}/{rounds} {:<10} {:>6} ok {:>4} errors {:>8.0} req/s",
+                r + 1,
+                paths[i].name,
+                round.completed,
+                round.errors,
+                round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
+            );
+            let a = &mut acc[i];
+            a.latencies.extend(round.latencies);
+            a.errors += round.errors;
+            a.completed += round.completed;
+            a.elapsed += round.elapsed;
+            a.cpu_ticks += round.cpu_ticks;
+        }
+    }
+    for a in &mut acc {
+        a.latencies.sort_unstable();
+    }
+    acc
+}
+
+fn q(r: &Round, p: f64) -> Option<f64> {
+    quantile_us(&r.latencies, p)
+}
+
+fn minus(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+fn cpu_us_per_request(r: &Round, tick_us: f64) -> Option<f64> {
+    (r.completed > 0).then(|| r.cpu_ticks as f64 * tick_us / r.completed as f64)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Latency rows for one set of rounds: absolute p50/p99, then what the proxy
+/// and the sidecar add to the direct path.
+fn latency_rows(rows: &mut Vec<Row>, what: &str, acc: &[Round; 3]) {
+    for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let [d, x, s] = [q(&acc[0], p), q(&acc[1], p), q(&acc[2], p)];
+        rows.push(Row {
+            metric: format!("{what} {name} (µs)"),
+            direct: d,
+            proxy: x,
+            sidecar: s,
+            check: Check::None,
+        });
+        rows.push(Row {
+            metric: format!("**added** {what} {name} (µs)"),
+            direct: None,
+            proxy: minus(x, d),
+            sidecar: minus(s, d),
+            check: Check::RatioAtMost(1.5),
+        });
+    }
+}
+
+/// Runs everything and returns the report (markdown).
+pub async fn run(opts: Options) -> anyhow::Result<String> {
+    let load_before = loadavg();
+    let started = chrono::Utc::now();
+    let tick_us = 1e6 / net::ticks_per_second();
+    anyhow::ensure!(
+        opts.sidecar_bin.is_file(),
+        "no sidecar binary at {} (cargo build --release -p sluice-sidecar, or pass --sidecar)",
+        opts.sidecar_bin.display()
+    );
+
+    let (upstream, upstream_addr) = Proc::own(
+        "upstream",
+        &[
+            "upstream".into(),
+            "--threads".into(),
+            opts.upstream_threads.to_string(),
+            "--stream-gap-ms".into(),
+            opts.stream_gap_ms.to_string(),
+        ],
+    )
+    .await?;
+    let (proxy, proxy_addr) = Proc::own(
+        "bare proxy",
+        &[
+            "proxy".into(),
+            "--upstream".into(),
+            upstream_addr.to_string(),
+        ],
+    )
+    .await?;
+    let dir = std::env::temp_dir().join(format!("loadbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("sidecar.yaml");
+    std::fs::write(&config, sidecar_yaml(upstream_addr))?;
+    let (listen, admin) = (net::free_port()?, net::free_port()?);
+    let sidecar = Proc::sidecar(&opts.sidecar_bin, &config, listen, admin, &opts.sidecar_log)
+        .await
+        .context("starting the sidecar")?;
+    eprintln!(
+        "loadbench: upstream pid {} on {upstream_addr}, bare proxy pid {} on {proxy_addr}, sidecar pid {} on {listen}",
+        upstream.pid, proxy.pid, sidecar.pid
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_proxy = net::rss_kib(proxy.pid)?.0;
+    let idle_sidecar = net::rss_kib(sidecar.pid)?.0;
+
+    let paths = [
+        Path::new("direct", upstream_addr, None)?,
+        Path::new("bare proxy", proxy_addr, Some(proxy.pid))?,
+        Path::new("sidecar", listen, Some(sidecar.pid))?,
+    ];
+    eprintln!("loadbench: warm-up");
+    for p in &paths {
+        let _ = load::closed_loop(p, 8, 1.0).await;
+        let _ = load::open_loop(p, 50.0, 0.5, true).await;
+    }
+
+    let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
+    let mut errors = [0u64; 3];
+    let secs = opts.round_secs;
+    for &rate in &opts.rates {
+        eprintln!("loadbench: open loop at {rate} req/s, non-stream");
+        let acc = alternate(&paths, opts.rounds, &format!("{rate}/s"), |p| async move {
+            load::open_loop(&p, rate, secs, false).await
+        })
+        .await;
+        latency_rows(&mut rows, &format!("latency @{rate} req/s"), &acc);
+        cpu_rows.push(Row {
+            metric: format!("gateway CPU per request @{rate} req/s (µs)"),
+            direct: None,
+            proxy: cpu_us_per_request(&acc[1], tick_us),
+            sidecar: cpu_us_per_request(&acc[2], tick_us),
+            check: Check::RatioAtMost(2.0),
+        });
+        for i in 0..3 {
+            errors[i] += acc[i].errors;
+        }
+    }
+
+    eprintln!("loadbench: closed loop, {} connections", opts.connections);
+    let conns = opts.connections;
+    let acc = alternate(&paths, opts.rounds, "max", |p| async move {
+        load::closed_loop(&p, conns, secs).await
+    })
+    .await;
+    let rps = |r: &Round| Some(r.completed as f64 / r.elapsed.as_secs_f64().max(1e-9));
+    rows.push(Row {
+        metric: format!("max throughput, {conns} connections (req/s)"),
+        direct: rps(&acc[0]),
+        proxy: rps(&acc[1]),
+        sidecar: rps(&acc[2]),
+        check: Check::RatioAtLeast(0.8),
+    });
+    cpu_rows.push(Row {
+        metric: "gateway CPU per request at max throughput (µs)".into(),
+        direct: None,
+        proxy: cpu_us_per_request(&acc[1], tick_us),
+        sidecar: cpu_us_per_request(&acc[2], tick_us),
+        check: Check::None,
+    });
+    for i in 0..3 {
+        errors[i] += acc[i].errors;
+    }
+
+    let stream_rate = opts.stream_rate;
+    eprintln!("loadbench: open loop at {stream_rate} req/s, streams");
+    let acc = alternate(&paths, opts.rounds, "stream", |p| async move {
+        load::open_loop(&p, stream_rate, secs, true).await
+    })
+    .await;
+    latency_rows(
+        &mut rows,
+        &format!("stream TTFB @{stream_rate} req/s"),
+        &acc,
+    );
+    for i in 0..3 {
+        errors[i] += acc[i].errors;
+    }
+    rows.extend(cpu_rows);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_proxy = net::rss_kib(proxy.pid)?.0;
+    let after_sidecar = net::rss_kib(sidecar.pid)?.0;
+    eprintln!("loadbench: {} held streams", opts.streams);
+    let held_proxy = load::hold_streams(&paths[1], proxy.pid, opts.streams).await?;
+    let held_sidecar = load::hold_streams(&paths[2], sidecar.pid, opts.streams).await?;
+    rows.push(Row {
+        metric: "RSS idle, after start (MiB)".into(),
+        direct: None,
+        proxy: Some(mib(idle_proxy)),
+        sidecar: Some(mib(idle_sidecar)),
+        check: Check::Below(20.0),
+    });
+    rows.push(Row {
+        metric: "RSS idle, after the load (MiB)".into(),
+        direct: None,
+        proxy: Some(mib(after_proxy)),
+        sidecar: Some(mib(after_sidecar)),
+        check: Check::Below(20.0),
+    });
+    rows.push(Row {
+        metric: format!("RSS with {} open streams (MiB)", opts.streams),
+        direct: None,
+        proxy: Some(mib(held_proxy.rss_kib)),
+        sidecar: Some(mib(held_sidecar.rss_kib)),
+        check: Check::Below(150.0),
+    });
+    rows.push(Row {
+        metric: "peak RSS over the whole run, VmHWM (MiB)".into(),
+        direct: None,
+        proxy: Some(mib(held_proxy.hwm_kib)),
+        sidecar: Some(mib(held_sidecar.hwm_kib)),
+        check: Check::None,
+    });
+    rows.push(Row {
+        metric: "failed requests (all phases, count)".into(),
+        direct: Some(errors[0] as f64),
+        proxy: Some((errors[1] + held_proxy.failed) as f64),
+        sidecar: Some((errors[2] + held_sidecar.failed) as f64),
+        check: Check::None,
+    });
+
+    let load_after = loadavg();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    sidecar.stop().await;
+    proxy.stop().await;
+    upstream.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "loadbench {} — {cores} cores, load average {load_before} before, {load_after} after; \
+         {} rounds × {secs} s per path and phase; streams held: proxy {}/{}, sidecar {}/{}\n\n",
+        started.format("%Y-%m-%d %H:%M UTC"),
+        opts.rounds,
+        held_proxy.opened,
+        opts.streams,
+        held_sidecar.opened,
+        opts.streams,
+    ));
+    out.push_str(&report::table(&rows));
+    Ok(out)
+}

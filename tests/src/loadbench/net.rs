@@ -1,0 +1,180 @@
+//! Child processes and what `/proc` says about them: the upstream and the
+//! bare proxy are this binary's own subcommands, the sidecar is its release
+//! binary. Each runs in its own process so that its CPU time and memory can
+//! be read on their own, and none shares a runtime with the load generator.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A child's first stdout line says where it listens (it binds port 0, so
+/// there is no race for ports).
+pub fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening {addr}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Children of `loadbench` hold a pipe from it on stdin: when the parent is
+/// gone for any reason, even SIGKILL, the pipe closes and they exit.
+pub async fn exit_when_parent_leaves() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => std::process::exit(0),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A spawned child, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub pid: u32,
+}
+
+impl Proc {
+    /// Starts `loadbench <args>` and waits for its `listening ADDR` line.
+    pub async fn own(name: &'static str, args: &[String]) -> anyhow::Result<(Proc, SocketAddr)> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the {name}"))?;
+        let pid = child.id().context("child has no pid")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .with_context(|| format!("the {name} did not start within 10 s"))??;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .with_context(|| format!("the {name} said {line:?}"))?
+            .parse()?;
+        Ok((Proc { child, pid }, addr))
+    }
+
+    /// Starts the sidecar binary; ready once `/readyz` answers 200.
+    pub async fn sidecar(
+        bin: &Path,
+        config: &Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        log: &str,
+    ) -> anyhow::Result<Proc> {
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .env("RUST_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("sidecar has no pid")?;
+        let mut proc = Proc { child, pid };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = proc.child.try_wait()? {
+                anyhow::bail!("the sidecar exited at start: {status}");
+            }
+            if readyz(admin).await {
+                return Ok(proc);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the sidecar was not ready within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(admin).await else {
+        return false;
+    };
+    let req = format!("GET /readyz HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+    if tcp.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// A free loopback port (for the sidecar, which does not report the port it
+/// bound). Racy in principle; nothing else on loopback churns ports here.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// utime + stime of the whole process (all threads, live and dead), in clock
+/// ticks, from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields start after
+    // the last ')'. Field 3 (state) is the first one there; utime is 14 and
+    // stime 15.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on every Linux we meet).
+pub fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// (VmRSS, VmHWM) in KiB from `/proc/<pid>/status`.
+pub fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name}"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .with_context(|| format!("odd {name}"))?
+            .parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
