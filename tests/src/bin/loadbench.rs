@@ -54,10 +54,10 @@ enum Command {
 #[derive(Args, Clone)]
 struct RunFlags {
     /// Rounds per phase; each round runs every path once, order rotated.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Length of one path's round, seconds.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     round_secs: f64,
     /// Open-loop rates for non-stream requests, req/s, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "200,1000")]

@@ -4,6 +4,7 @@
 //! coordinated-omission correction), closed loop for throughput, streams for
 //! time to first byte, and a crowd of held streams for memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -95,16 +96,35 @@ pub struct Round {
     /// Nanoseconds, per successful request: to the end (non-stream) or to
     /// the first body byte (stream), from the scheduled send time.
     pub latencies: Vec<u64>,
+    /// Once rounds are added up: each round's latencies, sorted.
+    pub per_round: Vec<Vec<u64>>,
     pub errors: u64,
     pub completed: u64,
     pub elapsed: Duration,
+    /// The gateway's CPU time over the round: `/proc/<pid>/stat` utime+stime
+    /// (clock ticks) and the per-thread schedstat sum (nanoseconds).
     pub cpu_ticks: u64,
+    pub cpu_ns: u64,
 }
 
-fn gateway_ticks(path: &Path) -> u64 {
-    path.gateway_pid
-        .and_then(|pid| super::net::cpu_ticks(pid).ok())
-        .unwrap_or(0)
+/// A gateway's CPU counters at one instant.
+struct CpuSample(u64, HashMap<u32, u64>);
+
+fn sample(path: &Path) -> CpuSample {
+    match path.gateway_pid {
+        Some(pid) => CpuSample(
+            super::net::cpu_ticks(pid).unwrap_or(0),
+            super::net::thread_cpu_ns(pid).unwrap_or_default(),
+        ),
+        None => CpuSample(0, HashMap::new()),
+    }
+}
+
+impl Round {
+    fn charge(&mut self, before: &CpuSample, after: &CpuSample) {
+        self.cpu_ticks = after.0.saturating_sub(before.0);
+        self.cpu_ns = super::net::cpu_ns_between(&before.1, &after.1);
+    }
 }
 
 /// Open loop: request `i` is due at `start + i / rate`, whatever happened to
@@ -117,7 +137,7 @@ pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = Handle::current();
-    let cpu_before = gateway_ticks(path);
+    let cpu_before = sample(path);
     let start = Instant::now() + Duration::from_millis(5);
     let dispatcher = {
         let path = path.clone();
@@ -149,14 +169,14 @@ pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round
     }
     let _ = dispatcher.join();
     round.elapsed = start.elapsed();
-    round.cpu_ticks = gateway_ticks(path).saturating_sub(cpu_before);
+    round.charge(&cpu_before, &sample(path));
     round
 }
 
 /// Closed loop: `connections` callers, each sending its next request as soon
 /// as the last one ended, for `secs`.
 pub async fn closed_loop(path: &Path, connections: usize, secs: f64) -> Round {
-    let cpu_before = gateway_ticks(path);
+    let cpu_before = sample(path);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let ok = Arc::new(AtomicU64::new(0));
@@ -178,13 +198,14 @@ pub async fn closed_loop(path: &Path, connections: usize, secs: f64) -> Round {
     for t in tasks {
         let _ = t.await;
     }
-    Round {
-        latencies: Vec::new(),
+    let mut round = Round {
         completed: ok.load(Ordering::Relaxed),
         errors: failed.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
-        cpu_ticks: gateway_ticks(path).saturating_sub(cpu_before),
-    }
+        ..Round::default()
+    };
+    round.charge(&cpu_before, &sample(path));
+    round
 }
 
 /// What holding many streams open cost a gateway.

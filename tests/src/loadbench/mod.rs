@@ -97,29 +97,48 @@ where
                 round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
             );
             let a = &mut acc[i];
-            a.latencies.extend(round.latencies);
+            let mut latencies = round.latencies;
+            latencies.sort_unstable();
+            a.per_round.push(latencies);
             a.errors += round.errors;
             a.completed += round.completed;
             a.elapsed += round.elapsed;
             a.cpu_ticks += round.cpu_ticks;
+            a.cpu_ns += round.cpu_ns;
         }
-    }
-    for a in &mut acc {
-        a.latencies.sort_unstable();
     }
     acc
 }
 
+/// The median over rounds of each round's `p` quantile: one round that a
+/// neighbour's compile burst hit does not move it, where pooling every
+/// round's samples would hand that round most of the tail.
 fn q(r: &Round, p: f64) -> Option<f64> {
-    quantile_us(&r.latencies, p)
+    let mut per_round: Vec<f64> = r
+        .per_round
+        .iter()
+        .filter_map(|l| quantile_us(l, p))
+        .collect();
+    per_round.sort_by(f64::total_cmp);
+    match per_round.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(per_round[n / 2]),
+        n => Some((per_round[n / 2 - 1] + per_round[n / 2]) / 2.0),
+    }
 }
 
 fn minus(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     Some(a? - b?)
 }
 
+/// Schedstat nanoseconds when the kernel has them, else stat's ticks.
 fn cpu_us_per_request(r: &Round, tick_us: f64) -> Option<f64> {
-    (r.completed > 0).then(|| r.cpu_ticks as f64 * tick_us / r.completed as f64)
+    let us = if r.cpu_ns > 0 {
+        r.cpu_ns as f64 / 1000.0
+    } else {
+        r.cpu_ticks as f64 * tick_us
+    };
+    (r.completed > 0).then(|| us / r.completed as f64)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -210,6 +229,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     let mut cpu_rows = Vec::new();
     let mut errors = [0u64; 3];
+    // (stat ticks, schedstat ns) per gateway over every phase: a cross-check.
+    let mut cpu_total = [(0u64, 0u64); 3];
     let secs = opts.round_secs;
     for &rate in &opts.rates {
         eprintln!("loadbench: open loop at {rate} req/s, non-stream");
@@ -227,6 +248,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         });
         for i in 0..3 {
             errors[i] += acc[i].errors;
+            cpu_total[i].0 += acc[i].cpu_ticks;
+            cpu_total[i].1 += acc[i].cpu_ns;
         }
     }
 
@@ -253,6 +276,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     });
     for i in 0..3 {
         errors[i] += acc[i].errors;
+        cpu_total[i].0 += acc[i].cpu_ticks;
+        cpu_total[i].1 += acc[i].cpu_ns;
     }
 
     let stream_rate = opts.stream_rate;
@@ -268,6 +293,8 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     );
     for i in 0..3 {
         errors[i] += acc[i].errors;
+        cpu_total[i].0 += acc[i].cpu_ticks;
+        cpu_total[i].1 += acc[i].cpu_ns;
     }
     rows.extend(cpu_rows);
 
@@ -332,5 +359,13 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         opts.streams,
     ));
     out.push_str(&report::table(&rows));
+    out.push_str(&format!(
+        "\nGateway CPU over all timed phases, /proc stat utime+stime vs per-thread schedstat: \
+         bare proxy {:.2} s vs {:.2} s, sidecar {:.2} s vs {:.2} s.\n",
+        cpu_total[1].0 as f64 * tick_us / 1e6,
+        cpu_total[1].1 as f64 / 1e9,
+        cpu_total[2].0 as f64 * tick_us / 1e6,
+        cpu_total[2].1 as f64 / 1e9,
+    ));
     Ok(out)
 }

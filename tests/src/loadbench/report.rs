@@ -35,7 +35,7 @@ pub enum Check {
 fn cell(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
-        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 100.0 || v.fract() == 0.0 => format!("{v:.0}"),
         Some(v) => format!("{v:.1}"),
     }
 }
