@@ -42,6 +42,11 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         hold_secs: u64,
     },
+    /// Runs a command and kills it when stdin closes (how `run` starts the sidecar).
+    Guard {
+        #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// The bare pass-through proxy (a child of `run`).
     Proxy {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
             },
             threads,
         ),
+        Some(Command::Guard { command }) => loadbench::net::guard(&command),
         Some(Command::Proxy { listen, upstream }) => loadbench::proxy::run(listen, upstream),
         Some(Command::Run(flags)) => bench(flags),
         None => bench(cli.run),
@@ -153,6 +159,7 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
                 r.map_err(|_| anyhow::anyhow!("gave up after --max-secs {}", flags.max_secs))?
             }
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = terminated() => anyhow::bail!("terminated"),
         }
     })?;
     print!("{report}");
@@ -160,4 +167,15 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
         std::fs::write(out, &report)?;
     }
     Ok(())
+}
+
+/// SIGTERM, so that a `kill` ends the run through the same path as Ctrl-C
+/// (children dropped, hence ended).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }

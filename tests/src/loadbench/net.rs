@@ -4,10 +4,13 @@
 //! be read on their own, and none shares a runtime with the load generator.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,7 +39,7 @@ pub async fn exit_when_parent_leaves() {
     }
 }
 
-/// A spawned child, killed when dropped.
+/// A spawned child, ended when dropped (killed, or its guard's stdin closed).
 pub struct Proc {
     pub child: Child,
     pub pid: u32,
@@ -71,7 +74,8 @@ impl Proc {
         Ok((Proc { child, pid }, addr))
     }
 
-    /// Starts the sidecar binary; ready once `/readyz` answers 200.
+    /// Starts the sidecar binary under `loadbench guard`; ready once
+    /// `/readyz` answers 200. `pid` is the sidecar's own, for `/proc`.
     pub async fn sidecar(
         bin: &Path,
         config: &Path,
@@ -79,7 +83,10 @@ impl Proc {
         admin: SocketAddr,
         log: &str,
     ) -> anyhow::Result<Proc> {
-        let child = Command::new(bin)
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("guard")
+            .arg("--")
+            .arg(bin)
             .arg("--config")
             .arg(config)
             .arg("--listen")
@@ -87,13 +94,26 @@ impl Proc {
             .arg("--admin")
             .arg(admin.to_string())
             .env("RUST_LOG", log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
+            // Not kill_on_drop: a SIGKILLed guard could not end the sidecar.
+            // Dropping the handle closes the guard's stdin, which ends both.
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id().context("sidecar has no pid")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("the sidecar's guard did not start within 10 s")??;
+        let pid = line
+            .trim()
+            .strip_prefix("pid ")
+            .with_context(|| format!("the sidecar's guard said {line:?}"))?
+            .parse()?;
         let mut proc = Proc { child, pid };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
@@ -110,9 +130,60 @@ impl Proc {
         }
     }
 
+    /// Closes the child's stdin (every child here exits on that, the
+    /// guard ending the sidecar first), then kills it if it is still there.
     pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+}
+
+/// `loadbench guard -- CMD ARGS…`: runs CMD, says `pid N` on stdout, and
+/// kills CMD as soon as its own stdin closes — so that a child whose code is
+/// not ours (the sidecar) ends with `loadbench` even when `loadbench` is
+/// killed outright. Returns when CMD ends.
+pub fn guard(command: &[OsString]) -> anyhow::Result<()> {
+    let (program, args) = command.split_first().context("guard needs a command")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "pid {}", child.id())?;
+        out.flush()?;
+    }
+    let parent_gone = Arc::new(AtomicBool::new(false));
+    {
+        let parent_gone = parent_gone.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            parent_gone.store(true, Ordering::SeqCst);
+        });
+    }
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(
+                status.success(),
+                "{} ended: {status}",
+                program.to_string_lossy()
+            );
+            return Ok(());
+        }
+        if parent_gone.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
