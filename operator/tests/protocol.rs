@@ -150,6 +150,59 @@ async fn a_sidecar_serves_the_operators_config_and_keeps_serving_without_it() {
         )
         .await;
 
+        // And `kubectl get` is the dashboard: the real kubectl shows the
+        // printer columns filled from that status.
+        let kubeconfig = dir.join("kubeconfig");
+        rig.emulator
+            .write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig");
+        let kubectl = |args: &[&str]| {
+            let out = std::process::Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .expect("kubectl runs");
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let routes = kubectl(&["get", "llmroutes", "-n", "shop"]);
+        let header: Vec<&str> = routes
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            header,
+            vec![
+                "NAME", "MODEL", "STRATEGY", "TARGETS", "SYNCED", "HEALTHY", "AGE"
+            ],
+            "{routes}"
+        );
+        let row: Vec<&str> = routes
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            &row[..6],
+            &["chat", "chat", "priority", "1", "1/1", "1/1"],
+            "{routes}"
+        );
+        let providers = kubectl(&["get", "providers", "-n", "shop"]);
+        let row: Vec<&str> = providers
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(&row[..3], &["offline", "mock", "Healthy"], "{providers}");
+
         // A live change reaches the sidecar.
         rig.api("sluice.dev/v1alpha1", "Provider", Some("shop"))
             .patch(
