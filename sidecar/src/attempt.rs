@@ -17,9 +17,10 @@ use tokio::time::Instant;
 
 use crate::config::{Route, Slot, Target};
 use crate::egress::{Egress, UpstreamBody, UpstreamResponse};
-use crate::health::Health;
+use crate::health::{Endpoint, Health};
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::provider::{self, Failure, StreamContext, StreamDecoder, StreamEvent};
+use std::sync::Arc;
 
 /// What one failure class means for routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,22 +169,30 @@ pub const TOO_LARGE: &str = "upstream response larger than";
 /// Targets in order, without those whose breaker is open (and not yet
 /// due for a probe). When every breaker is open the least recently failed
 /// target is still tried (`true`): the last option is never ejected.
-fn admitted<'t>(health: &Health, targets: &'t [Target], now: Instant) -> (Vec<&'t Target>, bool) {
-    let blocked = |t: &Target| {
-        let e = health.endpoint(t);
+/// Each target comes with its endpoint's health, looked up once.
+fn admitted<'t>(
+    health: &Health,
+    targets: &'t [Target],
+    now: Instant,
+) -> (Vec<(&'t Target, Arc<Endpoint>)>, bool) {
+    let all: Vec<(&Target, Arc<Endpoint>)> =
+        targets.iter().map(|t| (t, health.endpoint(t))).collect();
+    let blocked = |e: &Endpoint| {
         e.breaker.state() == sluice_crds::report::BreakerState::Open
             && e.breaker.retry_at().is_some_and(|at| now < at)
     };
-    let open: Vec<&Target> = targets.iter().filter(|t| !blocked(t)).collect();
-    if open.is_empty() {
-        let least_recent = targets
-            .iter()
-            .min_by_key(|t| health.endpoint(t).breaker.last_failure())
+    if all.iter().all(|(_, e)| blocked(e)) {
+        let least_recent = all
+            .into_iter()
+            .min_by_key(|(_, e)| e.breaker.last_failure())
             .into_iter()
             .collect();
         return (least_recent, true);
     }
-    (open, false)
+    (
+        all.into_iter().filter(|(_, e)| !blocked(e)).collect(),
+        false,
+    )
 }
 
 /// Tries `targets` in order (at most `route.max_depth`) until one answers,
@@ -208,7 +217,7 @@ pub async fn run(
     let mut larger_than: Option<u32> = None;
     let streamed = matches!(call, Call::Chat { stream: true, .. });
     let (candidates, forced) = admitted(health, targets, Instant::now());
-    for target in candidates {
+    for (target, endpoint) in candidates {
         if targets_tried >= route.max_depth {
             break;
         }
@@ -217,7 +226,6 @@ pub async fn run(
         {
             continue;
         }
-        let endpoint = health.endpoint(target);
         let now = Instant::now();
         // Throttled after a 429, or at the provider's own per-minute limits:
         // route around it rather than collect a 429.
@@ -256,6 +264,7 @@ pub async fn run(
                 Ok(_) => health.record(
                     &route.name,
                     target,
+                    &endpoint,
                     Instant::now(),
                     Ok(started.elapsed()),
                     false,
@@ -264,6 +273,7 @@ pub async fn run(
                 Err(f) => health.record(
                     &route.name,
                     target,
+                    &endpoint,
                     Instant::now(),
                     Err(f.class),
                     class_policy(f.class).counts_against_breaker,

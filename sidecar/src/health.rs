@@ -150,17 +150,19 @@ impl Health {
             .collect()
     }
 
-    /// Records a call's end for the breaker and the report.
+    /// Records a call's end for `target`'s `endpoint` (as [`Health::endpoint`]
+    /// gave it) and for the report.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         route: &str,
         target: &Target,
+        endpoint: &Endpoint,
         now: Instant,
         result: Result<Duration, FailureClass>,
         counts_against_breaker: bool,
         streamed: bool,
     ) {
-        let endpoint = self.endpoint(target);
         let transition = match result {
             Ok(latency) => endpoint.breaker.record(now, Outcome::Success { latency }),
             Err(_) if counts_against_breaker => endpoint.breaker.record(now, Outcome::Failure),

@@ -112,19 +112,22 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
     let fitting: Vec<&Target> = targets.iter().filter(|t| info.fits(t)).collect();
     let candidates: Vec<crate::balance::Candidate> = fitting
         .iter()
-        .map(|t| crate::balance::Candidate {
-            weight: t.weight,
-            priority: t.priority,
-            latency: health.endpoint(t).breaker.p95(tokio::time::Instant::now()),
-            cost: t.pricing.as_ref().map(|p| {
-                crate::balance::estimated_cost(
-                    p.input_per_million,
-                    p.output_per_million,
-                    info.input_tokens,
-                    info.max_output,
-                )
-            }),
-            in_flight_tokens: health.endpoint(t).in_flight.get(),
+        .map(|t| {
+            let endpoint = health.endpoint(t);
+            crate::balance::Candidate {
+                weight: t.weight,
+                priority: t.priority,
+                latency: endpoint.breaker.p95(tokio::time::Instant::now()),
+                cost: t.pricing.as_ref().map(|p| {
+                    crate::balance::estimated_cost(
+                        p.input_per_million,
+                        p.output_per_million,
+                        info.input_tokens,
+                        info.max_output,
+                    )
+                }),
+                in_flight_tokens: endpoint.in_flight.get(),
+            }
         })
         .collect();
     balancer
