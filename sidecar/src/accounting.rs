@@ -1,7 +1,15 @@
 //! Accounting: follows each request to its end and records what happened —
 //! metrics, the access log (ids, routes, targets, classes and numbers, never
-//! prompts, completions or keys) and the response headers that say it.
-//! Issue 5 settles budget reservations here.
+//! prompts, completions or keys), the response headers that say it — and
+//! settles what the policy stage reserved: budget reservations are charged
+//! the metered spend through the accounting task (never on the response's
+//! path) and rate-limit charges corrected with the actual tokens.
+//!
+//! What is charged when: a success, its usage (the provider's, else an
+//! estimate marked as such); a stream cut or cancelled after its first
+//! token, the usage so far (estimated when the provider sent none); a
+//! failure or cancellation before any output, nothing — the reservation is
+//! released.
 
 use std::sync::Arc;
 
@@ -41,9 +49,29 @@ pub fn cost(target: &Target, usage: &Usage) -> Option<Money> {
     )
 }
 
+/// What a request reserved in the policy stage, settled when it ends.
+#[derive(Debug, Default)]
+pub struct Settlement {
+    pub reservations: Vec<crate::budget::Reservation>,
+    pub rate: crate::budget::RateCharge,
+    /// Estimated prompt tokens, used when the provider reports no usage.
+    pub input_estimate: u64,
+}
+
 /// Follows one request to its end for metrics and the access log. A
 /// tracker dropped before it was finished means the client went away.
 pub struct Tracker {
+    /// Reservations to settle; `None` when nothing was reserved.
+    pub settlement: Option<Settlement>,
+    /// Text characters streamed to the client so far (an output estimate
+    /// for streams without a usage chunk).
+    pub streamed_chars: u64,
+    /// Response headers the policy stage decided (`x-sluice-cache`,
+    /// `x-sluice-budget-warning`, `x-ratelimit-*`).
+    pub policy_headers: Vec<(&'static str, String)>,
+    /// Whether the answer was committed (a stream handed to its pump): a
+    /// cancellation then still pays for what was produced.
+    committed: bool,
     app: Arc<App>,
     op: Operation,
     request_id: String,
@@ -69,6 +97,10 @@ impl Tracker {
             attempts: 0,
             started: Instant::now(),
             finished: false,
+            settlement: None,
+            streamed_chars: 0,
+            policy_headers: Vec::new(),
+            committed: false,
         }
     }
 
@@ -103,7 +135,46 @@ impl Tracker {
             attempts: self.attempts,
             started: self.started,
             finished: false,
+            settlement: self.settlement.take(),
+            streamed_chars: 0,
+            policy_headers: Vec::new(),
+            committed: true,
         }
+    }
+
+    /// Charges the reservations with the call's usage — the provider's, or
+    /// the estimate — off the hot path; releases them when `charge` is false.
+    fn settle(&mut self, usage: Option<Usage>, charge: bool) {
+        let Some(s) = self.settlement.take() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let target = match (&self.target, charge) {
+            (Some(t), true) => t,
+            _ => {
+                s.rate.correct(0, now);
+                return; // the reservations drop: released
+            }
+        };
+        let zero = sluice_crds::provider::Pricing {
+            input_per_million: Money::ZERO,
+            output_per_million: Money::ZERO,
+            cached_input_per_million: None,
+        };
+        let estimate = Usage::new(s.input_estimate, self.streamed_chars.div_ceil(4), 0);
+        let metered = crate::metering::Metered::new(
+            target.pricing.as_ref().unwrap_or(&zero),
+            usage,
+            estimate,
+        );
+        s.rate.correct(
+            metered.usage.prompt_tokens + metered.usage.completion_tokens,
+            now,
+        );
+        self.app.accountant.submit(crate::metering::UsageRecord {
+            metered,
+            reservations: s.reservations,
+        });
     }
 
     /// The first token reached the client: time since the request came in.
@@ -116,6 +187,7 @@ impl Tracker {
     /// The request succeeded with `usage`.
     pub fn succeed(&mut self, usage: Option<Usage>) {
         self.finished = true;
+        self.settle(usage, true);
         let labels = self.labels();
         let m = &self.app.metrics;
         m.operation(
@@ -152,6 +224,7 @@ impl Tracker {
     /// Records an error answer and builds it in the shape of `op`'s API.
     pub fn refuse(&mut self, e: ApiError, op: Operation) -> Response<Body> {
         self.finished = true;
+        self.settle(None, false);
         let labels = self.labels();
         self.app.metrics.error(&labels, e.class, e.fault);
         self.app
@@ -180,6 +253,7 @@ impl Tracker {
     /// A committed stream failed after its first token.
     pub fn fail_stream(&mut self, f: &Failure, usage: Option<Usage>) {
         self.finished = true;
+        self.settle(usage, true);
         let labels = self.labels();
         let m = &self.app.metrics;
         m.error(&labels, Some(f.class), Fault::Provider);
@@ -205,6 +279,7 @@ impl Tracker {
             return;
         }
         self.finished = true;
+        self.settle(None, self.committed);
         let labels = self.labels();
         let m = &self.app.metrics;
         m.error(&labels, Some(FailureClass::ClientCancelled), Fault::Caller);
@@ -234,6 +309,9 @@ impl Tracker {
         if let Some(t) = &self.target {
             put("x-sluice-provider", &t.provider.name);
             put("x-sluice-model", &t.model);
+        }
+        for (name, value) in &self.policy_headers {
+            put(name, value);
         }
         resp
     }

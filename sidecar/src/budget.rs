@@ -7,7 +7,7 @@
 //!    request (route, pod, tenant header);
 //! 2. [`Budgets::rate_limit`] with the estimated tokens (429
 //!    `rate_limit_exceeded` on [`crate::ratelimit::Limited`]); after the call
-//!    [`Budgets::correct_rate`] with the actual tokens;
+//!    [`RateCharge::correct`] with the actual tokens;
 //! 3. [`Budgets::admit`] with the request's worst case
 //!    ([`crate::metering::worst_case`]) — an atomic check-and-reserve that
 //!    returns [`Reservation`] guards, a warning header value past the soft
@@ -331,16 +331,28 @@ impl Budget {
     /// Takes a new allowance from a snapshot (cluster mode). Reservations in
     /// flight stay charged.
     pub fn update_allowance(&self, entry: &BudgetEntry, now: Timestamp) {
+        self.grant(&entry.allowance, &entry.spent, now);
+    }
+
+    /// Takes the allowance and cluster-wide spend `fresh` was built with.
+    fn take_allowance_of(&self, fresh: &Budget, now: Timestamp) {
+        let (allowance, spent) = {
+            let st = fresh.lock();
+            (st.allowance.clone(), st.base_spent.clone())
+        };
+        self.grant(&allowance, &spent, now);
+    }
+
+    fn grant(&self, allowance: &Allowance, spent: &Spend, now: Timestamp) {
         if self.standalone {
             return;
         }
         let mut st = self.lock();
         st.roll(&self.spec, now);
-        st.base_spent = entry.spent.clone();
-        st.allowance = entry.allowance.clone();
-        st.total.cap = entry.allowance.total.clone();
+        st.base_spent = spent.clone();
+        st.allowance = allowance.clone();
+        st.total.cap = allowance.total.clone();
         st.total.settled = Spend::default();
-        let allowance = entry.allowance.clone();
         for (t, acct) in st.tenants.iter_mut() {
             acct.cap = allowance
                 .tenants
@@ -350,6 +362,34 @@ impl Budget {
                 .unwrap_or_default();
             acct.settled = Spend::default();
         }
+    }
+
+    /// Whether `other` has the same definition (so this ledger may stand
+    /// for it).
+    fn same_definition(&self, other: &Budget) -> bool {
+        self.name == other.name
+            && self.spec == other.spec
+            && self.routes == other.routes
+            && self.applies_to_pod == other.applies_to_pod
+            && self.standalone == other.standalone
+    }
+
+    /// Budgets running low: less than a fifth of any capped dimension of
+    /// the allowance left (the report asks the operator to renew these first).
+    pub fn allowance_low(&self) -> bool {
+        if self.standalone {
+            return false;
+        }
+        let st = self.lock();
+        let used = plus(&st.total.settled, &st.total.reserved);
+        let low = |cap: Option<u64>, used: u64| {
+            cap.is_some_and(|c| used.saturating_mul(5) >= c.saturating_mul(4))
+        };
+        let cap = &st.total.cap;
+        cap.cost_usd.is_some_and(|c| {
+            used.cost_usd.get() * Decimal::from(5u32) >= c.get() * Decimal::from(4u32)
+        }) || low(cap.tokens, used.tokens)
+            || low(cap.requests, used.requests)
     }
 
     /// Percent of the budget's limit used by `spent` (the largest share over
@@ -542,7 +582,7 @@ impl Drop for Reservation {
 }
 
 mod registry;
-pub use registry::{Admitted, Budgets, Rejected};
+pub use registry::{Admitted, Budgets, RateCharge, Rejected};
 
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn apply(&self, snapshot: &Snapshot) -> Result<(), String>;
     /// Health per target and the latest fallback per route since the last call.
     fn health(&self) -> (Vec<TargetHealth>, BTreeMap<String, FallbackRecord>);
+    /// Budgets whose allowance is running low.
+    fn allowance_low(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Where to reach the operator and who this sidecar is.
@@ -386,7 +390,7 @@ impl Session {
             targets,
             usage: state.outbox.pending.iter().cloned().collect(),
             fallbacks,
-            allowance_low: Vec::new(),
+            allowance_low: self.runtime.allowance_low(),
         };
         if let Err(e) = state.save(&self.options.state_dir) {
             tracing::warn!(error = %e, "cannot write the state file");

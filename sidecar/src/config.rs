@@ -28,6 +28,8 @@ pub struct Config {
     /// Virtual model names and aliases → index into `routes`.
     by_model: HashMap<String, usize>,
     pub providers: Vec<Arc<Provider>>,
+    /// The budgets this sidecar enforces, with their ledgers.
+    pub budgets: crate::budget::Budgets,
 }
 
 /// One LLMRoute, ready to route with.
@@ -56,6 +58,10 @@ pub struct Route {
     pub rules: Vec<Rule>,
     /// Bounds retries to `retry.budgetPercent` of the route's requests.
     pub retry_budget: crate::attempt::RetryBudget,
+    /// `spec.pii`, compiled; `None` when off.
+    pub pii: Option<crate::pii::Scrubber>,
+    /// `spec.cache`, with its entries.
+    pub cache: crate::cache::RouteCache,
 }
 
 /// A content rule with its targets resolved.
@@ -83,6 +89,20 @@ pub struct Target {
 }
 
 impl Target {
+    /// `model` of `provider`, with what the Provider spec says of it.
+    pub fn of(provider: &Arc<Provider>, model: &str) -> Self {
+        let m = provider.spec.models.iter().find(|m| m.name == model);
+        Target {
+            provider: provider.clone(),
+            model: model.to_owned(),
+            weight: 1,
+            priority: 0,
+            context_window: m.and_then(|m| m.context_window),
+            capabilities: m.map(|m| m.capabilities.clone()).unwrap_or_default(),
+            pricing: m.and_then(|m| m.pricing.clone()),
+        }
+    }
+
     /// Timeouts for this target under `route`: the route's overrides over
     /// the provider's, over the defaults.
     pub fn timeouts(&self, route: &Route) -> ResolvedTimeouts {
@@ -240,20 +260,11 @@ impl TryFrom<&Snapshot> for Config {
                 for (i, t) in list.iter().enumerate() {
                     let key = (entry.namespace.clone(), t.provider_ref.name.clone());
                     match providers.get(&key) {
-                        Some(p) => {
-                            let model = p.spec.models.iter().find(|m| m.name == t.model);
-                            out.push(Target {
-                                provider: p.clone(),
-                                model: t.model.clone(),
-                                weight: t.weight,
-                                priority: t.priority,
-                                context_window: model.and_then(|m| m.context_window),
-                                capabilities: model
-                                    .map(|m| m.capabilities.clone())
-                                    .unwrap_or_default(),
-                                pricing: model.and_then(|m| m.pricing.clone()),
-                            })
-                        }
+                        Some(p) => out.push(Target {
+                            weight: t.weight,
+                            priority: t.priority,
+                            ..Target::of(p, &t.model)
+                        }),
                         None => problems.push(format!(
                             "{what}: {field}[{i}]: Provider {:?} does not exist",
                             t.provider_ref.name
@@ -285,6 +296,46 @@ impl TryFrom<&Snapshot> for Config {
                     }
                 })
                 .collect();
+            let pii = match spec
+                .pii
+                .as_ref()
+                .filter(|p| p.mode != sluice_crds::route::PiiMode::Off)
+            {
+                Some(p) => match crate::pii::Scrubber::new(p) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        problems.push(format!("{what}: spec.pii: {e}"));
+                        None
+                    }
+                },
+                None => None,
+            };
+            let mode = spec.cache.as_ref().map(|c| c.mode);
+            let embedding = match (mode, spec.cache.as_ref().and_then(|c| c.embedding.as_ref())) {
+                (Some(sluice_crds::route::CacheMode::Semantic), Some(e)) => {
+                    match providers.get(&(entry.namespace.clone(), e.provider_ref.name.clone())) {
+                        Some(p) => Some(Target::of(p, &e.model)),
+                        None => {
+                            problems.push(format!(
+                                "{what}: spec.cache.embedding: Provider {:?} does not exist",
+                                e.provider_ref.name
+                            ));
+                            None
+                        }
+                    }
+                }
+                (Some(sluice_crds::route::CacheMode::Semantic), None) => {
+                    problems.push(format!(
+                        "{what}: spec.cache.embedding is required in semantic mode"
+                    ));
+                    None
+                }
+                _ => None,
+            };
+            let cache = match &spec.cache {
+                Some(c) => crate::cache::RouteCache::new(c, embedding),
+                None => crate::cache::RouteCache::Off,
+            };
             // The `priority` order: lowest first, ties as listed (stable).
             targets.sort_by_key(|t| t.priority);
             let index = routes.len();
@@ -315,21 +366,66 @@ impl TryFrom<&Snapshot> for Config {
                 balancer,
                 rules,
                 retry_budget: crate::attempt::RetryBudget::new(spec.retry.budget_percent),
+                pii,
+                cache,
             }));
         }
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
+        let now = jiff::Timestamp::now();
+        let budgets = crate::budget::Budgets::new(
+            snapshot
+                .budgets
+                .iter()
+                .map(|b| crate::budget::Budget::from_entry(b, now))
+                .collect(),
+        );
         Ok(Config {
             version: snapshot.version.clone(),
             routes,
             by_model,
             providers: provider_list,
+            budgets,
         })
     }
 }
 
 impl Config {
+    /// Carries the state worth keeping over from the configuration this one
+    /// replaces: a budget whose definition did not change keeps its ledger
+    /// (spend and reservations in flight), a route whose `cache` did not
+    /// change keeps its entries. Snapshots arrive often in a cluster (every
+    /// allowance renewal is one), so neither may start over each time.
+    pub fn adopt(&mut self, previous: &Config) {
+        self.budgets = previous
+            .budgets
+            .carry_into(std::mem::take(&mut self.budgets), jiff::Timestamp::now());
+        for route in &mut self.routes {
+            let Some(old) = previous
+                .routes
+                .iter()
+                .find(|r| r.name == route.name && r.namespace == route.namespace)
+            else {
+                continue;
+            };
+            if old.spec.cache != route.spec.cache {
+                continue;
+            }
+            // Routes were just built: nothing else holds them yet.
+            if let Some(route) = Arc::get_mut(route) {
+                route.cache = old.cache.carried_over(&route.cache);
+            }
+        }
+    }
+
+    /// The provider `name` in `namespace`.
+    pub fn provider(&self, namespace: &str, name: &str) -> Option<&Arc<Provider>> {
+        self.providers
+            .iter()
+            .find(|p| p.name == name && p.namespace == namespace)
+    }
+
     /// The route claiming `model` (its virtual name or an alias).
     pub fn route(&self, model: &str) -> Option<&Arc<Route>> {
         self.by_model.get(model).and_then(|&i| self.routes.get(i))
@@ -446,8 +542,12 @@ impl ConfigHandle {
         self.0.load_full()
     }
 
-    /// Puts `config` in force for every request that starts from now on.
-    pub fn set(&self, config: Config) {
+    /// Puts `config` in force for every request that starts from now on,
+    /// carrying over what it keeps of the current one (see [`Config::adopt`]).
+    pub fn set(&self, mut config: Config) {
+        if let Some(previous) = self.current() {
+            config.adopt(&previous);
+        }
         self.0.store(Some(Arc::new(config)));
     }
 }

@@ -52,6 +52,9 @@ pub struct ApiError {
     pub fault: Fault,
     /// The failure class behind it, when a provider failed.
     pub class: Option<FailureClass>,
+    /// `x-ratelimit-*` on a rate-limit refusal (boxed: errors travel in
+    /// `Result`s on the hot path and stay small).
+    pub rate_headers: Option<Box<crate::ratelimit::RateHeaders>>,
 }
 
 impl ApiError {
@@ -71,7 +74,70 @@ impl ApiError {
             retry_after: None,
             fault,
             class: None,
+            rate_headers: None,
         }
+    }
+
+    /// 400 `pii_blocked`: the route's PII policy is `block` and the request
+    /// carries the named categories (never the values).
+    pub fn pii_blocked(categories: &[&str]) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "pii_blocked",
+            "invalid_request_error",
+            Fault::Policy,
+            format!(
+                "the request contains personal data or secrets ({}); this route blocks them",
+                categories.join(", ")
+            ),
+        )
+    }
+
+    /// 429 `rate_limit_exceeded` from a budget's `rateLimits`, with
+    /// `Retry-After` and OpenAI's `x-ratelimit-*` headers.
+    pub fn rate_limited(l: &crate::ratelimit::Limited) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "rate_limit_error",
+            Fault::Policy,
+            format!(
+                "rate limit exceeded for this workload; retry after {}s",
+                l.retry_after_secs
+            ),
+        );
+        e.retry_after = Some(Duration::from_secs(l.retry_after_secs));
+        e.rate_headers = Some(Box::new(l.headers.clone()));
+        e
+    }
+
+    /// 429 `budget_exceeded`, `Retry-After` = seconds to the window's reset.
+    pub fn budget_exceeded(r: &crate::budget::Rejected) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exceeded",
+            "insufficient_quota",
+            Fault::Policy,
+            format!(
+                "budget {} is exhausted for this window; it resets in {}s",
+                r.budget, r.retry_after_secs
+            ),
+        );
+        e.retry_after = Some(Duration::from_secs(r.retry_after_secs));
+        e
+    }
+
+    /// 422 on an `idempotency-key` reused with a different request body.
+    pub fn idempotency_conflict() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+            "invalid_request_error",
+            Fault::Caller,
+            "this idempotency-key was already used with a different request",
+        );
+        e.param = Some("idempotency-key".into());
+        e
     }
 
     /// 400 `invalid_json`.
@@ -289,6 +355,11 @@ impl ApiError {
         if let Some(d) = self.retry_after {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.rate_headers.iter().flat_map(|r| r.to_headers()) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
         }
         resp
     }

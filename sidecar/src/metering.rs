@@ -223,6 +223,14 @@ pub struct Accountant {
     stats: Arc<AccountingStats>,
 }
 
+impl std::fmt::Debug for Accountant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accountant")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Accountant {
     /// A handle and the task to spawn (`tokio::spawn(task)`), with a channel
     /// of `capacity` records.

@@ -75,6 +75,13 @@ struct FallbackLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    route: String,
+    /// A cache result (`hit`, `miss`, `bypass`) or a PII category.
+    kind: &'static str,
+}
+
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a request ended, for `sluice_requests_total{outcome}`.
@@ -109,6 +116,8 @@ pub struct Metrics {
         BreakerLabels,
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     >,
+    cache: Family<PolicyLabels, Counter>,
+    pii: Family<PolicyLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -188,7 +197,21 @@ impl Metrics {
             "Moves from one target to the next, by reason",
             fallbacks.clone(),
         );
+        let cache = Family::<PolicyLabels, Counter>::default();
+        let pii = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "sluice_cache_lookups",
+            "Response cache lookups by result (kind: hit, miss, bypass)",
+            cache.clone(),
+        );
+        registry.register(
+            "sluice_pii_detections",
+            "Personal data and secrets found in requests, by category (kind)",
+            pii.clone(),
+        );
         Self {
+            cache,
+            pii,
             registry,
             duration,
             ttft,
@@ -219,6 +242,26 @@ impl Metrics {
                 })
                 .set(v);
         }
+    }
+
+    /// One cache lookup on `route` ended in `status`.
+    pub fn cache(&self, route: &str, status: crate::cache::Status) {
+        self.cache
+            .get_or_create(&PolicyLabels {
+                route: route.to_owned(),
+                kind: status.as_str(),
+            })
+            .inc();
+    }
+
+    /// `n` findings of PII `category` in a request on `route`.
+    pub fn pii(&self, route: &str, category: &'static str, n: usize) {
+        self.pii
+            .get_or_create(&PolicyLabels {
+                route: route.to_owned(),
+                kind: category,
+            })
+            .inc_by(n as u64);
     }
 
     /// Prometheus text exposition.

@@ -121,11 +121,18 @@ pub struct Scrubber {
 impl Scrubber {
     /// Compiles the detectors of `spec`. Fails only if the built-in pattern
     /// does not compile (a bug caught by the tests).
+    ///
+    /// The pattern is compiled once per process and shared (a configuration
+    /// is rebuilt on every snapshot; recompiling per route would cost
+    /// milliseconds each time).
     pub fn new(spec: &PiiSpec) -> Result<Self, regex::Error> {
+        static COMPILED: std::sync::OnceLock<Result<Regex, regex::Error>> =
+            std::sync::OnceLock::new();
+        let re = COMPILED.get_or_init(|| Regex::new(PATTERN)).clone()?;
         Ok(Self {
             mode: spec.mode,
             enabled: spec.detectors.iter().copied().collect(),
-            re: Regex::new(PATTERN)?,
+            re,
         })
     }
 
@@ -180,11 +187,28 @@ impl Scrubber {
     /// in place and returns the counts; `block` returns the categories found;
     /// `off` does nothing.
     pub fn apply(&self, req: &mut ChatRequest) -> Result<Redactions, PiiBlocked> {
+        self.apply_to(|f| for_each_text(req, f))
+    }
+
+    /// The same for an embeddings `input` (a string or an array of them;
+    /// token arrays carry no text to scan).
+    pub fn apply_embeddings(
+        &self,
+        input: &mut serde_json::Value,
+    ) -> Result<Redactions, PiiBlocked> {
+        self.apply_to(|f| for_each_string(input, f))
+    }
+
+    /// The policy over every text `walk` visits.
+    fn apply_to(
+        &self,
+        walk: impl FnOnce(&mut dyn FnMut(&mut String)),
+    ) -> Result<Redactions, PiiBlocked> {
         let mut counts = Redactions::new();
         match self.mode {
             PiiMode::Off => Ok(counts),
             PiiMode::Redact => {
-                for_each_text(req, |s| {
+                walk(&mut |s: &mut String| {
                     if let Cow::Owned(new) = self.redact(s, &mut counts) {
                         *s = new;
                     }
@@ -193,7 +217,7 @@ impl Scrubber {
             }
             PiiMode::Block => {
                 let mut categories = BTreeSet::new();
-                for_each_text(req, |s| {
+                walk(&mut |s: &mut String| {
                     categories.extend(self.find(s).into_iter().map(|f| f.kind));
                 });
                 if categories.is_empty() {
@@ -206,7 +230,21 @@ impl Scrubber {
     }
 }
 
-fn for_each_text(req: &mut ChatRequest, mut f: impl FnMut(&mut String)) {
+fn for_each_string(v: &mut serde_json::Value, f: &mut dyn FnMut(&mut String)) {
+    match v {
+        serde_json::Value::String(s) => f(s),
+        serde_json::Value::Array(items) => {
+            for item in items {
+                if let serde_json::Value::String(s) = item {
+                    f(s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn for_each_text(req: &mut ChatRequest, f: &mut dyn FnMut(&mut String)) {
     for m in &mut req.messages {
         match &mut m.content {
             Some(Content::Text(s)) => f(s),

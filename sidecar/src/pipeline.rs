@@ -20,13 +20,14 @@ use crate::accounting::Tracker;
 use crate::app::App;
 use crate::attempt::{self, Answer, Call, Committed, Outcome};
 use crate::body::{self, Body};
-use crate::config::{Route, Target};
+use crate::cache::Cached;
+use crate::config::{Config, Route, Target};
 use crate::error::{ApiError, Fault};
 use crate::framing::Framing;
 use crate::ingress;
 use crate::metrics::TargetLabels;
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
-use crate::policy;
+use crate::policy::{self, Verdict};
 use crate::provider::{Failure, StreamEvent};
 use crate::request_id;
 use crate::route;
@@ -43,6 +44,15 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// The API a request came in on (answers are cached per API).
+    pub fn as_api(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat.completions",
+            Operation::Messages => "messages",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+
     /// The `gen_ai.operation.name`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,24 +91,15 @@ where
 
     // ingress
     let raw = ingress::read_body(headers, body, app.limits.max_body).await?;
-    let parsed = match op {
+    let mut parsed = match op {
         Operation::Chat => Parsed::Chat(Box::new(ingress::parse_chat(&raw, &app.limits)?)),
         Operation::Messages => Parsed::Chat(Box::new(ingress::parse_messages(&raw, &app.limits)?)),
         Operation::Embeddings => Parsed::Embeddings(ingress::parse_embeddings(&raw, &app.limits)?),
     };
-    // What the OpenAI-family adapters pass through: the client's own bytes,
-    // or the translation of an Anthropic request.
-    let raw = match (op, &parsed) {
-        (Operation::Messages, Parsed::Chat(req)) => serde_json::to_vec(req)
-            .map(Bytes::from)
-            .map_err(|e| ApiError::invalid_json(format!("cannot encode the request: {e}")))?,
-        _ => raw,
-    };
 
-    // route (which route), then policy on it, then the order of targets
+    // which route, what routing will look at, then policy on it
     let route = route::resolve(&config, parsed.model())?;
     tracker.route = Some(route.name.clone());
-    let _admitted = policy::admit(&route, headers)?;
     let info = match &parsed {
         Parsed::Chat(req) => route::RequestInfo::of_chat(req, raw.len(), headers, &route),
         Parsed::Embeddings(_) => route::RequestInfo {
@@ -106,7 +107,33 @@ where
             ..Default::default()
         },
     };
-    let targets = route::plan(&route, &info, &app.health);
+    let verdict = policy::admit(app, &config, &route, op, headers, &mut parsed, &info).await?;
+    let mut admitted = match verdict {
+        Verdict::Call(admitted) => admitted,
+        Verdict::Answered(value, admitted) => {
+            tracker.policy_headers = policy_headers(&admitted);
+            tracker.succeed(None);
+            return Ok(replay(&value));
+        }
+    };
+    tracker.policy_headers = policy_headers(&admitted);
+    tracker.settlement = Some(admitted.settlement());
+    // What the OpenAI-family adapters pass through: the client's own bytes,
+    // unless PII redaction rewrote the request or it came in as Anthropic's.
+    let raw = match (&parsed, op == Operation::Messages || admitted.redacted) {
+        (Parsed::Chat(req), true) => serde_json::to_vec(req)
+            .map(Bytes::from)
+            .map_err(|e| ApiError::invalid_json(format!("cannot encode the request: {e}")))?,
+        _ => raw,
+    };
+
+    // the order of targets: the budget's replacement, or the route's plan
+    let targets = match &admitted.target_override {
+        Some(to) => override_target(&config, &route, to)
+            .map(|t| vec![t])
+            .unwrap_or_else(|| route::plan(&route, &info, &app.health)),
+        None => route::plan(&route, &info, &app.health),
+    };
     if targets.is_empty() {
         return Err(ApiError::no_target(&route.name));
     }
@@ -149,12 +176,61 @@ where
         (true, Some(reply)) => {
             catch_all_reply(app, &route, outcome, &reply, stream, framing, tracker)
         }
-        _ => respond(app, &route, outcome, framing, tracker),
+        _ => respond(app, &route, outcome, framing, tracker, admitted),
     }
 }
 
+/// The headers that say what the policy stage decided.
+fn policy_headers(a: &policy::Admitted) -> Vec<(&'static str, String)> {
+    let mut h = a.rate_headers.clone();
+    if let Some(status) = a.cache_status {
+        h.push(("x-sluice-cache", status.as_str().to_owned()));
+    }
+    if !a.warnings.is_empty() {
+        h.push(("x-sluice-budget-warning", a.warnings.join(", ")));
+    }
+    h
+}
+
+/// The target a budget's degrade step or downgrade names, if the
+/// configuration has it (else the route's own plan serves, with a warning).
+fn override_target(
+    config: &Config,
+    route: &Route,
+    to: &sluice_crds::common::ModelRef,
+) -> Option<Target> {
+    let found = config
+        .provider(&route.namespace, &to.provider_ref.name)
+        .map(|p| Target::of(p, &to.model));
+    if found.is_none() {
+        tracing::warn!(route = %route.name, provider = %to.provider_ref.name, "a budget names a provider this sidecar does not have; routing as usual");
+    }
+    found
+}
+
+/// An answer the policy stage had already: replayed as the client first
+/// received it.
+fn replay(value: &Cached) -> Response<Body> {
+    let (body, content_type) = match value {
+        Cached::Response(b) => (b.clone(), "application/json"),
+        Cached::Stream(frames) => {
+            let mut all = Vec::with_capacity(frames.iter().map(Bytes::len).sum());
+            for f in frames {
+                all.extend_from_slice(f);
+            }
+            (Bytes::from(all), "text/event-stream")
+        }
+    };
+    let mut resp = Response::new(body::full(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
 /// The typed request, whichever API it came in on.
-enum Parsed {
+pub enum Parsed {
     /// `/v1/chat/completions`, or `/v1/messages` translated.
     Chat(Box<ChatRequest>),
     Embeddings(EmbeddingsRequest),
@@ -178,6 +254,7 @@ fn respond(
     outcome: Outcome,
     framing: Framing,
     tracker: &mut Tracker,
+    mut admitted: policy::Admitted,
 ) -> Result<Response<Body>, ApiError> {
     tracker.attempts = outcome.attempts;
     for (i, (from, failure)) in outcome.fell_back.iter().enumerate() {
@@ -204,6 +281,9 @@ fn respond(
         Err(failure) => Err(final_error(route, &failure)),
         Ok(Answer::Whole(whole)) => {
             let body = framing.whole(whole.body)?;
+            if admitted.records() {
+                admitted.complete(Cached::Response(body.clone()));
+            }
             tracker.succeed(whole.usage);
             let mut resp = Response::new(body::full(body));
             resp.headers_mut().insert(
@@ -215,7 +295,7 @@ fn respond(
         Ok(Answer::Stream(committed)) => {
             let (tx, body) = body::channel(16);
             let pump_tracker = tracker.hand_over();
-            tokio::spawn(pump(committed, tx, framing, pump_tracker));
+            tokio::spawn(pump(committed, tx, framing, pump_tracker, admitted));
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
             h.insert(
@@ -243,6 +323,8 @@ fn catch_all_reply(
     tracker: &mut Tracker,
 ) -> Result<Response<Body>, ApiError> {
     tracker.attempts = outcome.attempts;
+    // No provider answered: nothing is charged (the reservations drop).
+    tracker.settlement = None;
     let failed = outcome
         .fell_back
         .iter()
@@ -322,7 +404,9 @@ async fn pump(
     tx: mpsc::Sender<Bytes>,
     mut framing: Framing,
     mut tracker: Tracker,
+    mut admitted: policy::Admitted,
 ) {
+    let mut recorder = admitted.recorder();
     let mut usage: Option<Usage> = None;
     let mut first = true;
     let mut events: VecDeque<Result<StreamEvent, Failure>> = c.pending.drain(..).map(Ok).collect();
@@ -339,9 +423,17 @@ async fn pump(
             let token = ev.is_token();
             match ev {
                 StreamEvent::Chunk { chunk, raw } => {
+                    tracker.streamed_chars += chunk
+                        .choices
+                        .iter()
+                        .map(|c| c.delta.content.as_deref().map_or(0, str::len) as u64)
+                        .sum::<u64>();
                     let Some(frame) = framing.chunk(&chunk, raw) else {
                         continue;
                     };
+                    if let Some(r) = recorder.as_mut() {
+                        r.push(&frame);
+                    }
                     if tx.send(frame).await.is_err() {
                         tracker.cancel();
                         return;
@@ -356,7 +448,14 @@ async fn pump(
                     framing.usage(u);
                 }
                 StreamEvent::Done => {
-                    let _ = tx.send(framing.done()).await;
+                    let done = framing.done();
+                    if let Some(mut r) = recorder.take() {
+                        r.push(&done);
+                        if let Some(entry) = r.finish() {
+                            admitted.complete(entry);
+                        }
+                    }
+                    let _ = tx.send(done).await;
                     tracker.succeed(usage);
                     return;
                 }

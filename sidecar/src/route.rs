@@ -101,6 +101,11 @@ impl RequestInfo {
     }
 }
 
+/// The index of the first rule of `route` that `info` matches, if any.
+pub fn rule_index(route: &Route, info: &RequestInfo) -> Option<usize> {
+    route.rules.iter().position(|r| info.matches(&r.match_))
+}
+
 /// The targets to try, in order. An empty plan answers 503
 /// `no_healthy_target`.
 pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -> Vec<Target> {

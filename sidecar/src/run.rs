@@ -16,7 +16,6 @@ use crate::attempt::Bounds;
 use crate::config::ConfigHandle;
 use crate::egress::{Egress, EgressError};
 use crate::ingress::Limits;
-use crate::metrics::Metrics;
 use crate::server::{self, Role};
 use crate::standalone::{self, LoadError};
 
@@ -116,14 +115,14 @@ where
     tracing::info!(path = %opts.config.display(), version = %config.version, routes = config.routes.len(), providers = config.providers.len(), "configuration loaded");
     let handle = ConfigHandle::default();
     handle.set(config);
-    let app = Arc::new(App {
-        config: handle.clone(),
-        egress: Egress::new(opts.extra_ca.as_deref())?,
-        metrics: Metrics::new(),
-        limits: opts.limits,
-        bounds: opts.bounds,
-        health: Default::default(),
-    });
+    // Standalone budgets keep their own ledgers; the totals are only a sink.
+    let app = Arc::new(App::new(
+        handle.clone(),
+        Egress::new(opts.extra_ca.as_deref())?,
+        opts.limits,
+        opts.bounds,
+        Arc::new(crate::metering::Totals::default()),
+    ));
     let tasks = vec![tokio::spawn(standalone::watch(
         admission,
         opts.config.clone(),
@@ -210,6 +209,13 @@ impl crate::cluster::Runtime for ClusterRuntime {
         Ok(())
     }
 
+    fn allowance_low(&self) -> Vec<String> {
+        self.handle
+            .current()
+            .map(|c| c.budgets.allowance_low())
+            .unwrap_or_default()
+    }
+
     fn health(
         &self,
     ) -> (
@@ -230,20 +236,21 @@ pub async fn cluster(
     cluster: crate::cluster::ClusterOptions,
 ) -> Result<Running, StartError> {
     let handle = ConfigHandle::default();
-    let app = Arc::new(App {
-        config: handle.clone(),
-        egress: Egress::new(opts.extra_ca.as_deref())?,
-        metrics: Metrics::new(),
-        limits: opts.limits,
-        bounds: opts.bounds,
-        health: Default::default(),
-    });
+    let egress = Egress::new(opts.extra_ca.as_deref())?;
     let client = crate::cluster::client(&cluster.ca_file).map_err(StartError::Cluster)?;
-    let runtime = Arc::new(ClusterRuntime {
-        handle,
-        app: Arc::downgrade(&app),
+    // The session is the spend sink of the app, and the app is what the
+    // session reports on: built together.
+    let mut session = None;
+    let app = Arc::new_cyclic(|app| {
+        let runtime = Arc::new(ClusterRuntime {
+            handle: handle.clone(),
+            app: app.clone(),
+        });
+        let s = crate::cluster::Session::new(cluster, runtime, instance_name);
+        session = Some(s.clone());
+        App::new(handle.clone(), egress, opts.limits, opts.bounds, s)
     });
-    let session = crate::cluster::Session::new(cluster, runtime, instance_name);
+    let session = session.ok_or_else(|| StartError::Cluster("no session".into()))?;
     tracing::info!(
         operator = %session.options.operator,
         serving_saved = session.has_config(),

@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use sluice_crds::budget::WindowBounds;
 use sluice_crds::load::Admission;
-use sluice_crds::snapshot::{
-    Allowance, BudgetEntry, Credential, PodIdentity, ProviderEntry, RouteEntry, Snapshot,
-};
+use sluice_crds::route::LLMRoute;
+use sluice_crds::snapshot::{Credential, PodIdentity, ProviderEntry, RouteEntry, Snapshot};
 
 use crate::config::{Config, ConfigHandle};
 
@@ -86,31 +84,53 @@ pub fn load(
             spec: r.spec.clone(),
         })
         .collect();
-    let budgets = catalog
-        .budgets
-        .iter()
-        .map(|b| BudgetEntry {
-            name: name_of(&b.metadata),
-            namespace: namespace(b.metadata.namespace.clone()),
-            spec: b.spec.clone(),
-            routes: b.spec.routes.clone(),
-            applies_to_pod: true,
-            window: WindowBounds::default(),
-            spent: Default::default(),
-            allowance: Allowance::default(),
-        })
-        .collect();
+    // Budgets enforce the whole limit here (no operator splits it), so
+    // their ledgers are built below instead of from snapshot allowances.
     let snapshot = Snapshot {
         version: String::new(),
         pod: PodIdentity::default(),
         report_interval: sluice_crds::Duration::from_secs(2),
         routes,
         providers,
-        budgets,
+        budgets: Vec::new(),
         held_routes: Vec::new(),
     }
     .seal();
-    Config::try_from(&snapshot).map_err(|e| e.0)
+    let mut config = Config::try_from(&snapshot).map_err(|e| e.0)?;
+    let now = jiff::Timestamp::now();
+    config.budgets = crate::budget::Budgets::new(
+        catalog
+            .budgets
+            .iter()
+            .map(|b| {
+                crate::budget::Budget::standalone(
+                    name_of(&b.metadata),
+                    b.spec.clone(),
+                    budget_routes(&b.spec, &catalog.routes),
+                    crate::budget::applies_to_pod(&b.spec, None),
+                    now,
+                )
+            })
+            .collect(),
+    );
+    Ok(config)
+}
+
+/// The routes a budget counts: those it names and those its
+/// `routeSelector` selects by their labels.
+fn budget_routes(spec: &sluice_crds::budget::BudgetSpec, routes: &[LLMRoute]) -> Vec<String> {
+    let mut names = spec.routes.clone();
+    if let Some(sel) = &spec.route_selector {
+        for r in routes {
+            let name = name_of(&r.metadata);
+            if sluice_crds::selector::matches(sel, r.metadata.labels.as_ref())
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 fn name_of(meta: &ObjectMeta) -> String {

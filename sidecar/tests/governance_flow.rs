@@ -1,7 +1,9 @@
 //! The governance stages composed in the order the pipeline calls them
 //! (PII → rate limit → budget reserve → idempotency → cache lookup →
 //! upstream → cache store → accounting), against a counting fake upstream.
-//! This doubles as the worked example of the APIs for the pipeline.
+//! The pipeline composes them the same way (`policy.rs`, `accounting.rs`);
+//! this test hammers the composition with concurrency a black-box test
+//! cannot reach as cheaply.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -140,10 +142,7 @@ impl Gateway {
         let decision = cache::decide(&self.cache_spec, &req, None);
         let key = cache::key(&req, "gpt-4o", Some(team));
         // The reservations drop on a hit: it costs nothing.
-        let hit = decision
-            .reads()
-            .then(|| self.cache.get(&key, Instant::now()))
-            .flatten();
+        let hit = decision.reads().then(|| self.cache.get(&key)).flatten();
         if let Some(hit) = hit {
             return served(&hit, Some(Status::Hit.as_str()), admitted.warnings);
         }
@@ -164,9 +163,11 @@ impl Gateway {
         .expect("response");
         // egress: cache store, idempotency, accounting (off the hot path).
         let metered = Metered::new(&self.pricing, resp.usage, Usage::new(input_estimate, 0, 0));
-        let cached = Arc::new(Cached::Response(resp));
+        let cached = Arc::new(Cached::Response(bytes::Bytes::from(
+            serde_json::to_vec(&resp).expect("encodes"),
+        )));
         if decision.stores() {
-            self.cache.insert(key, (*cached).clone(), Instant::now());
+            self.cache.insert(key, (*cached).clone());
         }
         if let Some(t) = ticket {
             t.complete(cached.clone(), Instant::now());
@@ -187,6 +188,7 @@ fn served(c: &Cached, cache: Option<&'static str>, warning: Vec<String>) -> Outc
     let Cached::Response(r) = c else {
         panic!("not a response")
     };
+    let r: ChatResponse = serde_json::from_slice(r).expect("a chat response");
     let body = r.choices[0]
         .message
         .content

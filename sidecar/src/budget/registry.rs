@@ -9,7 +9,7 @@ use sluice_crds::common::ModelRef;
 use sluice_crds::snapshot::BudgetEntry;
 
 use super::{Admission, Budget, Reservation, tenant_of};
-use crate::ratelimit::{Limited, RateHeaders, RateLimiter};
+use crate::ratelimit::{Limited, RateHeaders};
 
 /// Every budget of this sidecar.
 #[derive(Default, Debug, Clone)]
@@ -27,6 +27,27 @@ pub struct Admitted {
     /// A target replacing the route's: the first budget's degrade step or
     /// downgrade target, in budget order.
     pub target_override: Option<ModelRef>,
+}
+
+/// What [`Budgets::rate_limit`] charged for one request.
+#[derive(Debug, Default)]
+pub struct RateCharge {
+    /// The tightest budget's `x-ratelimit-*` values, if any budget limits.
+    pub headers: Option<RateHeaders>,
+    charged: Vec<(Arc<Budget>, Option<String>)>,
+    tokens: u64,
+}
+
+impl RateCharge {
+    /// Charges the difference between the tokens the request actually used
+    /// and its estimate to every bucket it was charged in.
+    pub fn correct(&self, actual: u64, now: tokio::time::Instant) {
+        for (b, tenant) in &self.charged {
+            if let Some(rl) = b.rate_limiter() {
+                rl.correct(tenant.as_deref(), self.tokens, actual, now);
+            }
+        }
+    }
 }
 
 /// A budget refused the request: 429 `budget_exceeded`.
@@ -66,6 +87,37 @@ impl Budgets {
         Budgets { budgets }
     }
 
+    /// The budgets of a new configuration, `fresh`, keeping this
+    /// configuration's ledger for every budget whose definition is
+    /// unchanged (standalone: as it is; cluster: with `fresh`'s allowance).
+    pub fn carry_into(&self, fresh: Budgets, now: Timestamp) -> Budgets {
+        let budgets = fresh
+            .budgets
+            .into_iter()
+            .map(|f| match self.get(&f.name) {
+                Some(old) if old.same_definition(&f) => {
+                    old.take_allowance_of(&f, now);
+                    old.clone()
+                }
+                _ => f,
+            })
+            .collect();
+        Budgets { budgets }
+    }
+
+    /// Names of the budgets whose allowance is running low.
+    pub fn allowance_low(&self) -> Vec<String> {
+        self.budgets
+            .iter()
+            .filter(|b| b.allowance_low())
+            .map(|b| b.name.clone())
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.budgets.is_empty()
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Budget>> {
         self.budgets.iter().find(|b| b.name == name)
     }
@@ -77,17 +129,21 @@ impl Budgets {
 
     /// Charges the rate limits of every applicable budget for one request
     /// estimated at `tokens`. All or nothing: when one budget limits, the
-    /// charges already made are given back. On success, the headers of the
-    /// budget with the fewest requests left (for `x-ratelimit-*`).
+    /// charges already made are given back. On success, the charges (to
+    /// correct with the actual tokens later) and the headers of the budget
+    /// with the fewest requests left (for `x-ratelimit-*`).
     pub fn rate_limit<'a>(
         &self,
         route: &str,
         header: impl Fn(&str) -> Option<&'a str>,
         tokens: u64,
         now: tokio::time::Instant,
-    ) -> Result<Option<RateHeaders>, Limited> {
-        let mut charged: Vec<(&RateLimiter, Option<String>)> = Vec::new();
-        let mut tightest: Option<RateHeaders> = None;
+    ) -> Result<RateCharge, Limited> {
+        let mut charge = RateCharge {
+            headers: None,
+            charged: Vec::new(),
+            tokens,
+        };
         for b in self.applicable(route) {
             let Some(rl) = b.rate_limiter() else {
                 continue;
@@ -96,38 +152,22 @@ impl Budgets {
             match rl.check(tenant.as_deref(), tokens, now) {
                 Ok(h) => {
                     let left = |h: &RateHeaders| h.remaining_requests.unwrap_or(u64::MAX);
-                    if tightest.as_ref().is_none_or(|t| left(&h) < left(t)) {
-                        tightest = Some(h);
+                    if charge.headers.as_ref().is_none_or(|t| left(&h) < left(t)) {
+                        charge.headers = Some(h);
                     }
-                    charged.push((rl, tenant));
+                    charge.charged.push((b.clone(), tenant));
                 }
                 Err(limited) => {
-                    for (rl, tenant) in charged {
-                        rl.release(tenant.as_deref(), tokens, now);
+                    for (b, tenant) in &charge.charged {
+                        if let Some(rl) = b.rate_limiter() {
+                            rl.release(tenant.as_deref(), tokens, now);
+                        }
                     }
                     return Err(limited);
                 }
             }
         }
-        Ok(tightest)
-    }
-
-    /// Corrects the token charge of every applicable budget once the actual
-    /// usage is known.
-    pub fn correct_rate<'a>(
-        &self,
-        route: &str,
-        header: impl Fn(&str) -> Option<&'a str>,
-        estimated: u64,
-        actual: u64,
-        now: tokio::time::Instant,
-    ) {
-        for b in self.applicable(route) {
-            if let Some(rl) = b.rate_limiter() {
-                let tenant = tenant_of(&b.spec, &header);
-                rl.correct(tenant.as_deref(), estimated, actual, now);
-            }
-        }
+        Ok(charge)
     }
 
     /// Admits a request against every applicable budget. All or nothing: on

@@ -470,7 +470,7 @@ async fn rate_limits_of_all_budgets_are_all_or_nothing() {
     let h = budgets
         .rate_limit("chat", |_| None, 10, now)
         .expect("first");
-    assert_eq!(h.and_then(|h| h.remaining_requests), Some(0));
+    assert_eq!(h.headers.and_then(|h| h.remaining_requests), Some(0));
     let err = budgets
         .rate_limit("chat", |_| None, 10, now)
         .expect_err("narrow limits");

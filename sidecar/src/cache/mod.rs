@@ -5,7 +5,7 @@
 //! The pipeline calls, in order:
 //! 1. [`decide`] with the route's [`CacheSpec`], the request and its
 //!    `Cache-Control` header — whether to read and whether to store;
-//! 2. exact mode: [`key`] (model after routing rules, tenant) then
+//! 2. exact mode: [`key`] (model after routing rules, tenant, API) then
 //!    [`exact::ExactCache::get`]; semantic mode: embed
 //!    [`semantic::embedding_input`] with the route's `cache.embedding` target,
 //!    then [`semantic::SemanticCache::lookup`] in [`semantic::Scope::of`]
@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sluice_crds::route::{CacheMode, CacheSpec};
 
-use crate::openai::{ChatRequest, ChatResponse};
+use crate::openai::ChatRequest;
 
 /// The `x-sluice-cache` header value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,10 +181,56 @@ fn canonical(v: &Value, h: &mut Sha256) {
     }
 }
 
-/// A cached answer.
+/// A route's cache, built with its configuration and carried over to the
+/// next configuration while the route's `cache` spec does not change.
+#[derive(Clone, Debug)]
+pub enum RouteCache {
+    Off,
+    Exact(exact::ExactCache),
+    Semantic {
+        cache: std::sync::Arc<semantic::SemanticCache>,
+        /// The `cache.embedding` target the prompts are embedded with.
+        embedding: crate::config::Target,
+    },
+}
+
+impl RouteCache {
+    /// The cache `spec` asks for; semantic mode needs its embedding target.
+    pub fn new(spec: &CacheSpec, embedding: Option<crate::config::Target>) -> Self {
+        match (spec.mode, embedding) {
+            (CacheMode::Off, _) => RouteCache::Off,
+            (CacheMode::Exact, _) => RouteCache::Exact(exact::ExactCache::new(spec)),
+            (CacheMode::Semantic, Some(embedding)) => RouteCache::Semantic {
+                cache: std::sync::Arc::new(semantic::SemanticCache::new(spec)),
+                embedding,
+            },
+            // Refused at config conversion; no cache rather than a wrong one.
+            (CacheMode::Semantic, None) => RouteCache::Off,
+        }
+    }
+
+    /// The same entries under a new configuration (the embedding target is
+    /// the new configuration's).
+    pub fn carried_over(&self, fresh: &RouteCache) -> RouteCache {
+        match (self, fresh) {
+            (RouteCache::Semantic { cache, .. }, RouteCache::Semantic { embedding, .. }) => {
+                RouteCache::Semantic {
+                    cache: cache.clone(),
+                    embedding: embedding.clone(),
+                }
+            }
+            (RouteCache::Exact(c), RouteCache::Exact(_)) => RouteCache::Exact(c.clone()),
+            _ => fresh.clone(),
+        }
+    }
+}
+
+/// A cached answer, byte for byte as the client received it (so a
+/// `/v1/messages` answer is Anthropic-shaped: the key includes the API).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Cached {
-    Response(ChatResponse),
+    /// A whole (non-stream) response body.
+    Response(Bytes),
     /// The SSE frames of a completed stream, byte for byte as the client
     /// received them; replaying them in order reproduces the stream.
     Stream(Vec<Bytes>),

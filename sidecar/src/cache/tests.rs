@@ -1,7 +1,5 @@
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::exact::ExactCache;
 use super::*;
 
@@ -22,14 +20,14 @@ fn base() -> ChatRequest {
 }
 
 fn response(text: &str) -> Cached {
-    Cached::Response(
-        serde_json::from_value(serde_json::json!({
+    Cached::Response(Bytes::from(
+        serde_json::json!({
             "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt",
             "choices": [{"index": 0, "finish_reason": "stop",
                          "message": {"role": "assistant", "content": text}}]
-        }))
-        .expect("response"),
-    )
+        })
+        .to_string(),
+    ))
 }
 
 #[test]
@@ -106,63 +104,41 @@ fn cache_control_bypasses() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn hit_miss_and_ttl_expiry() {
-    let cache = ExactCache::new(&spec("exact"));
+#[test]
+fn hit_miss_and_ttl_expiry() {
+    // moka measures expiry with its own clock: a short real TTL.
+    let cache = ExactCache::with_limits(Duration::from_millis(300), 10);
     let k = key(&base(), "gpt-4o", None);
-    assert!(cache.get(&k, Instant::now()).is_none());
-    cache.insert(k, response("4"), Instant::now());
-    assert_eq!(
-        cache.get(&k, Instant::now()).as_deref(),
-        Some(&response("4"))
-    );
-    tokio::time::advance(Duration::from_secs(59)).await;
-    assert!(cache.get(&k, Instant::now()).is_some());
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert!(cache.get(&k, Instant::now()).is_none());
+    assert!(cache.get(&k).is_none());
+    cache.insert(k, response("4"));
+    assert_eq!(cache.get(&k).as_deref(), Some(&response("4")));
+    std::thread::sleep(Duration::from_millis(450));
+    assert!(cache.get(&k).is_none());
     assert!(cache.is_empty());
 }
 
-#[tokio::test(start_paused = true)]
-async fn bounded_by_max_entries_oldest_first() {
-    let cache = ExactCache::new(&spec("exact"));
-    let now = Instant::now();
-    cache.insert([1; 32], response("a"), now);
-    cache.insert([2; 32], response("b"), now);
-    cache.insert([1; 32], response("a2"), now);
-    cache.insert([3; 32], response("c"), now);
-    assert_eq!(cache.len(), 2);
-    assert!(cache.get(&[2; 32], now).is_none());
-    assert_eq!(cache.get(&[1; 32], now).as_deref(), Some(&response("a2")));
+#[test]
+fn bounded_by_max_entries() {
+    let cache = ExactCache::with_limits(Duration::from_secs(60), 2);
+    for i in 0..50u8 {
+        cache.insert([i; 32], response("x"));
+    }
+    assert!(cache.len() <= 2, "held {}", cache.len());
+    cache.insert([1; 32], response("a2"));
+    assert_eq!(cache.get(&[1; 32]).as_deref(), Some(&response("a2")));
 }
 
-#[tokio::test(start_paused = true)]
-async fn no_cross_tenant_hits() {
+#[test]
+fn no_cross_tenant_hits() {
     let cache = ExactCache::new(&spec("exact"));
-    cache.insert(
-        key(&base(), "gpt-4o", Some("a")),
-        response("for a"),
-        Instant::now(),
-    );
-    assert!(
-        cache
-            .get(&key(&base(), "gpt-4o", Some("b")), Instant::now())
-            .is_none()
-    );
-    assert!(
-        cache
-            .get(&key(&base(), "gpt-4o", None), Instant::now())
-            .is_none()
-    );
-    assert!(
-        cache
-            .get(&key(&base(), "gpt-4o", Some("a")), Instant::now())
-            .is_some()
-    );
+    cache.insert(key(&base(), "gpt-4o", Some("a")), response("for a"));
+    assert!(cache.get(&key(&base(), "gpt-4o", Some("b"))).is_none());
+    assert!(cache.get(&key(&base(), "gpt-4o", None)).is_none());
+    assert!(cache.get(&key(&base(), "gpt-4o", Some("a"))).is_some());
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_completed_stream_replays_identically() {
+#[test]
+fn a_completed_stream_replays_identically() {
     let frames: Vec<Bytes> = [
         "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
         "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"4\"}}]}\n\n",
@@ -181,8 +157,8 @@ async fn a_completed_stream_replays_identically() {
     streamed.stream = Some(true);
     let k = key(&streamed, "gpt-4o", None);
     assert_ne!(k, key(&base(), "gpt-4o", None));
-    cache.insert(k, rec.finish().expect("complete"), Instant::now());
-    let Some(hit) = cache.get(&k, Instant::now()) else {
+    cache.insert(k, rec.finish().expect("complete"));
+    let Some(hit) = cache.get(&k) else {
         panic!("miss");
     };
     let Cached::Stream(replayed) = &*hit else {

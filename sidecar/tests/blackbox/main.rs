@@ -3,6 +3,7 @@
 //! upstreams.
 
 mod binary;
+mod governance;
 mod harness;
 mod providers;
 mod python;

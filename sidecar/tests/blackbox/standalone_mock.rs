@@ -300,20 +300,19 @@ async fn h2c_clients_are_served_too() {
 #[tokio::test]
 async fn not_ready_until_a_config_is_loaded() {
     use sluice_sidecar::{app::App, attempt::Bounds, config::ConfigHandle, egress::Egress};
-    use sluice_sidecar::{ingress::Limits, metrics::Metrics, server};
+    use sluice_sidecar::{ingress::Limits, server};
     use std::sync::Arc;
     let handle = ConfigHandle::default();
-    let app = Arc::new(App {
-        config: handle.clone(),
-        egress: Egress::new(None).expect("egress"),
-        metrics: Metrics::new(),
-        limits: Limits::default(),
-        bounds: Bounds {
+    let app = Arc::new(App::new(
+        handle.clone(),
+        Egress::new(None).expect("egress"),
+        Limits::default(),
+        Bounds {
             max_response: 1 << 20,
             max_line: 1 << 16,
         },
-        health: Default::default(),
-    });
+        Arc::new(sluice_sidecar::metering::Totals::default()),
+    ));
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let api = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
