@@ -36,13 +36,18 @@ async fn objects(rig: &Rig) {
 }
 
 fn files(rig: &Rig, ca: &str, name: &str) -> (PathBuf, ClusterOptions) {
+    files_for(rig, ca, name, "web-1")
+}
+
+/// Token, CA and state directory of the sidecar of pod `pod` in `shop`.
+fn files_for(rig: &Rig, ca: &str, name: &str, pod: &str) -> (PathBuf, ClusterOptions) {
     let dir = std::env::temp_dir().join(format!("sluice-protocol-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     std::fs::write(dir.join("ca.crt"), ca).expect("ca");
     let token = rig
         .emulator
-        .issue_pod_token("shop", "web", "web-1", &["sluice"])
+        .issue_pod_token("shop", "web", pod, &["sluice"])
         .expect("token");
     std::fs::write(dir.join("token"), token).expect("token");
     (
@@ -53,7 +58,7 @@ fn files(rig: &Rig, ca: &str, name: &str) -> (PathBuf, ClusterOptions) {
             token_file: dir.join("token"),
             state_dir: dir.join("state"),
             namespace: "shop".into(),
-            pod: "web-1".into(),
+            pod: pod.into(),
         },
     )
 }
@@ -284,6 +289,97 @@ async fn a_sidecar_with_another_namespaces_token_gets_nothing() {
             "{body}"
         );
         cleanup(&dir);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A hard budget hammered concurrently through three sidecars: the
+/// requests admitted never exceed the limit (requests are counted exactly,
+/// so there is no estimation error to allow for), every sidecar ends up
+/// refusing with `budget_exceeded`, and `Budget.status` sums the spend of
+/// all three exactly — no report lost, none counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_holds_across_three_sidecars_and_its_status_sums_them_exactly() {
+    const LIMIT: u64 = 24;
+    tokio::time::timeout(WAIT * 6, async {
+        let rig = Rig::start().await;
+        objects(&rig).await;
+        rig.create(
+            "sluice.dev/v1alpha1",
+            "Budget",
+            Some("shop"),
+            json!({"metadata": {"name": "hard"}, "spec": {"routes": ["chat"], "window": "day", "limits": {"requests": LIMIT}}}),
+        )
+        .await;
+        for pod in ["web-2", "web-3"] {
+            rig.pod("shop", pod, "web").await;
+        }
+        let op = rig.leader("op-a").await;
+        let ca = rig.operator_ca().await;
+        let mut sidecars = Vec::new();
+        let mut dirs = Vec::new();
+        for pod in ["web-1", "web-2", "web-3"] {
+            let (dir, mut cluster) = files_for(&rig, &ca, &format!("budget-{pod}"), pod);
+            cluster.operator = format!("https://{}", op.distribution);
+            let sc = sidecar(cluster).await;
+            until_ready(sc.admin).await;
+            sidecars.push(sc);
+            dirs.push(dir);
+        }
+
+        // Waves of concurrent requests through all three until every
+        // sidecar refuses: allowances are renewed as reports arrive.
+        let mut admitted = 0u64;
+        let deadline = tokio::time::Instant::now() + WAIT * 4;
+        loop {
+            let mut wave = Vec::new();
+            for sc in &sidecars {
+                for _ in 0..4 {
+                    let api = sc.api;
+                    wave.push(tokio::spawn(async move {
+                        call(api, "POST", "/v1/chat/completions", Some(chat())).await
+                    }));
+                }
+            }
+            let mut refused = 0;
+            for w in wave {
+                let (status, body) = w.await.expect("request");
+                match status {
+                    200 => admitted += 1,
+                    429 => {
+                        assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+                        refused += 1;
+                    }
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+            assert!(admitted <= LIMIT, "{admitted} admitted past a limit of {LIMIT}");
+            if admitted == LIMIT && refused == 12 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the budget was never spent: {admitted} of {LIMIT} admitted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
+        // The status sums what the three sidecars reported, exactly.
+        rig.wait_for(
+            "sluice.dev/v1alpha1",
+            "Budget",
+            "shop",
+            "hard",
+            "exact spend",
+            |v| v["status"]["spent"]["requests"] == LIMIT && v["status"]["state"] == "Exhausted",
+        )
+        .await;
+        drop(sidecars);
+        drop(op);
+        for dir in &dirs {
+            cleanup(dir);
+        }
     })
     .await
     .expect("bounded");

@@ -22,10 +22,13 @@
 //! overshot only by the difference between worst case and actual of requests
 //! in flight, which is never positive unless the input estimate was low.
 //!
-//! In cluster mode a new allowance replaces the headroom and resets the
-//! local count of spend against it (the operator has netted out everything
-//! reported); spend settled after the last report and before the new
-//! snapshot can therefore be granted twice, once, for one report interval.
+//! In cluster mode an allowance is what the sidecar may spend beyond the
+//! usage it had reported up to report `asOfSequence`. Settled spend is
+//! therefore kept by the report it travels in (the sink says which): a new
+//! allowance drops the spend of reports up to `asOfSequence` (the operator
+//! deducted it) and keeps counting the rest against the new headroom, so
+//! spend settled between a report and the next snapshot is never granted
+//! twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -117,16 +120,30 @@ fn plus(a: &Spend, b: &Spend) -> Spend {
 #[derive(Clone, Debug, Default)]
 struct Account {
     cap: Amounts,
-    /// Settled since the current allowance was granted (counts against it).
-    settled: Spend,
+    /// Settled spend not yet deducted from the allowance by the operator,
+    /// by the report sequence it travels in (counts against the cap).
+    settled: std::collections::BTreeMap<u64, Spend>,
     /// Settled by this sidecar in the whole window (for the percentage).
     window_settled: Spend,
     reserved: Spend,
 }
 
 impl Account {
+    fn settled(&self) -> Spend {
+        let mut s = Spend::default();
+        for v in self.settled.values() {
+            s.add(v);
+        }
+        s
+    }
+
+    /// Forgets the spend of reports up to `seq`: the operator deducted it.
+    fn deducted_through(&mut self, seq: u64) {
+        self.settled = self.settled.split_off(&(seq + 1));
+    }
+
     fn fits(&self, more: &Spend) -> bool {
-        let want = plus(&plus(&self.settled, &self.reserved), more);
+        let want = plus(&plus(&self.settled(), &self.reserved), more);
         self.cap.cost_usd.is_none_or(|c| want.cost_usd <= c)
             && self.cap.tokens.is_none_or(|c| want.tokens <= c)
             && self.cap.requests.is_none_or(|c| want.requests <= c)
@@ -152,7 +169,7 @@ impl State {
         self.window = spec.window.bounds(now);
         self.generation += 1;
         self.base_spent = Spend::default();
-        self.total.settled = Spend::default();
+        self.total.settled.clear();
         self.total.window_settled = Spend::default();
         self.total.reserved = Spend::default();
         self.tenants.clear();
@@ -352,7 +369,7 @@ impl Budget {
         st.base_spent = spent.clone();
         st.allowance = allowance.clone();
         st.total.cap = allowance.total.clone();
-        st.total.settled = Spend::default();
+        st.total.deducted_through(allowance.as_of_sequence);
         for (t, acct) in st.tenants.iter_mut() {
             acct.cap = allowance
                 .tenants
@@ -360,7 +377,7 @@ impl Budget {
                 .or(allowance.new_tenant.as_ref())
                 .cloned()
                 .unwrap_or_default();
-            acct.settled = Spend::default();
+            acct.deducted_through(allowance.as_of_sequence);
         }
     }
 
@@ -381,7 +398,7 @@ impl Budget {
             return false;
         }
         let st = self.lock();
-        let used = plus(&st.total.settled, &st.total.reserved);
+        let used = plus(&st.total.settled(), &st.total.reserved);
         let low = |cap: Option<u64>, used: u64| {
             cap.is_some_and(|c| used.saturating_mul(5) >= c.saturating_mul(4))
         };
@@ -417,7 +434,7 @@ impl Budget {
     /// settled since; for a tenant, what this sidecar settled.
     fn spent_in_window(st: &mut State, tenant: Option<&str>) -> Spend {
         match tenant {
-            None => plus(&st.base_spent, &st.total.settled),
+            None => plus(&st.base_spent, &st.total.settled()),
             Some(t) => st.account(Some(t)).window_settled.clone(),
         }
     }
@@ -503,7 +520,7 @@ impl Budget {
         )
     }
 
-    fn finish(&self, r: &Reservation, actual: Option<&Spend>) {
+    fn finish(&self, r: &Reservation, actual: Option<(&Spend, u64)>) {
         let mut st = self.lock();
         if st.generation != r.generation {
             // The window rolled over while the call was in flight: the old
@@ -512,15 +529,15 @@ impl Budget {
             return;
         }
         st.total.reserved = sub(&st.total.reserved, &r.amount);
-        if let Some(a) = actual {
-            st.total.settled.add(a);
+        if let Some((a, seq)) = actual {
+            st.total.settled.entry(seq).or_default().add(a);
             st.total.window_settled.add(a);
         }
         if let Some(t) = r.tenant.as_deref() {
             let acct = st.account(Some(t));
             acct.reserved = sub(&acct.reserved, &r.amount);
-            if let Some(a) = actual {
-                acct.settled.add(a);
+            if let Some((a, seq)) = actual {
+                acct.settled.entry(seq).or_default().add(a);
                 acct.window_settled.add(a);
             }
         }
@@ -560,16 +577,16 @@ impl Reservation {
         &self.amount
     }
 
-    /// Replaces the reservation by the actual spend. Returns the budget name,
-    /// tenant and window start (RFC 3339) the spend is reported under.
-    pub fn settle(mut self, actual: &Spend) -> (String, Option<String>, String) {
+    /// The window start (RFC 3339) the spend is reported under.
+    pub fn window_start(&self) -> String {
+        self.window_start.to_string()
+    }
+
+    /// Replaces the reservation by the actual spend, which travels to the
+    /// operator in report `report_seq` (0 standalone).
+    pub fn settle(mut self, actual: &Spend, report_seq: u64) {
         self.done = true;
-        self.budget.finish(&self, Some(actual));
-        (
-            self.budget.name.clone(),
-            self.tenant.take(),
-            self.window_start.to_string(),
-        )
+        self.budget.finish(&self, Some((actual, report_seq)));
     }
 }
 

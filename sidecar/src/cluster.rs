@@ -357,17 +357,20 @@ impl Session {
         Err(reason)
     }
 
-    /// Counts spend for the next report.
+    /// Counts spend for the next report; returns that report's sequence.
     pub fn record_usage(
         &self,
         budget: &str,
         tenant: Option<&str>,
         window_start: &str,
         spent: &Spend,
-    ) {
-        if let Ok(mut s) = self.state.lock() {
-            s.outbox.record(budget, tenant, window_start, spent);
-        }
+    ) -> u64 {
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.outbox.record(budget, tenant, window_start, spent);
+        s.outbox.next_report
     }
 
     /// The next report: everything not yet acknowledged.

@@ -149,12 +149,14 @@ impl Metered {
 /// standalone totals. Implementations must be cheap and must not block for
 /// long: they run on the accounting task, or inline when it is overloaded.
 pub trait SpendSink: Send + Sync + 'static {
-    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend);
+    /// Records settled spend; returns the sequence of the report it will
+    /// travel in (0 when nothing is reported).
+    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend) -> u64;
 }
 
 impl SpendSink for crate::cluster::Session {
-    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend) {
-        self.record_usage(budget, tenant, window_start, spent);
+    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend) -> u64 {
+        self.record_usage(budget, tenant, window_start, spent)
     }
 }
 
@@ -184,7 +186,7 @@ impl Totals {
 }
 
 impl SpendSink for Totals {
-    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend) {
+    fn record(&self, budget: &str, tenant: Option<&str>, window_start: &str, spent: &Spend) -> u64 {
         if let Ok(mut m) = self.inner.lock() {
             m.entry(SpendKey {
                 budget: budget.to_owned(),
@@ -194,6 +196,7 @@ impl SpendSink for Totals {
             .or_default()
             .add(spent);
         }
+        0
     }
 }
 
@@ -266,9 +269,17 @@ fn settle(record: UsageRecord, sink: &dyn SpendSink, stats: &AccountingStats) {
     if record.metered.estimated {
         stats.estimated.fetch_add(1, Ordering::Relaxed);
     }
+    // Recorded for the report first, then settled under that report's
+    // sequence: a new allowance arriving in between still holds the
+    // reservation, and knows whether it already deducted this spend.
     for reservation in record.reservations {
-        let (budget, tenant, window_start) = reservation.settle(&spend);
-        sink.record(&budget, tenant.as_deref(), &window_start, &spend);
+        let seq = sink.record(
+            reservation.budget(),
+            reservation.tenant(),
+            &reservation.window_start(),
+            &spend,
+        );
+        reservation.settle(&spend, seq);
     }
     stats.settled.fetch_add(1, Ordering::Relaxed);
 }

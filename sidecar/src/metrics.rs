@@ -118,6 +118,14 @@ pub struct Metrics {
     >,
     cache: Family<PolicyLabels, Counter>,
     pii: Family<PolicyLabels, Counter>,
+    accounting: Family<AccountingLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountingLabels {
+    /// `settled`, `estimated` (no provider usage) or `inline` (the queue
+    /// was full and the request path settled it).
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,7 +217,15 @@ impl Metrics {
             "Personal data and secrets found in requests, by category (kind)",
             pii.clone(),
         );
+        let accounting =
+            Family::<AccountingLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        registry.register(
+            "sluice_accounting_records",
+            "Usage records settled against budgets since start, by kind (settled, estimated: metered from the sidecar's estimate, inline: settled on the request path because the accounting queue was full)",
+            accounting.clone(),
+        );
         Self {
+            accounting,
             cache,
             pii,
             registry,
@@ -241,6 +257,20 @@ impl Metrics {
                     model: model.clone(),
                 })
                 .set(v);
+        }
+    }
+
+    /// Copies the accounting task's counters (called on scrape).
+    pub fn accounting(&self, stats: &crate::metering::AccountingStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (kind, v) in [
+            ("settled", &stats.settled),
+            ("estimated", &stats.estimated),
+            ("inline", &stats.overflowed),
+        ] {
+            self.accounting
+                .get_or_create(&AccountingLabels { kind })
+                .set(i64::try_from(v.load(Relaxed)).unwrap_or(i64::MAX));
         }
     }
 

@@ -117,7 +117,7 @@ where
         }
     };
     tracker.policy_headers = policy_headers(&admitted);
-    tracker.settlement = Some(admitted.settlement());
+    tracker.settlement = admitted.settlement();
     // What the OpenAI-family adapters pass through: the client's own bytes,
     // unless PII redaction rewrote the request or it came in as Anthropic's.
     let raw = match (&parsed, op == Operation::Messages || admitted.redacted) {

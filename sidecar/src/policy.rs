@@ -54,7 +54,8 @@ pub struct Admitted {
     /// The tenant its cache and idempotency entries are scoped to: the
     /// first counting budget's `tenantHeader` value, else `x-sluice-tenant`.
     pub tenant: Option<String>,
-    /// Estimated prompt tokens (what a stream without usage is metered at).
+    /// Estimated prompt tokens (what a stream without usage is metered
+    /// at); 0 when no budget counts the request.
     pub input_estimate: u64,
     /// Rate-limit charges, corrected with the actual tokens.
     pub rate: RateCharge,
@@ -117,13 +118,17 @@ impl Admitted {
         }
     }
 
-    /// What accounting settles when the request ends.
-    pub fn settlement(&mut self) -> crate::accounting::Settlement {
-        crate::accounting::Settlement {
+    /// What accounting settles when the request ends; `None` when no
+    /// budget counts the request (nothing to settle, no accounting record).
+    pub fn settlement(&mut self) -> Option<crate::accounting::Settlement> {
+        if self.reservations.is_empty() && self.rate.is_empty() {
+            return None;
+        }
+        Some(crate::accounting::Settlement {
             reservations: std::mem::take(&mut self.reservations),
             rate: std::mem::take(&mut self.rate),
             input_estimate: self.input_estimate,
-        }
+        })
     }
 }
 
@@ -161,20 +166,22 @@ pub async fn admit(
         }
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (input_estimate, max_output) = match parsed {
-        Parsed::Chat(req) => (
-            metering::estimate_input_tokens(req),
-            req.max_output_tokens()
-                .map(u64::from)
-                .unwrap_or_else(|| default_max_output(route)),
-        ),
-        Parsed::Embeddings(req) => (embeddings_tokens(&req.input), 0),
-    };
 
     // 2. and 3. rate limits, then budgets (all or nothing across budgets).
+    // Nothing is estimated for a route no budget counts: the hot path of an
+    // ungoverned route stays as short as it was.
     let budgets = &config.budgets;
     let counted = budgets.applicable(&route.name).next().is_some();
-    let (rate, reservations, warnings, target_override) = if counted {
+    let (input_estimate, rate, reservations, warnings, target_override) = if counted {
+        let (input_estimate, max_output) = match parsed {
+            Parsed::Chat(req) => (
+                metering::estimate_input_tokens(req),
+                req.max_output_tokens()
+                    .map(u64::from)
+                    .unwrap_or_else(|| default_max_output(route)),
+            ),
+            Parsed::Embeddings(req) => (embeddings_tokens(&req.input), 0),
+        };
         let rate = budgets
             .rate_limit(
                 &route.name,
@@ -191,13 +198,14 @@ pub async fn admit(
                 ApiError::budget_exceeded(&r)
             })?;
         (
+            input_estimate,
             rate,
             admitted.reservations,
             admitted.warnings,
             admitted.target_override,
         )
     } else {
-        (RateCharge::default(), Vec::new(), Vec::new(), None)
+        (0, RateCharge::default(), Vec::new(), Vec::new(), None)
     };
     let tenant = budgets
         .applicable(&route.name)

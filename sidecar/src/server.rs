@@ -129,6 +129,7 @@ fn admin(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> 
         },
         "/metrics" => {
             app.metrics.breakers(&app.health.breaker_states());
+            app.metrics.accounting(app.accountant.stats());
             let mut resp = Response::new(body::full(app.metrics.encode()));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use sluice_crds::budget::Spend;
 use sluice_crds::common::ModelRef;
-use sluice_crds::snapshot::BudgetEntry;
 
 use super::{Admission, Budget, Reservation, tenant_of};
 use crate::ratelimit::{Limited, RateHeaders};
@@ -39,6 +38,11 @@ pub struct RateCharge {
 }
 
 impl RateCharge {
+    /// Whether no bucket was charged.
+    pub fn is_empty(&self) -> bool {
+        self.charged.is_empty()
+    }
+
     /// Charges the difference between the tokens the request actually used
     /// and its estimate to every bucket it was charged in.
     pub fn correct(&self, actual: u64, now: tokio::time::Instant) {
@@ -61,30 +65,6 @@ pub struct Rejected {
 impl Budgets {
     pub fn new(budgets: Vec<Arc<Budget>>) -> Self {
         Self { budgets }
-    }
-
-    /// The budgets of a new snapshot (cluster mode). A budget whose spec,
-    /// routes and pod selection are unchanged keeps its ledger (window
-    /// counters and reservations in flight) and takes the new allowance; a
-    /// changed or new budget starts a fresh ledger (reservations held on the
-    /// old one still settle there, and their spend is still reported).
-    pub fn with_snapshot(&self, entries: &[BudgetEntry], now: Timestamp) -> Budgets {
-        let budgets = entries
-            .iter()
-            .map(|e| match self.get(&e.name) {
-                Some(b)
-                    if b.spec == e.spec
-                        && b.routes == e.routes
-                        && b.applies_to_pod == e.applies_to_pod
-                        && !b.standalone =>
-                {
-                    b.update_allowance(e, now);
-                    b.clone()
-                }
-                _ => Budget::from_entry(e, now),
-            })
-            .collect();
-        Budgets { budgets }
     }
 
     /// The budgets of a new configuration, `fresh`, keeping this

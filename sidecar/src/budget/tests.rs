@@ -73,11 +73,11 @@ fn reserve_settle_and_reject_with_retry_after() {
         Admission::Reject { retry_after_secs } => assert_eq!(retry_after_secs, 14 * 3600),
         other => panic!("{other:?}"),
     }
-    let (name, tenant, window) = r.settle(&cost("0.10"));
     assert_eq!(
-        (name.as_str(), tenant, window.as_str()),
+        (r.budget(), r.tenant(), r.window_start().as_str()),
         ("team", None, "2026-11-21T00:00:00Z")
     );
+    r.settle(&cost("0.10"), 0);
     let u = b.usage(None, at(NOW));
     assert_eq!(u.spent.cost_usd, money("0.10"));
     assert_eq!(u.reserved, Spend::default());
@@ -124,12 +124,14 @@ fn window_rollover_resets_spend() {
     let b = Budget::standalone("team", cost_limit("1.00"), vec![], true, at(NOW));
     let (r, _, _) = admitted(b.admit(None, &cost("1.00"), at(NOW)));
     // The reservation taken in the old window is forgotten at rollover.
-    let (_, _, window) = {
+    let window = {
         let next = at("2026-11-22T00:00:01Z");
         let (r2, _, _) = admitted(b.admit(None, &cost("1.00"), next));
         assert_eq!(b.usage(None, next).window_start, at("2026-11-22T00:00:00Z"));
         drop(r2);
-        r.settle(&cost("1.00"))
+        let window = r.window_start();
+        r.settle(&cost("1.00"), 0);
+        window
     };
     assert_eq!(window, "2026-11-21T00:00:00Z");
     assert_eq!(
@@ -172,7 +174,7 @@ fn soft_limit_warns_and_degrade_ladder_applies() {
     let b = Budget::standalone("team", s, vec![], true, at(NOW));
     let step = |spent: &str| {
         let (r, _, _) = admitted(b.admit(None, &cost(spent), at(NOW)));
-        r.settle(&cost(spent));
+        r.settle(&cost(spent), 0);
         let (r, warning, to) = admitted(b.admit(None, &cost("0"), at(NOW)));
         drop(r);
         (warning, to.map(|t| t.model))
@@ -199,7 +201,7 @@ fn exhausted_budget_downgrades() {
         } => {
             assert_eq!(to.model, "cheap");
             assert_eq!(reservation.amount(), &Spend::default());
-            reservation.settle(&cost("0.01"));
+            reservation.settle(&cost("0.01"), 0);
         }
         other => panic!("{other:?}"),
     }
@@ -264,7 +266,7 @@ fn cluster_allowance_caps_and_is_replaced() {
     let b = Budget::from_entry(&entry("1", "5"), at(NOW));
     assert_eq!(b.usage(None, at(NOW)).percent_used, 50);
     let (r, _, _) = admitted(b.admit(None, &cost("1"), at(NOW)));
-    r.settle(&cost("1"));
+    r.settle(&cost("1"), 0);
     assert!(matches!(
         b.admit(None, &cost("0.01"), at(NOW)),
         Admission::Reject { .. }
@@ -300,7 +302,7 @@ fn concurrent_reservations_never_overshoot() {
                 // Hold every reservation until all tasks have tried.
                 barrier.wait().await;
                 if let Some(r) = r {
-                    r.settle(&cost("0.01"));
+                    r.settle(&cost("0.01"), 0);
                 }
             }));
         }
@@ -324,7 +326,7 @@ fn state_follows_the_percentage() {
     let b = Budget::standalone("team", s, vec![], true, at(NOW));
     let spend = |usd: &str| {
         let (r, _, _) = admitted(b.admit(None, &cost(usd), at(NOW)));
-        r.settle(&cost(usd));
+        r.settle(&cost(usd), 0);
     };
     assert_eq!(b.state(None, at(NOW)), BudgetState::Ok);
     spend("0.85");
@@ -363,7 +365,7 @@ proptest::proptest! {
                             tokens: 0,
                             requests: 1,
                         };
-                        r.settle(&actual);
+                        r.settle(&actual, 0);
                     }
                 }
                 _ => {
@@ -405,7 +407,7 @@ fn overshoot_is_bounded_by_the_estimation_error_in_flight() {
                 };
                 barrier.wait().await;
                 if let Some(r) = r {
-                    r.settle(&cost("0.012"));
+                    r.settle(&cost("0.012"), 0);
                 }
             }));
         }
@@ -444,7 +446,7 @@ fn tenant_percentage_survives_a_new_allowance() {
     };
     let b = Budget::from_entry(&entry, at(NOW));
     let (r, _, _) = admitted(b.admit(Some("a"), &cost("5"), at(NOW)));
-    r.settle(&cost("5"));
+    r.settle(&cost("5"), 0);
     assert_eq!(b.usage(Some("a"), at(NOW)).percent_used, 50);
     b.update_allowance(&entry, at(NOW));
     assert_eq!(b.usage(Some("a"), at(NOW)).percent_used, 50);
@@ -504,12 +506,22 @@ fn a_new_snapshot_keeps_ledgers_of_unchanged_budgets() {
             ..Allowance::default()
         },
     };
-    let v1 =
-        Budgets::default().with_snapshot(&[entry("a", "10", "1"), entry("b", "10", "1")], at(NOW));
+    let fresh = |entries: &[BudgetEntry]| {
+        Budgets::new(
+            entries
+                .iter()
+                .map(|e| Budget::from_entry(e, at(NOW)))
+                .collect(),
+        )
+    };
+    let v1 = fresh(&[entry("a", "10", "1"), entry("b", "10", "1")]);
     let held = v1
         .admit("chat", |_| None, &cost("0.5"), at(NOW))
         .expect("admit");
-    let v2 = v1.with_snapshot(&[entry("a", "10", "2"), entry("b", "20", "1")], at(NOW));
+    let v2 = v1.carry_into(
+        fresh(&[entry("a", "10", "2"), entry("b", "20", "1")]),
+        at(NOW),
+    );
     // "a" kept its reservation of 0.5 and took the new allowance of 2.
     let a = v2.get("a").expect("a");
     assert!(Arc::ptr_eq(a, v1.get("a").expect("a")));
@@ -525,4 +537,50 @@ fn a_new_snapshot_keeps_ledgers_of_unchanged_budgets() {
     );
     drop(held);
     assert_eq!(a.usage(None, at(NOW)).reserved, Spend::default());
+}
+
+/// An allowance is net of the usage reported up to `asOfSequence`: spend
+/// settled into later reports still counts against it, so nothing settled
+/// between a report and the next snapshot is granted twice.
+#[test]
+fn a_new_allowance_keeps_counting_spend_it_has_not_deducted() {
+    let grant = |usd: &str, as_of: u64| BudgetEntry {
+        name: "team".into(),
+        namespace: "shop".into(),
+        spec: cost_limit("10"),
+        routes: vec![],
+        applies_to_pod: true,
+        window: Window::Day.bounds_rfc3339(at(NOW)),
+        spent: Spend::default(),
+        allowance: Allowance {
+            as_of_sequence: as_of,
+            total: Amounts {
+                cost_usd: Some(money(usd)),
+                ..Amounts::default()
+            },
+            ..Allowance::default()
+        },
+    };
+    let b = Budget::from_entry(&grant("10", 0), at(NOW));
+    let (r, _, _) = admitted(b.admit(None, &cost("4"), at(NOW)));
+    r.settle(&cost("4"), 1);
+    let (r, _, _) = admitted(b.admit(None, &cost("3"), at(NOW)));
+    r.settle(&cost("3"), 2);
+    // The operator folded report 1 ($4): $6 left, of which $3 is already
+    // spent in report 2.
+    b.update_allowance(&grant("6", 1), at(NOW));
+    assert!(matches!(
+        b.admit(None, &cost("3.01"), at(NOW)),
+        Admission::Reject { .. }
+    ));
+    let (r, _, _) = admitted(b.admit(None, &cost("3"), at(NOW)));
+    drop(r);
+    // Report 2 folded too: the $3 grant is all headroom.
+    b.update_allowance(&grant("3", 2), at(NOW));
+    let (r, _, _) = admitted(b.admit(None, &cost("3"), at(NOW)));
+    drop(r);
+    assert!(matches!(
+        b.admit(None, &cost("3.01"), at(NOW)),
+        Admission::Reject { .. }
+    ));
 }
