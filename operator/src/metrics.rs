@@ -19,6 +19,7 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     pub compiles: Counter,
     pub snapshots_pushed: Counter,
+    pub snapshots_built: Counter,
     pub connected_sidecars: Gauge,
     pub leader: Gauge,
     pub push_latency: Histogram,
@@ -44,6 +45,7 @@ impl Metrics {
         let status_writes = Family::<Labels, Counter>::default();
         let compiles = Counter::default();
         let snapshots_pushed = Counter::default();
+        let snapshots_built = Counter::default();
         let connected_sidecars = Gauge::default();
         let leader = Gauge::default();
         let push_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
@@ -64,6 +66,11 @@ impl Metrics {
             "snapshots_pushed",
             "Snapshots published to connected or future sidecars because their version changed",
             snapshots_pushed.clone(),
+        );
+        registry.register(
+            "snapshots_built",
+            "Pod snapshots rebuilt because their inputs changed (the others are kept from the previous compile)",
+            snapshots_built.clone(),
         );
         registry.register(
             "connected_sidecars",
@@ -91,6 +98,7 @@ impl Metrics {
             errors,
             compiles,
             snapshots_pushed,
+            snapshots_built,
             connected_sidecars,
             leader,
             push_latency,

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::aggregate::Aggregator;
 use crate::allowance::Policy;
-use crate::compile::{ClusterState, Compiled, Key, PodInfo, Secrets, compile};
+use crate::compile::{ClusterState, Compiled, Key, PodInfo, Secrets, compile_incremental};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -106,6 +106,8 @@ pub struct Context {
     /// Budget spend not yet persisted (see [`Persistence`]).
     pub persistence: Persistence,
     compiled: RwLock<Arc<Compiled>>,
+    /// The previous compile's snapshots, so unchanged pods are not rebuilt.
+    memo: Mutex<crate::compile::Memo>,
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     compile_requested: Notify,
@@ -170,6 +172,7 @@ impl Context {
             aggregator: Mutex::new(Aggregator::new(Policy::default(), interval_ms * 3)),
             persistence: Persistence::default(),
             compiled: RwLock::new(Arc::new(Compiled::default())),
+            memo: Mutex::new(crate::compile::Memo::default()),
             hub: Hub::default(),
             metrics,
             compile_requested: Notify::new(),
@@ -294,11 +297,14 @@ impl Context {
     pub fn compile_once(&self) {
         let state = gather(&self.stores);
         let now = jiff::Timestamp::now();
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
         let compiled = {
             let mut agg = self.aggregator();
             agg.reclaim(now_ms());
-            compile(&state, now, self.report_interval, &mut *agg)
+            compile_incremental(&state, now, self.report_interval, &mut *agg, &mut memo)
         };
+        self.metrics.snapshots_built.inc_by(memo.rebuilt as u64);
+        drop(memo);
         let pushed = self.hub.publish(&compiled.snapshots);
         self.metrics.compiles.inc();
         self.metrics.snapshots_pushed.inc_by(pushed as u64);
