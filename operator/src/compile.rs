@@ -266,24 +266,22 @@ fn namespace_digests(
     for (name, p) in &objects.providers {
         let usable = out.providers.get(&key(name)).map(|v| v.usable);
         let spec = json(serde_json::to_vec(&(&p.spec, usable)));
-        let secret = p
-            .spec
-            .credentials
-            .as_ref()
-            .and_then(|c| c.secret_ref.as_ref())
-            .and_then(|r| {
-                state
-                    .secrets
-                    .get(&(ns.to_owned(), r.name.clone()))?
-                    .get(&r.key)
-            })
-            .map_or("", |c| c.expose());
+        let secret = credential_of(state, ns, p).map_or("", Credential::expose);
         d.providers.insert(
             name.clone(),
             digest_of(&[name.as_bytes(), &spec, secret.as_bytes()]),
         );
     }
     d
+}
+
+/// The value of the Secret key provider `p` of namespace `ns` references.
+fn credential_of<'s>(state: &'s ClusterState, ns: &str, p: &Provider) -> Option<&'s Credential> {
+    let r = p.spec.credentials.as_ref()?.secret_ref.as_ref()?;
+    state
+        .secrets
+        .get(&(ns.to_owned(), r.name.clone()))?
+        .get(&r.key)
 }
 
 /// What one pod's snapshot is built from.
@@ -601,18 +599,7 @@ fn snapshot_for(
                 name: name.clone(),
                 namespace: ns.clone(),
                 spec: p.spec.clone(),
-                credential: p
-                    .spec
-                    .credentials
-                    .as_ref()
-                    .and_then(|c| c.secret_ref.as_ref())
-                    .and_then(|r| {
-                        state
-                            .secrets
-                            .get(&(ns.clone(), r.name.clone()))?
-                            .get(&r.key)
-                            .cloned()
-                    }),
+                credential: credential_of(state, ns, p).cloned(),
             })
         })
         .collect();
