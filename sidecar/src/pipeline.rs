@@ -100,7 +100,7 @@ where
     tracker.route = Some(route.name.clone());
     let _admitted = policy::admit(&route, headers)?;
     let info = match &parsed {
-        Parsed::Chat(req) => route::RequestInfo::of_chat(req, raw.len(), headers, &route),
+        Parsed::Chat(req) => route::RequestInfo::of_chat(req, headers, &route),
         Parsed::Embeddings(_) => route::RequestInfo {
             embeddings: true,
             ..Default::default()
@@ -117,6 +117,7 @@ where
             raw: &raw,
             req,
             stream: req.is_stream(),
+            input_tokens: info.input_tokens,
         },
         Parsed::Embeddings(req) => Call::Embeddings { req },
     };
