@@ -246,7 +246,7 @@ pub async fn run(
         }
         // A breaker due for a probe turns half-open here; a half-open one
         // admits only its probes.
-        if !endpoint.breaker.admits(now).0 && !forced {
+        if !health.admits(target, &endpoint, now) && !forced {
             continue;
         }
         if let Some(prev) = last.take() {
