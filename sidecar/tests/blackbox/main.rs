@@ -6,5 +6,6 @@ mod binary;
 mod harness;
 mod providers;
 mod python;
+mod routing;
 mod standalone_mock;
 mod upstream;
