@@ -1,6 +1,7 @@
 //! Routing and resilience through the real sidecar, against fault-injecting
 //! OpenAI mocks on loopback: the weighted split, least-busy under uneven
-//! prompts, latency drift tripping a breaker without any error, timeouts
+//! prompts, a breaker's whole cycle and latency drift tripping one without
+//! any error, timeouts
 //! before headers and before the first token, and the retry budget's exact
 //! cap on upstream calls during an outage.
 //!
@@ -35,6 +36,14 @@ fn route(strategy: &str, a: &str, b: &str, spec: &str) -> String {
     format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: chat}}\nspec:\n  model: chat\n  strategy: {strategy}\n{spec}  targets:\n  - {{providerRef: {{name: a}}, model: m, {a}}}\n  - {{providerRef: {{name: b}}, model: m, {b}}}\n"
     )
+}
+
+/// `a` first, `b` its fallback (strategy priority); `a_spec` adds to
+/// Provider `a`'s spec, `route_spec` to the route's.
+fn failover(a: &MockHandle, b: &MockHandle, a_spec: &str, route_spec: &str) -> String {
+    provider("a", &a.url(), a_spec)
+        + &provider("b", &b.url(), "")
+        + &route("priority", "priority: 0", "priority: 1", route_spec)
 }
 
 async fn metrics(sc: &Sidecar) -> String {
@@ -109,9 +118,7 @@ async fn least_busy_counts_prompt_tokens_not_requests() {
 async fn latency_drift_opens_the_breaker_without_any_error() {
     let (a, b) = (mock().await, mock().await);
     let breaker = "  circuitBreaker: {consecutiveFailures: 3, minRequests: 5, latencyDriftFactor: 3, openFor: 1m}\n";
-    let yaml = provider("a", &a.url(), breaker)
-        + &provider("b", &b.url(), "")
-        + &route("priority", "priority: 0", "priority: 1", "");
+    let yaml = failover(&a, &b, breaker, "");
     // A healthy baseline: answers from `a` in 50 ms, well above scheduling
     // jitter (and a p95 must rise 50 ms above its baseline to drift).
     a.set_default(Behaviour::ok().with_latency(Duration::from_millis(50)));
@@ -152,17 +159,45 @@ async fn latency_drift_opens_the_breaker_without_any_error() {
 }
 
 #[tokio::test]
+async fn a_breaker_opens_half_opens_after_open_for_and_closes_on_a_good_probe() {
+    let (a, b) = (mock().await, mock().await);
+    let breaker = "  circuitBreaker: {consecutiveFailures: 3, openFor: 1s, maxOpenFor: 1s, halfOpenProbes: 1}\n";
+    let yaml = failover(&a, &b, breaker, "  retry: {attempts: 1}\n");
+    let sc = Sidecar::start(&yaml).await;
+    a.set_default(Behaviour::error(ErrorKind::ServerError));
+    for _ in 0..3 {
+        let resp = sc.chat(ask("chat", "hi")).await;
+        assert_eq!(resp.header("x-sluice-provider"), Some("b"));
+        assert_eq!(resp.header("x-sluice-attempts"), Some("2"));
+    }
+    // Open: `a` is skipped without a call.
+    let resp = sc.chat(ask("chat", "hi")).await;
+    assert_eq!(resp.header("x-sluice-attempts"), Some("1"));
+    assert_eq!(a.request_count(), 3);
+    // Recovered; past openFor one probe goes to `a`, succeeds and closes it.
+    a.set_default(Behaviour::ok());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        let resp = sc.chat(ask("chat", "hi")).await;
+        assert_eq!(resp.header("x-sluice-provider"), Some("a"));
+    }
+    let text = metrics(&sc).await;
+    for (to, n) in [("open", 1), ("half_open", 1), ("closed", 1)] {
+        let series =
+            format!(r#"sluice_breaker_transitions_total{{provider="a",model="m",to="{to}"}} {n}"#);
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
+    assert!(
+        text.contains(r#"sluice_breaker_open{provider="a",model="m"} 0"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn hangs_before_headers_and_before_the_first_token_time_out_and_fall_back() {
     let (a, b) = (mock().await, mock().await);
     let timeouts = "  timeouts: {connect: 500ms, firstToken: 300ms, idle: 1s, total: 5s}\n";
-    let yaml = provider("a", &a.url(), timeouts)
-        + &provider("b", &b.url(), "")
-        + &route(
-            "priority",
-            "priority: 0",
-            "priority: 1",
-            "  retry: {attempts: 1}\n",
-        );
+    let yaml = failover(&a, &b, timeouts, "  retry: {attempts: 1}\n");
     let sc = Sidecar::start(&yaml).await;
     // No response headers at all, for a plain and a streamed call.
     for stream in [false, true] {
