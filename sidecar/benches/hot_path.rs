@@ -131,6 +131,15 @@ fn token_estimation(c: &mut Criterion) {
     ] {
         c.bench_function(name, |b| b.iter(|| tokens::chat_baseline(black_box(req))));
     }
+    // Per target and request in route selection: the model's family.
+    c.bench_function("tokens/scale a count to 3 targets' models", |b| {
+        b.iter(|| {
+            ["gpt-4o-mini", "claude-3-5-haiku-latest", "mistral-large"]
+                .iter()
+                .map(|m| tokens::for_target(black_box(800), m))
+                .sum::<u64>()
+        })
+    });
     c.bench_function("tokens/cl100k 4-message chat, 60-byte prompt", |b| {
         b.iter(|| tokens::chat_tokens(black_box(&small), "gpt-4"))
     });

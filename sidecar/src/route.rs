@@ -117,9 +117,11 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
             (&route.targets, route.spec.strategy, &route.balancer),
             |r| (&r.targets, r.strategy, &r.balancer),
         );
+    let percents = balancer.token_percents(targets.iter().map(|t| t.model.as_str()));
     let fitting: Vec<(&Target, u64)> = targets
         .iter()
-        .map(|t| (t, info.input_tokens_on(t)))
+        .zip(percents.iter().chain(std::iter::repeat(&100)))
+        .map(|(t, p)| (t, crate::tokens::scale(info.input_tokens, *p)))
         .filter(|(t, tokens)| info.fits(t, *tokens))
         .collect();
     let candidates: Vec<crate::balance::Candidate> = fitting

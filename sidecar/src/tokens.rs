@@ -122,7 +122,8 @@ impl Counting {
     }
 }
 
-fn scale(tokens: u64, percent: u32) -> u64 {
+/// `tokens` × `percent` / 100, rounded up.
+pub fn scale(tokens: u64, percent: u32) -> u64 {
     if percent == 100 {
         tokens
     } else {
