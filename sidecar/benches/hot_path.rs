@@ -107,8 +107,57 @@ fn route_selection(c: &mut Criterion) {
     });
 }
 
+fn token_estimation(c: &mut Criterion) {
+    use sluice_sidecar::tokens;
+    // Built once per process; the benchmarks measure counting only.
+    tokens::warm_up();
+    let small = request("Where is my order? It was a blue kettle, order 12345.");
+    let prose = "The quick brown fox jumps over the lazy dog, then writes a short note \
+                 about the meadow, the river and the hills it crossed on the way home. ";
+    let medium = request(&prose.repeat(8 * 1024 / prose.len()));
+    let large = request(&prose.repeat(1024 * 1024 / prose.len()));
+    let code = request(&"fn main() { let xs: Vec<u32> = (0..10).map(|i| i * i).collect(); println!(\"{xs:?}\"); }\n".repeat(64 * 1024 / 90));
+    for (name, req) in [
+        ("tokens/4-message chat, 60-byte prompt", &small),
+        ("tokens/4-message chat, 8 KiB prose", &medium),
+        (
+            "tokens/4-message chat, 64 KiB code (8 KiB exact + extrapolated)",
+            &code,
+        ),
+        (
+            "tokens/4-message chat, 1 MiB prose (8 KiB exact + extrapolated)",
+            &large,
+        ),
+    ] {
+        c.bench_function(name, |b| b.iter(|| tokens::chat_baseline(black_box(req))));
+    }
+    // Per target and request in route selection: the model's family.
+    c.bench_function("tokens/scale a count to 3 targets' models", |b| {
+        b.iter(|| {
+            ["gpt-4o-mini", "claude-3-5-haiku-latest", "mistral-large"]
+                .iter()
+                .map(|m| tokens::for_target(black_box(800), m))
+                .sum::<u64>()
+        })
+    });
+    c.bench_function("tokens/cl100k 4-message chat, 60-byte prompt", |b| {
+        b.iter(|| tokens::chat_tokens(black_box(&small), "gpt-4"))
+    });
+    // What `tokens::warm_up` costs once per process.
+    let mut once = c.benchmark_group("tokens/build encoder");
+    once.sample_size(10);
+    once.bench_function("o200k_base", |b| {
+        b.iter(|| tiktoken_rs::o200k_base().is_ok())
+    });
+    once.bench_function("cl100k_base", |b| {
+        b.iter(|| tiktoken_rs::cl100k_base().is_ok())
+    });
+    once.finish();
+}
+
 criterion_group!(
     benches,
+    token_estimation,
     complexity_scoring,
     request_parsing,
     sse_translation,

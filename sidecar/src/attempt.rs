@@ -72,13 +72,13 @@ pub fn falls_back(route: &Route, class: FailureClass) -> bool {
 
 impl Call<'_> {
     /// Tokens a call may occupy on its target while in flight, for
-    /// `least-busy`: the prompt (about four bytes a token) plus the
-    /// completion asked for.
+    /// `least-busy` and the provider's `tokensPerMinute`: the estimated
+    /// prompt plus the completion asked for.
     pub fn estimated_tokens(&self) -> u64 {
         match self {
-            Call::Chat { raw, req, .. } => {
-                raw.len() as u64 / 4 + u64::from(req.max_output_tokens().unwrap_or(256))
-            }
+            Call::Chat {
+                req, input_tokens, ..
+            } => input_tokens + u64::from(req.max_output_tokens().unwrap_or(256)),
             Call::Embeddings { .. } => 0,
         }
     }
@@ -91,6 +91,8 @@ pub enum Call<'a> {
         raw: &'a [u8],
         req: &'a ChatRequest,
         stream: bool,
+        /// The prompt's estimated tokens ([`crate::route::RequestInfo::input_tokens`]).
+        input_tokens: u64,
     },
     Embeddings {
         req: &'a EmbeddingsRequest,
@@ -244,7 +246,7 @@ pub async fn run(
         }
         // A breaker due for a probe turns half-open here; a half-open one
         // admits only its probes.
-        if !endpoint.breaker.admits(now).0 && !forced {
+        if !health.admits(target, &endpoint, now) && !forced {
             continue;
         }
         if let Some(prev) = last.take() {
@@ -401,9 +403,9 @@ async fn try_target(
         ));
     };
     let mut upstream = match call {
-        Call::Chat { raw, req, stream } => {
-            adapter.build_chat_raw(endpoint, raw, req, &target.model, *stream)?
-        }
+        Call::Chat {
+            raw, req, stream, ..
+        } => adapter.build_chat_raw(endpoint, raw, req, &target.model, *stream)?,
         Call::Embeddings { req } => adapter.build_embeddings(endpoint, req, &target.model)?,
     };
     // Unsigned extra headers are fine for SigV4 (it signs a named list).

@@ -36,6 +36,10 @@ pub struct Balancer {
     /// Share of requests, in per mille, that try a non-best target first
     /// under `latency`, so a recovered target is measured again.
     pub explore_per_mille: u64,
+    /// Per target, its model's tokens as a percentage of the o200k count
+    /// ([`crate::tokens::for_model`]), worked out on first use: a balancer
+    /// belongs to one fixed list of targets (a reload builds new ones).
+    token_percents: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl Balancer {
@@ -44,7 +48,19 @@ impl Balancer {
             current: Mutex::new(vec![0; targets]),
             rng: Mutex::new(SplitMix64(seed)),
             explore_per_mille: 50,
+            token_percents: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Per target, its model's tokens as a percentage of the o200k count;
+    /// `models` (this balancer's targets' models, in order) are read on
+    /// the first call only.
+    pub fn token_percents<'m>(&self, models: impl Iterator<Item = &'m str>) -> &[u32] {
+        self.token_percents.get_or_init(|| {
+            models
+                .map(|m| crate::tokens::for_model(m).percent)
+                .collect()
+        })
     }
 
     fn draw(&self) -> u64 {

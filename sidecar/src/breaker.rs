@@ -4,7 +4,7 @@
 //! over the rolling `window` once it holds `minRequests` calls, or when the
 //! window's p95 latency (time to first token for streams) exceeds
 //! `latencyP95` or drifts above `latencyDriftFactor` × its rolling baseline
-//! — a provider answering 200s in 8 s instead of 800 ms is degraded even
+//! (and at least 50 ms above it) — a provider answering 200s in 8 s instead of 800 ms is degraded even
 //! without errors. Open for `openFor`, doubling on each trip in a row up to
 //! `maxOpenFor`; then half-open lets `halfOpenProbes` calls through and
 //! closes only when all succeed.
@@ -78,6 +78,12 @@ pub enum Transition {
     HalfOpened,
     Closed,
 }
+
+/// The least a p95 must rise above its baseline to count as drift: an
+/// endpoint answering in a few milliseconds (a local model, a cache, a
+/// mock on loopback) would otherwise trip on scheduling jitter alone. LLM
+/// latencies are hundreds of milliseconds, where the factor decides.
+const DRIFT_MIN: Duration = Duration::from_millis(50);
 
 /// Sub-windows the rolling window is cut into.
 const SLOTS: usize = 10;
@@ -313,7 +319,7 @@ impl Breaker {
             return Some(self.open(inner, now, Trip::LatencyP95));
         }
         match (self.settings.latency_drift_factor, inner.baseline) {
-            (Some(f), Some(base)) if p95 > base.mul_f64(f) => {
+            (Some(f), Some(base)) if p95 > base.mul_f64(f).max(base + DRIFT_MIN) => {
                 return Some(self.open(inner, now, Trip::LatencyDrift));
             }
             _ => {}

@@ -71,10 +71,32 @@ struct Figures {
 
 const MAX_SAMPLES: usize = 4096;
 
+/// How often a breaker changed state, by the state it went to; counted
+/// since the process started (for `sluice_breaker_transitions_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    pub opened: u64,
+    pub half_opened: u64,
+    pub closed: u64,
+}
+
+/// One endpoint's breaker, for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerView {
+    /// The Provider's name (without its namespace).
+    pub provider: String,
+    pub model: String,
+    pub state: sluice_crds::report::BreakerState,
+    pub transitions: Transitions,
+}
+
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Health {
     endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    /// Kept apart from the endpoints so that recreating one (its provider's
+    /// breaker settings changed) does not reset its counters.
+    transitions: Mutex<HashMap<(String, String), Transitions>>,
     figures: Mutex<BTreeMap<(String, String, String), Figures>>,
     fallbacks: Mutex<BTreeMap<String, FallbackRecord>>,
     #[allow(clippy::type_complexity)]
@@ -139,15 +161,55 @@ impl Health {
         Some(entry.1.clone())
     }
 
-    /// Every endpoint's breaker state: `(provider, model, state)`.
-    pub fn breaker_states(&self) -> Vec<(String, String, sluice_crds::report::BreakerState)> {
+    /// Every endpoint's breaker: its state and how often it changed.
+    pub fn breaker_states(&self) -> Vec<BreakerView> {
         let map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
-            .map(|((p, m), e)| {
-                let provider = p.rsplit('/').next().unwrap_or(p).to_owned();
-                (provider, m.clone(), e.breaker.state())
+            .map(|(k, e)| BreakerView {
+                provider: k.0.rsplit('/').next().unwrap_or(&k.0).to_owned(),
+                model: k.1.clone(),
+                state: e.breaker.state(),
+                transitions: transitions.get(k).copied().unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Whether `endpoint` (of `target`) takes a call now: its breaker's
+    /// [`Breaker::admits`], with the change to half-open an open breaker
+    /// makes when its time is up logged and counted.
+    pub fn admits(&self, target: &Target, endpoint: &Endpoint, now: Instant) -> bool {
+        let (admitted, transition) = endpoint.breaker.admits(now);
+        if let Some(t) = transition {
+            self.changed(target, t);
+        }
+        admitted
+    }
+
+    /// Logs and counts a breaker's state change.
+    fn changed(&self, target: &Target, transition: Transition) {
+        match transition {
+            Transition::Opened { reason, open_for } => tracing::warn!(
+                provider = %target.provider.name, model = %target.model,
+                reason = ?reason, open_for_ms = open_for.as_millis() as u64,
+                "circuit breaker opened"
+            ),
+            Transition::HalfOpened => tracing::info!(
+                provider = %target.provider.name, model = %target.model,
+                "circuit breaker half-open: probing"
+            ),
+            Transition::Closed => tracing::info!(
+                provider = %target.provider.name, model = %target.model,
+                "circuit breaker closed"
+            ),
+        }
+        let mut map = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = map.entry(key(target)).or_default();
+        match transition {
+            Transition::Opened { .. } => counts.opened += 1,
+            Transition::HalfOpened => counts.half_opened += 1,
+            Transition::Closed => counts.closed += 1,
+        }
     }
 
     /// Records a call's end for `target`'s `endpoint` (as [`Health::endpoint`]
@@ -172,17 +234,7 @@ impl Health {
             }
         };
         if let Some(t) = transition {
-            match t {
-                Transition::Opened { reason, open_for } => tracing::warn!(
-                    provider = %target.provider.name, model = %target.model,
-                    reason = ?reason, open_for_ms = open_for.as_millis() as u64,
-                    "circuit breaker opened"
-                ),
-                Transition::HalfOpened | Transition::Closed => tracing::info!(
-                    provider = %target.provider.name, model = %target.model,
-                    state = ?t, "circuit breaker changed"
-                ),
-            }
+            self.changed(target, t);
         }
         let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
         let f = figures
@@ -225,32 +277,44 @@ impl Health {
     }
 
     /// The figures since the last call, for the report; resets them.
+    ///
+    /// A target appears when it was called in the interval, and also when
+    /// its breaker is open or half-open without a call: traffic skips an
+    /// open breaker, and a report silent about it would tell the operator
+    /// the breaker had closed.
     pub fn drain(&self) -> (Vec<TargetHealth>, BTreeMap<String, FallbackRecord>) {
-        let figures = std::mem::take(&mut *self.figures.lock().unwrap_or_else(|p| p.into_inner()));
+        use sluice_crds::report::BreakerState;
+        let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let out = figures
-            .into_iter()
-            .map(|((route, provider, model), mut f)| {
-                let breaker = endpoints
-                    .iter()
-                    .find(|((p, m), _)| p.ends_with(&format!("/{provider}")) && *m == model)
-                    .map(|(_, e)| e.breaker.state())
-                    .unwrap_or_default();
-                let mut all = f.latencies.clone();
-                all.extend_from_slice(&f.ttfts);
-                TargetHealth {
-                    route,
-                    provider,
-                    model,
-                    requests: f.requests,
-                    errors: f.errors,
-                    latency_p50_ms: percentile(&mut all, 50),
-                    latency_p95_ms: percentile(&mut all, 95),
-                    ttft_p95_ms: percentile(&mut f.ttfts, 95),
-                    breaker,
-                }
-            })
-            .collect();
+        let mut out = Vec::new();
+        for ((route, provider, model), f) in figures.iter_mut() {
+            let breaker = endpoints
+                .iter()
+                .find(|((p, m), _)| {
+                    m == model && p.rsplit('/').next().unwrap_or(p) == provider.as_str()
+                })
+                .map(|(_, e)| e.breaker.state())
+                .unwrap_or_default();
+            if f.requests == 0 && breaker == BreakerState::Closed {
+                continue;
+            }
+            let mut f = std::mem::take(f);
+            let mut all = f.latencies.clone();
+            all.extend_from_slice(&f.ttfts);
+            out.push(TargetHealth {
+                route: route.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                requests: f.requests,
+                errors: f.errors,
+                latency_p50_ms: percentile(&mut all, 50),
+                latency_p95_ms: percentile(&mut all, 95),
+                ttft_p95_ms: percentile(&mut f.ttfts, 95),
+                breaker,
+            });
+        }
+        drop(endpoints);
+        drop(figures);
         let fallbacks =
             std::mem::take(&mut *self.fallbacks.lock().unwrap_or_else(|p| p.into_inner()));
         (out, fallbacks)
@@ -269,6 +333,82 @@ fn percentile(samples: &mut [u32], p: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_crds::report::BreakerState;
+
+    #[test]
+    fn open_breakers_stay_in_the_report_and_changes_are_counted() {
+        let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {name: p}\nspec:\n  type: mock\n  circuitBreaker: {consecutiveFailures: 1, openFor: 1s, halfOpenProbes: 1}\n  models: [{name: m}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  targets: [{providerRef: {name: p}, model: m}]\n";
+        let config = crate::standalone::load_bytes(
+            &sluice_crds::load::Admission::new(),
+            yaml.as_bytes(),
+            &|_| None,
+        )
+        .expect("config");
+        let target = &config.route("r").expect("route").targets[0];
+        let health = Health::default();
+        let e = health.endpoint(target);
+        let t0 = Instant::now();
+        health.record(
+            "r",
+            target,
+            &e,
+            t0,
+            Err(FailureClass::ServerError),
+            true,
+            false,
+        );
+        let (report, _) = health.drain();
+        assert_eq!(report.len(), 1);
+        assert_eq!(
+            (report[0].requests, report[0].breaker),
+            (1, BreakerState::Open)
+        );
+        // No call reaches an open breaker, yet the report still says so.
+        let (report, _) = health.drain();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert_eq!(
+            (report[0].requests, report[0].breaker),
+            (0, BreakerState::Open)
+        );
+        assert!(!health.admits(target, &e, t0 + Duration::from_millis(500)));
+        // Past openFor a probe goes through and closes it.
+        assert!(health.admits(target, &e, t0 + Duration::from_secs(2)));
+        let (report, _) = health.drain();
+        assert_eq!(report[0].breaker, BreakerState::HalfOpen, "{report:?}");
+        let t1 = t0 + Duration::from_secs(2);
+        health.record(
+            "r",
+            target,
+            &e,
+            t1,
+            Ok(Duration::from_millis(20)),
+            false,
+            false,
+        );
+        let (report, _) = health.drain();
+        assert_eq!(
+            (report[0].requests, report[0].breaker),
+            (1, BreakerState::Closed)
+        );
+        assert!(
+            health.drain().0.is_empty(),
+            "closed and idle: nothing to say"
+        );
+        let views = health.breaker_states();
+        assert_eq!(views.len(), 1);
+        assert_eq!(
+            (views[0].provider.as_str(), views[0].model.as_str()),
+            ("p", "m")
+        );
+        assert_eq!(
+            views[0].transitions,
+            Transitions {
+                opened: 1,
+                half_opened: 1,
+                closed: 1
+            }
+        );
+    }
 
     #[test]
     fn percentiles_pick_the_rank() {

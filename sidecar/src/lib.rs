@@ -40,3 +40,4 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod standalone;
+pub mod tokens;

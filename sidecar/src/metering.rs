@@ -47,46 +47,32 @@ pub fn worst_case(pricing: &Pricing, input_estimate: u64, max_output_tokens: u64
     }
 }
 
-/// Tokens charged per message for the chat framing (role, separators).
-const MESSAGE_OVERHEAD: u64 = 4;
-/// Tokens charged per image part, whatever its size (OpenAI's high-detail
-/// cost of a 1024×1024 image).
-const IMAGE_TOKENS: u64 = 765;
-
-/// Tokens of `text`, estimated without a tokenizer: one per three bytes of
-/// UTF-8, rounded up. BPE tokenizers average about four bytes per token on
-/// English prose and fewer on code and non-Latin scripts, so this leans
-/// high, which is the safe side for reservations.
+/// Tokens of `text`, estimated before (or without) the provider's count:
+/// `o200k_base`, exact up to [`crate::tokens::EXACT_BYTES`] and
+/// extrapolated beyond. For a known model, [`estimate_tokens_for`].
 pub fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(3)
+    crate::tokens::text_baseline(text)
 }
 
-/// The prompt tokens of a request, estimated: message texts and tool-call
-/// arguments, tool definitions, a fixed cost per image and per message.
+/// Tokens of `text` on `model` (its own encoding for OpenAI models, a
+/// scaled `o200k_base` count for others; see [`crate::tokens`]).
+pub fn estimate_tokens_for(text: &str, model: &str) -> u64 {
+    crate::tokens::text_tokens(text, model)
+}
+
+/// The prompt tokens of a request, estimated for the model it names:
+/// message texts, names and tool calls with OpenAI's per-message framing,
+/// tool definitions, images by OpenAI's tile rule. For a route's virtual
+/// model this is the `o200k_base` count routing also uses
+/// ([`crate::route::RequestInfo::input_tokens`]), so either can be reused.
 pub fn estimate_input_tokens(req: &ChatRequest) -> u64 {
-    let mut n = 3; // the reply's priming
-    for m in &req.messages {
-        n += MESSAGE_OVERHEAD;
-        match &m.content {
-            Some(crate::openai::Content::Text(t)) => n += estimate_tokens(t),
-            Some(crate::openai::Content::Parts(parts)) => {
-                for p in parts {
-                    n += p.text.as_deref().map_or(0, estimate_tokens);
-                    if p.image_url.is_some() {
-                        n += IMAGE_TOKENS;
-                    }
-                }
-            }
-            None => {}
-        }
-        for c in m.tool_calls.iter().flatten() {
-            n += estimate_tokens(&c.function.name) + estimate_tokens(&c.function.arguments);
-        }
-    }
-    if let Some(tools) = &req.tools {
-        n += serde_json::to_string(tools).map_or(0, |s| estimate_tokens(&s));
-    }
-    n
+    crate::tokens::chat_tokens(req, &req.model)
+}
+
+/// The prompt tokens of a request on the `model` it was routed to (for
+/// the usage of a call whose provider reported none).
+pub fn estimate_input_tokens_for(req: &ChatRequest, model: &str) -> u64 {
+    crate::tokens::chat_tokens(req, model)
 }
 
 /// Asks a streaming request for the final usage chunk

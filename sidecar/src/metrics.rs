@@ -116,6 +116,11 @@ pub struct Metrics {
         BreakerLabels,
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     >,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    /// Serialises [`Metrics::breakers`]: counters are brought up to the
+    /// health registry's totals, which two concurrent scrapes must not
+    /// both add.
+    breaker_sync: std::sync::Mutex<()>,
     cache: Family<PolicyLabels, Counter>,
     pii: Family<PolicyLabels, Counter>,
     accounting: Family<AccountingLabels, prometheus_client::metrics::gauge::Gauge>,
@@ -132,6 +137,14 @@ struct AccountingLabels {
 struct BreakerLabels {
     provider: String,
     model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    provider: String,
+    model: String,
+    /// `open`, `half_open` or `closed`.
+    to: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,6 +186,12 @@ impl Metrics {
             "sluice_breaker_open",
             "1 while the circuit breaker of a provider and model is open, 0.5 half-open, 0 closed",
             breakers.clone(),
+        );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "sluice_breaker_transitions",
+            "Circuit breaker state changes of a provider and model, by the state entered (open, half_open, closed)",
+            breaker_transitions.clone(),
         );
         registry.register(
             "gen_ai_client_operation_duration_seconds",
@@ -237,26 +256,45 @@ impl Metrics {
             errors,
             fallbacks,
             breakers,
+            breaker_transitions,
+            breaker_sync: std::sync::Mutex::new(()),
         }
     }
 
-    /// Sets the breaker gauges from the current states (called on scrape;
-    /// one series per provider and model the sidecar has called, which the
-    /// configuration bounds).
-    pub fn breakers(&self, states: &[(String, String, sluice_crds::report::BreakerState)]) {
+    /// Sets the breaker gauges and transition counters from the health
+    /// registry (called on scrape; one series per provider and model the
+    /// sidecar has called, which the configuration bounds).
+    pub fn breakers(&self, views: &[crate::health::BreakerView]) {
         use sluice_crds::report::BreakerState as B;
-        for (provider, model, state) in states {
-            let v = match state {
+        let _one_at_a_time = self.breaker_sync.lock();
+        for view in views {
+            let v = match view.state {
                 B::Closed => 0.0,
                 B::HalfOpen => 0.5,
                 B::Open => 1.0,
             };
             self.breakers
                 .get_or_create(&BreakerLabels {
-                    provider: provider.clone(),
-                    model: model.clone(),
+                    provider: view.provider.clone(),
+                    model: view.model.clone(),
                 })
                 .set(v);
+            let t = view.transitions;
+            for (to, total) in [
+                ("open", t.opened),
+                ("half_open", t.half_opened),
+                ("closed", t.closed),
+            ] {
+                let counter = self.breaker_transitions.get_or_create(&TransitionLabels {
+                    provider: view.provider.clone(),
+                    model: view.model.clone(),
+                    to,
+                });
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
         }
     }
 
@@ -395,6 +433,19 @@ mod tests {
         m.request("chat", Outcome::Success);
         m.cost(&t, 0.25);
         m.error(&t, Some(FailureClass::RateLimited), Fault::Provider);
+        let view = |opened| crate::health::BreakerView {
+            provider: "p".into(),
+            model: "m".into(),
+            state: sluice_crds::report::BreakerState::Open,
+            transitions: crate::health::Transitions {
+                opened,
+                half_opened: 1,
+                closed: 1,
+            },
+        };
+        m.breakers(&[view(1)]);
+        m.breakers(&[view(2)]);
+        m.breakers(&[view(2)]);
         let text = m.encode();
         for name in [
             "gen_ai_client_operation_duration_seconds_bucket",
@@ -403,6 +454,9 @@ mod tests {
             "sluice_requests_total{route=\"chat\",outcome=\"success\"} 1",
             "sluice_cost_usd_total{route=\"chat\",provider=\"p\",model=\"m\"} 0.25",
             "sluice_errors_total{class=\"rate-limited\",fault=\"provider\"",
+            "sluice_breaker_open{provider=\"p\",model=\"m\"} 1",
+            "sluice_breaker_transitions_total{provider=\"p\",model=\"m\",to=\"open\"} 2",
+            "sluice_breaker_transitions_total{provider=\"p\",model=\"m\",to=\"half_open\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

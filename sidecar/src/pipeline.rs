@@ -101,7 +101,7 @@ where
     let route = route::resolve(&config, parsed.model())?;
     tracker.route = Some(route.name.clone());
     let info = match &parsed {
-        Parsed::Chat(req) => route::RequestInfo::of_chat(req, raw.len(), headers, &route),
+        Parsed::Chat(req) => route::RequestInfo::of_chat(req, headers, &route),
         Parsed::Embeddings(_) => route::RequestInfo {
             embeddings: true,
             ..Default::default()
@@ -144,6 +144,7 @@ where
             raw: &raw,
             req,
             stream: req.is_stream(),
+            input_tokens: info.input_tokens,
         },
         Parsed::Embeddings(req) => Call::Embeddings { req },
     };

@@ -174,8 +174,13 @@ pub async fn admit(
     let counted = budgets.applicable(&route.name).next().is_some();
     let (input_estimate, rate, reservations, warnings, target_override) = if counted {
         let (input_estimate, max_output) = match parsed {
+            // Routing's count, on the target model that counts the most
+            // tokens for this prompt (tokenised once, in `RequestInfo`).
             Parsed::Chat(req) => (
-                metering::estimate_input_tokens(req),
+                all_targets(route)
+                    .map(|t| info.input_tokens_on(t))
+                    .max()
+                    .unwrap_or(info.input_tokens),
                 req.max_output_tokens()
                     .map(u64::from)
                     .unwrap_or_else(|| default_max_output(route)),

@@ -23,7 +23,10 @@ pub fn resolve(config: &Config, model: &str) -> Result<Arc<Route>, ApiError> {
 /// What routing looks at in a request.
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
-    /// Estimated prompt tokens.
+    /// Estimated prompt tokens: the `o200k_base` count
+    /// ([`crate::tokens::chat_baseline`]), which the rules' input-token
+    /// ranges compare; each target scales it by its model family
+    /// ([`RequestInfo::input_tokens_on`]).
     pub input_tokens: u64,
     /// Completion tokens asked for (`max_tokens`), or a default (for cost).
     pub max_output: u64,
@@ -43,17 +46,16 @@ pub struct RequestInfo {
 pub const DEFAULT_MAX_OUTPUT: u64 = 1024;
 
 impl RequestInfo {
-    /// Reads a chat request (and its headers). `raw_len` is the body size,
-    /// about four bytes a token.
+    /// Reads a chat request (and its headers); the prompt is tokenised
+    /// once, here.
     pub fn of_chat(
         req: &crate::openai::ChatRequest,
-        raw_len: usize,
         headers: &http::HeaderMap,
         route: &Route,
     ) -> Self {
         let wants_complexity = route.rules.iter().any(|r| r.match_.complexity.is_some());
         Self {
-            input_tokens: raw_len as u64 / 4,
+            input_tokens: crate::tokens::chat_baseline(req),
             max_output: req
                 .max_output_tokens()
                 .map_or(DEFAULT_MAX_OUTPUT, u64::from),
@@ -70,6 +72,11 @@ impl RequestInfo {
         }
     }
 
+    /// The prompt's estimated tokens on `target`'s model.
+    pub fn input_tokens_on(&self, target: &Target) -> u64 {
+        crate::tokens::for_target(self.input_tokens, &target.model)
+    }
+
     fn matches(&self, m: &sluice_crds::route::RuleMatch) -> bool {
         let tokens = u32::try_from(self.input_tokens).unwrap_or(u32::MAX);
         m.complexity.is_none_or(|c| self.complexity == Some(c))
@@ -83,8 +90,9 @@ impl RequestInfo {
             })
     }
 
-    /// Whether `target` can take this request at all.
-    fn fits(&self, target: &Target) -> bool {
+    /// Whether `target` can take this request at all; `input_tokens` is
+    /// [`RequestInfo::input_tokens_on`] it.
+    fn fits(&self, target: &Target, input_tokens: u64) -> bool {
         use sluice_crds::provider::Capability as C;
         let has = |c: C| target.capabilities.contains(&c);
         if self.embeddings {
@@ -93,7 +101,7 @@ impl RequestInfo {
         // The prompt plus the completion asked for must fit the window.
         let window_ok = target
             .context_window
-            .is_none_or(|w| self.input_tokens + self.asked_output.unwrap_or(0) <= u64::from(w));
+            .is_none_or(|w| input_tokens + self.asked_output.unwrap_or(0) <= u64::from(w));
         window_ok
             && (!self.has_tools || has(C::Tools))
             && (!self.has_images || has(C::Vision))
@@ -114,10 +122,16 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
             (&route.targets, route.spec.strategy, &route.balancer),
             |r| (&r.targets, r.strategy, &r.balancer),
         );
-    let fitting: Vec<&Target> = targets.iter().filter(|t| info.fits(t)).collect();
+    let percents = balancer.token_percents(targets.iter().map(|t| t.model.as_str()));
+    let fitting: Vec<(&Target, u64)> = targets
+        .iter()
+        .zip(percents.iter().chain(std::iter::repeat(&100)))
+        .map(|(t, p)| (t, crate::tokens::scale(info.input_tokens, *p)))
+        .filter(|(t, tokens)| info.fits(t, *tokens))
+        .collect();
     let candidates: Vec<crate::balance::Candidate> = fitting
         .iter()
-        .map(|t| {
+        .map(|&(t, input_tokens)| {
             let endpoint = health.endpoint(t);
             crate::balance::Candidate {
                 weight: t.weight,
@@ -127,7 +141,7 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
                     crate::balance::estimated_cost(
                         p.input_per_million,
                         p.output_per_million,
-                        info.input_tokens,
+                        input_tokens,
                         info.max_output,
                     )
                 }),
@@ -138,7 +152,7 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
     balancer
         .order(strategy, &candidates)
         .into_iter()
-        .map(|i| fitting[i].clone())
+        .map(|i| fitting[i].0.clone())
         .collect()
 }
 
@@ -235,5 +249,29 @@ mod tests {
             ..base
         };
         assert!(plan(route, &too_big, &health).is_empty());
+    }
+
+    #[test]
+    fn each_target_sees_the_prompt_in_its_own_tokens() {
+        let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {name: p}\nspec:\n  type: mock\n  models:\n  - {name: gpt-4o, contextWindow: 1000, capabilities: [chat]}\n  - {name: claude-3-5-haiku, contextWindow: 1000, capabilities: [chat]}\n---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  targets: [{providerRef: {name: p}, model: claude-3-5-haiku}, {providerRef: {name: p}, model: gpt-4o, priority: 1}]\n";
+        let c = crate::standalone::load_bytes(
+            &sluice_crds::load::Admission::new(),
+            yaml.as_bytes(),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let route = c.route("r").expect("route");
+        let health = crate::health::Health::default();
+        let info = |input_tokens| RequestInfo {
+            input_tokens,
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&plan(route, &info(790), &health)),
+            vec!["claude-3-5-haiku", "gpt-4o"]
+        );
+        // 900 o200k tokens are about 1,125 Claude tokens: too many for its
+        // window, not for gpt-4o's.
+        assert_eq!(names(&plan(route, &info(900), &health)), vec!["gpt-4o"]);
     }
 }

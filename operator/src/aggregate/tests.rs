@@ -304,6 +304,24 @@ fn target(
     }
 }
 
+/// The verdict on a valid Provider whose credentials resolved.
+fn usable_provider() -> ProviderVerdict {
+    ProviderVerdict {
+        generation: Some(1),
+        credentials_resolved: Cond {
+            ok: true,
+            reason: "Resolved".into(),
+            message: String::new(),
+        },
+        accepted: Cond {
+            ok: true,
+            reason: "Accepted".into(),
+            message: String::new(),
+        },
+        usable: true,
+    }
+}
+
 #[test]
 fn provider_status_counts_breakers_across_sidecars() {
     let mut agg = Aggregator::new(Policy::default(), 10_000);
@@ -324,20 +342,7 @@ fn provider_status_counts_breakers_across_sidecars() {
         target("chat", "backup", "m", 5, 0, BreakerState::Closed),
     ];
     agg.ingest(r, None, &none, 0);
-    let v = ProviderVerdict {
-        generation: Some(1),
-        credentials_resolved: Cond {
-            ok: true,
-            reason: "Resolved".into(),
-            message: String::new(),
-        },
-        accepted: Cond {
-            ok: true,
-            reason: "Accepted".into(),
-            message: String::new(),
-        },
-        usable: true,
-    };
+    let v = usable_provider();
     let st = agg.provider_status(&("shop".into(), "openai".into()), &v, None, 2, now(), 1);
     assert_eq!(st.sidecars, 2);
     assert_eq!(st.state, Some(ProviderState::Degraded));
@@ -446,4 +451,50 @@ fn a_route_is_programmed_when_every_selected_sidecar_runs_its_version() {
     assert_eq!(st.synced.as_deref(), Some("2/2"));
     assert!(conditions::is_true(&st.conditions, "Programmed"));
     assert_eq!(st.observed_generation, Some(3));
+}
+
+#[test]
+fn an_open_breaker_reported_without_traffic_stays_open_until_reported_closed() {
+    // Sidecars keep an open breaker in their reports although no call
+    // reaches it; the operator's events follow: one BreakerOpened, nothing
+    // while it stays open, one BreakersClosed when a probe closed it.
+    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let none = BTreeMap::new();
+    let v = usable_provider();
+    let key: Key = ("shop".into(), "openai".into());
+    let status = |agg: &mut Aggregator, seq: u64, t: TargetHealth| {
+        let mut r = report("a", "a-1", seq, vec![]);
+        r.targets = vec![t];
+        agg.ingest(r, None, &none, seq);
+        agg.provider_status(&key, &v, None, 2, now(), seq)
+    };
+    let opened = status(
+        &mut agg,
+        1,
+        target("chat", "openai", "gpt-4o", 10, 10, BreakerState::Open),
+    );
+    let idle = TargetHealth {
+        latency_p50_ms: None,
+        latency_p95_ms: None,
+        ttft_p95_ms: None,
+        ..target("chat", "openai", "gpt-4o", 0, 0, BreakerState::Open)
+    };
+    let still_open = status(&mut agg, 2, idle);
+    let closed = status(
+        &mut agg,
+        3,
+        target("chat", "openai", "gpt-4o", 3, 0, BreakerState::Closed),
+    );
+    let reasons = |old: Option<&ProviderStatus>, new: &ProviderStatus| {
+        crate::events::provider(old, new)
+            .into_iter()
+            .map(|n| n.reason)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reasons(None, &opened), vec!["BreakerOpened"]);
+    assert_eq!(still_open.breakers_open.as_deref(), Some("1/1"));
+    assert_eq!(still_open.state, Some(ProviderState::Down));
+    assert_eq!(still_open.error_percent.as_deref(), Some("0.0"));
+    assert!(reasons(Some(&opened), &still_open).is_empty());
+    assert_eq!(reasons(Some(&still_open), &closed), vec!["BreakersClosed"]);
 }

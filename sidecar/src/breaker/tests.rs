@@ -139,6 +139,26 @@ async fn latency_above_its_limit_opens_without_any_error() {
     );
 }
 
+/// Records `calls` answers taking `ms`, `step` apart from `now` on, and
+/// asserts that one of them opened the breaker for latency drift.
+fn assert_drift_trips(b: &Breaker, mut now: Instant, ms: u64, calls: usize, step: Duration) {
+    let mut trip = None;
+    for _ in 0..calls {
+        trip = trip.or(b.record(now, ok(ms)));
+        now += step;
+    }
+    assert!(
+        matches!(
+            trip,
+            Some(Transition::Opened {
+                reason: Trip::LatencyDrift,
+                ..
+            })
+        ),
+        "{trip:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn latency_drift_against_the_baseline_opens() {
     let mut s = settings();
@@ -151,21 +171,26 @@ async fn latency_drift_against_the_baseline_opens() {
         now += Duration::from_millis(500);
     }
     // The provider slows to 8 s: p95 drifts past 3× the baseline.
-    let mut trip = None;
-    for _ in 0..100 {
-        trip = trip.or(b.record(now, ok(8_000)));
-        now += Duration::from_millis(500);
+    assert_drift_trips(&b, now, 8_000, 100, Duration::from_millis(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn millisecond_jitter_is_not_drift() {
+    let mut s = settings();
+    s.latency_drift_factor = Some(3.0);
+    s.min_requests = 5;
+    let b = Breaker::new(s);
+    let mut now = Instant::now();
+    // A fast endpoint (2 ms) and a few calls in the window, so one answer
+    // that takes 20 ms is the window's p95: ten times the baseline, but
+    // only 18 ms more.
+    for i in 0..12 {
+        let ms = if i == 11 { 20 } else { 2 };
+        assert_eq!(b.record(now, ok(ms)), None, "call {i}");
+        now += Duration::from_millis(100);
     }
-    assert!(
-        matches!(
-            trip,
-            Some(Transition::Opened {
-                reason: Trip::LatencyDrift,
-                ..
-            })
-        ),
-        "{trip:?}"
-    );
+    // A real slowdown still trips it.
+    assert_drift_trips(&b, now, 500, 20, Duration::from_millis(100));
 }
 
 #[test]

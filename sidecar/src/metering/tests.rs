@@ -178,9 +178,10 @@ fn streams_ask_for_the_usage_chunk() {
 }
 
 #[test]
-fn input_estimates_lean_high() {
+fn input_estimates_use_the_tokenizer() {
     assert_eq!(estimate_tokens(""), 0);
-    assert_eq!(estimate_tokens("abcd"), 2);
+    assert_eq!(estimate_tokens("hello world"), 2);
+    assert_eq!(estimate_tokens_for("hello world", "gpt-4"), 2);
     let req: ChatRequest = serde_json::from_value(serde_json::json!({
         "model": "chat",
         "messages": [
@@ -192,6 +193,13 @@ fn input_estimates_lean_high() {
         ]
     }))
     .expect("request");
-    // 3 + (4 + 5) + (4 + 8 + 765)
-    assert_eq!(estimate_input_tokens(&req), 789);
+    // 3 priming + (3 + 1 role + 4 "You are terse.")
+    //   + (3 + 1 role + 6 "What is in this picture?" + 765 image)
+    assert_eq!(estimate_input_tokens(&req), 786);
+    assert_eq!(estimate_input_tokens_for(&req, "gpt-4o"), 786);
+    assert_eq!(
+        estimate_input_tokens_for(&req, "claude-3-5-haiku"),
+        983,
+        "786 × 1.25, rounded up"
+    );
 }

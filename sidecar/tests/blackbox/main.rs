@@ -7,5 +7,6 @@ mod governance;
 mod harness;
 mod providers;
 mod python;
+mod routing;
 mod standalone_mock;
 mod upstream;
