@@ -8,7 +8,7 @@
 //! takes only in the emulated environment; on a real cluster the scenario
 //! says it is skipped.
 
-use crate::rig::{Rig, SCENARIO, Sidecar, all_answer, condition, eventually_or};
+use crate::rig::{Rig, SCENARIO, Sidecar, all_answer, condition, eventually, eventually_or};
 
 const LEADER: &str = "sluice-operator-0";
 const STANDBY: &str = "sluice-operator-1";
@@ -69,7 +69,12 @@ async fn sidecars_ride_out_operator_loss_restarts_and_leader_change() {
 
         // A sidecar restarts meanwhile: its state file is all it has.
         sidecars[0].restart().await;
-        assert!(sidecars[0].ready().await, "ready from the state file");
+        let restarted = &sidecars[0];
+        eventually(
+            "the restarted sidecar is ready from its state file",
+            || async { restarted.ready().await.then_some(()) },
+        )
+        .await;
         all_serve(&sidecars, 2).await;
 
         // The operator comes back: status resumes (both sidecars report

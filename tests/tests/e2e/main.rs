@@ -12,6 +12,7 @@
 mod rig;
 
 mod bad_config;
+mod budget;
 mod control_plane;
 mod install;
 mod live_change;
