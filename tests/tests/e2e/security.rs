@@ -141,24 +141,15 @@ async fn tokens_stay_in_their_namespace_and_keys_never_leak() {
             let out = rig.kubectl.ok(&["get", what, "-A", "-o", "yaml"]).await;
             captured.push((format!("kubectl get {what}"), out));
         }
-        // Logs of our processes (the mocks are the providers: theirs may
+        // The product's logs (the mocks are the providers: theirs may
         // hold the key, as a real provider's would).
-        drop(sidecars);
-        for entry in std::fs::read_dir(rig.dir()).expect("rig dir").flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".log") && !name.starts_with("mock-") {
-                captured.push((
-                    name,
-                    std::fs::read_to_string(entry.path()).unwrap_or_default(),
-                ));
-            }
-        }
+        let logs = rig.product_logs(&sidecars).await;
         assert!(
-            captured
-                .iter()
-                .any(|(w, t)| w.starts_with("sidecar-") && !t.is_empty()),
+            logs.iter()
+                .any(|(w, t)| w.starts_with("sidecar") && !t.is_empty()),
             "sidecar logs were captured"
         );
+        captured.extend(logs);
         let encoded = {
             use base64::Engine as _;
             base64::engine::general_purpose::STANDARD.encode(PROVIDER_KEY)

@@ -39,8 +39,9 @@ use sluice_tests::kubectl::Kubectl;
 /// hanging, never a performance assertion.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Bound on a whole scenario.
-pub const SCENARIO: Duration = Duration::from_secs(150);
+/// Bound on a whole scenario (a few seconds each here; a real cluster
+/// pulls images).
+pub const SCENARIO: Duration = Duration::from_secs(240);
 
 /// The provider key every Secret here holds: distinctive, so that scenario
 /// 7 can search everything captured for it. Fake; mocks accept it.
@@ -128,6 +129,7 @@ impl Rig {
         let (env, kubectl) = match std::env::var_os("SLUICE_E2E_KUBECONFIG") {
             Some(path) => {
                 let (real, kubectl) = Real::new(PathBuf::from(path), dir.path());
+                real.installed().await;
                 (Env::Real(real), kubectl)
             }
             None => {
@@ -298,9 +300,48 @@ spec:
         .await
     }
 
-    /// The rig's scratch directory (process logs are `*.log` there).
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+    /// Everything the operator replicas and the sidecars logged so far,
+    /// as (where, text): their log files here, `kubectl logs` on a real
+    /// cluster.
+    pub async fn product_logs(&self, sidecars: &[Sidecar]) -> Vec<(String, String)> {
+        let mut logs = Vec::new();
+        match &self.env {
+            Env::Emulated(_) => {
+                for entry in std::fs::read_dir(self.dir.path())
+                    .expect("rig dir")
+                    .flatten()
+                {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("sidecar-") || name.starts_with("sluice-operator-") {
+                        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                        logs.push((name, text));
+                    }
+                }
+            }
+            Env::Real(_) => {
+                for s in sidecars {
+                    let pod = format!("pod/{}", s.pod);
+                    let text = self
+                        .kubectl
+                        .ok(&["logs", &pod, "-n", &s.ns, "-c", "sluice-sidecar"])
+                        .await;
+                    logs.push((format!("sidecar {}/{}", s.ns, s.pod), text));
+                }
+                let text = self
+                    .kubectl
+                    .ok(&[
+                        "logs",
+                        "-n",
+                        emulated::SYSTEM_NS,
+                        "-l",
+                        "app.kubernetes.io/component=operator",
+                        "--tail=-1",
+                    ])
+                    .await;
+                logs.push(("sluice-operator".into(), text));
+            }
+        }
+        logs
     }
 }
 

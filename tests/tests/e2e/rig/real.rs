@@ -48,20 +48,39 @@ impl Real {
         (real, kubectl)
     }
 
+    /// Waits until the chart's operator Deployment is Available.
+    pub async fn installed(&self) {
+        self.wait(&[
+            "deployment/sluice-operator",
+            "-n",
+            "sluice-system",
+            "--for=condition=Available",
+        ])
+        .await;
+    }
+
+    /// `kubectl wait ARGS` for up to two minutes (image pulls take their
+    /// time), in rounds that each fit kubectl's own bound.
+    async fn wait(&self, args: &[&str]) {
+        let mut all = vec!["wait", "--timeout=20s"];
+        all.extend_from_slice(args);
+        let mut last = None;
+        for _ in 0..6 {
+            let out = self.kubectl.run(&all, None).await;
+            if out.status.success() {
+                return;
+            }
+            last = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        panic!("kubectl {all:?} never succeeded: {last:?}");
+    }
+
     /// Waits for the pod to be Ready and forwards local ports to its
     /// sidecar's API (4100) and admin (4101) ports.
     pub async fn run_pod(&self, pod: &Value) -> Sidecar {
         let ns = pod["metadata"]["namespace"].as_str().expect("namespace");
         let name = pod["metadata"]["name"].as_str().expect("name");
-        self.kubectl
-            .ok(&[
-                "wait",
-                "--for=condition=Ready",
-                &format!("pod/{name}"),
-                "-n",
-                ns,
-                "--timeout=120s",
-            ])
+        self.wait(&[&format!("pod/{name}"), "-n", ns, "--for=condition=Ready"])
             .await;
         let (forward, ports) = self
             .port_forward(&format!("pod/{name}"), ns, &[4100, 4101])
