@@ -209,7 +209,7 @@ impl Emulated {
             .into_iter()
             .flatten()
             .find(|c| c["name"] == "sluice-sidecar")
-            .unwrap_or_else(|| panic!("pod {ns}/{name} was not injected: {pod:#}"));
+            .expect("Rig::pods checked the injection");
         let root = self.dir.join("pods").join(format!("{ns}.{name}"));
         let mut mounts = Vec::new();
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {

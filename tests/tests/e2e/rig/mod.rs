@@ -249,6 +249,12 @@ spec:
                 ))
                 .await;
             let pod = self.kubectl.get_json("pod", ns, name).await;
+            // The webhook's failurePolicy is Ignore: a pod created while it
+            // cannot be called simply has no sidecar. Say so here.
+            let injected = pod["spec"]["initContainers"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "sluice-sidecar"));
+            assert!(injected, "pod {ns}/{name} was not injected: {pod:#}");
             let sidecar = match &self.env {
                 Env::Emulated(e) => e.run_pod(&pod).await,
                 Env::Real(r) => r.run_pod(&pod).await,
