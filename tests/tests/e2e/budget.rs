@@ -151,15 +151,38 @@ spec:
         if let Some(env) = rig.emulated() {
             env.kill_operator("sluice-operator-0").await;
             env.start_operator("sluice-operator-0").await;
-            for s in &sidecars {
-                let (status, _, code) = one(s).await;
-                assert_eq!((status, code.as_str()), (429, "budget_exceeded"));
-            }
-            // Several report intervals: resent deltas are folded once.
-            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-            let after = rig.kubectl.get_json("budget", ns, "team").await;
-            assert_eq!(spent(&after).0, counted, "no spend lost or counted twice");
         }
+        for s in &sidecars {
+            let (status, _, code) = one(s).await;
+            assert_eq!((status, code.as_str()), (429, "budget_exceeded"));
+        }
+        // Once every sidecar has reported to the new operator (a change
+        // they all acknowledge), any resent usage has been folded.
+        rig.kubectl
+            .merge_patch(
+                "llmroute",
+                ns,
+                "chat",
+                r#"{"spec":{"aliases":["gpt-4o-mini"]}}"#,
+            )
+            .await;
+        rig.wait_for(
+            "llmroute",
+            ns,
+            "chat",
+            "Programmed after the restart",
+            |r| {
+                r["status"]["observedGeneration"] == r["metadata"]["generation"]
+                    && r["status"]["synced"] == "3/3"
+            },
+        )
+        .await;
+        let after = rig.kubectl.get_json("budget", ns, "team").await;
+        assert_eq!(
+            spent(&after),
+            spent(&budget),
+            "no spend lost or counted twice"
+        );
     })
     .await
     .expect("the scenario finishes in time");
