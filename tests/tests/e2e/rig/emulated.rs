@@ -154,7 +154,11 @@ impl Emulated {
             })
             .collect();
         let mut command = Command::new(binary("sluice-operator"));
-        command.args(&args);
+        // A container starts with only its own env (PATH aside).
+        command.args(&args).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
         for (name, value) in container_env(c, pod_name, SYSTEM_NS, &Value::Null) {
             command.env(name, value);
         }
@@ -165,11 +169,20 @@ impl Emulated {
         command.env("SLUICE_LEASE_DURATION", "3s");
         let log = self.dir.join(format!("{pod_name}.log"));
         let proc = Proc::spawn(pod_name, command, &log);
-        eventually(&format!("{pod_name} answers /healthz"), || async {
-            http_get(&format!("http://{metrics}/healthz"))
-                .await
-                .filter(|(s, _)| *s == 200)
-        })
+        // The Service sends traffic to it once its readiness probe passes
+        // (the chart probes the metrics port).
+        let probe = c["readinessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap_or("/readyz")
+            .to_owned();
+        eventually(
+            &format!("{pod_name} passes its readiness probe"),
+            || async {
+                http_get(&format!("http://{metrics}{probe}"))
+                    .await
+                    .filter(|(s, _)| *s == 200)
+            },
+        )
         .await;
         self.distribution.set(pod_name, distribution);
         self.webhook.set(pod_name, hook);
@@ -187,8 +200,8 @@ impl Emulated {
         }
     }
 
-    /// The metrics address of the replica holding the Lease (the only
-    /// one running, or the first started, in these scenarios).
+    /// The metrics address of a running replica (scenarios that ask run
+    /// just one).
     pub fn leader_metrics(&self) -> Option<SocketAddr> {
         self.operators.values().next().map(|o| o.metrics)
     }
