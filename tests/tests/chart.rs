@@ -6,23 +6,10 @@
 //! `scripts/test` installs helm (../shared/tools/get-helm) and sets
 //! `SLUICE_HELM`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-
-fn helm() -> PathBuf {
-    match std::env::var_os("SLUICE_HELM") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            panic!("SLUICE_HELM is not set: run the tests with scripts/test, which installs helm")
-        }
-    }
-}
-
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sluice")
-}
+use sluice_tests::tools::{chart, helm};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(helm()).args(args).output().expect("helm runs");

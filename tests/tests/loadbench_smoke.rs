@@ -2,25 +2,16 @@
 //! table. Numbers are never asserted: performance is measured by running the
 //! benchmark, not by timed tests (DESIGN.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The sidecar binary beside `loadbench` (a workspace `cargo test` builds
-/// it); built here when this test runs on its own.
+/// it; built here when this test runs on its own).
 fn sidecar() -> PathBuf {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_loadbench"));
-    let path = bench.with_file_name("sluice-sidecar");
-    if !path.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "sluice-sidecar", "--bin", "sluice-sidecar"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building sluice-sidecar");
-    }
-    assert!(path.is_file(), "no sidecar at {}", path.display());
-    path
+    sluice_tests::tools::workspace_binary(
+        Path::new(env!("CARGO_BIN_EXE_loadbench")),
+        "sluice-sidecar",
+    )
 }
 
 #[test]

@@ -5,13 +5,9 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::Duration;
 
 use sluice_tests::emulator::{Emulator, EmulatorOptions};
-use tokio::io::AsyncWriteExt as _;
-
-/// Longest any single kubectl invocation may take.
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+use sluice_tests::kubectl::Kubectl;
 
 /// A CRD with a schema, an enum, a default, a CEL rule, a status
 /// subresource and printer columns.
@@ -97,27 +93,12 @@ impl Cluster {
 
     /// Runs kubectl with this cluster's kubeconfig, optionally feeding stdin.
     pub async fn kubectl_with_input(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut command = tokio::process::Command::new("kubectl");
-        command
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("kubectl runs");
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes())
-                .await
-                .expect("write kubectl stdin");
+        Kubectl {
+            kubeconfig: self.kubeconfig.clone(),
+            home: self.dir.path().to_owned(),
         }
-        drop(pipe);
-        tokio::time::timeout(KUBECTL_TIMEOUT, child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
-            .expect("kubectl output")
+        .run(args, stdin)
+        .await
     }
 
     /// Runs kubectl.
@@ -155,13 +136,7 @@ impl Cluster {
 
 /// Asserts a command succeeded; returns its stdout.
 pub fn assert_ok(args: &[&str], output: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-    );
-    stdout
+    sluice_tests::kubectl::check(args, output)
 }
 
 /// stderr as text.
