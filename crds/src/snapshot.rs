@@ -170,6 +170,12 @@ pub struct Allowance {
     /// For tenants not listed yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_tenant: Option<Amounts>,
+    /// What the budget as a whole still has neither spent nor granted to
+    /// any sidecar (a `None` dimension is not limited): a sidecar whose
+    /// allowance is spent waits for a renewal only when this could cover its
+    /// request. Absent: unknown, never wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unallocated: Option<Amounts>,
 }
 
 impl Snapshot {
@@ -252,6 +258,10 @@ mod tests {
                     },
                     tenants: [("acme".to_string(), Amounts::default())].into(),
                     new_tenant: Some(Amounts::default()),
+                    unallocated: Some(Amounts {
+                        requests: Some(3),
+                        ..Default::default()
+                    }),
                 },
             }],
             held_routes: vec!["broken".into()],

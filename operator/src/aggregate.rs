@@ -48,6 +48,12 @@ pub struct Aggregator {
     policy: Policy,
     /// Reports older than this (milliseconds) no longer count for health.
     pub stale_after_ms: u64,
+    /// Holder ids of the pods with a sidecar, by namespace (this compile's).
+    peers: BTreeMap<String, Vec<String>>,
+    /// The clock of the current compile (milliseconds), set by
+    /// [`Aggregator::reclaim`]: grants stamp holders with it, so a holder
+    /// granted before any report arrived is not taken for long silent.
+    clock_ms: u64,
 }
 
 /// What a report changed: the budgets whose totals must be persisted before
@@ -194,6 +200,7 @@ impl Aggregator {
 
     /// Returns allowances of sidecars silent too long to the pool.
     pub fn reclaim(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
         for book in self.books.values_mut() {
             book.total.reclaim(now_ms, &self.policy);
             for l in book.tenants.values_mut() {
@@ -581,6 +588,16 @@ impl Aggregator {
 }
 
 impl Allowances for Aggregator {
+    fn peers(&mut self, pods: &[PodInfo]) {
+        self.peers.clear();
+        for p in pods {
+            self.peers
+                .entry(p.namespace.clone())
+                .or_default()
+                .push(holder_id(&(p.namespace.clone(), p.name.clone())));
+        }
+    }
+
     fn for_pod(
         &mut self,
         budget: &Budget,
@@ -595,19 +612,26 @@ impl Allowances for Aggregator {
             .values()
             .map(|s| s.received_ms)
             .max()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(self.clock_ms);
         let acked = self
             .sidecars
             .get(&(pod.namespace.clone(), pod.name.clone()))
             .map_or(0, |s| s.report.sequence);
         let per_tenant = budget.spec.tenant_header.is_some();
         let limit = limit_of(budget);
+        let peers = self.peers.get(&pod.namespace).cloned().unwrap_or_default();
         let book = self.book(&key, budget, window);
+        book.total.expect(&peers, now_ms);
+        for ledger in book.tenants.values_mut() {
+            ledger.expect(&peers, now_ms);
+        }
         let spent = book.total.spent();
         let total = book.total.grant(&holder, now_ms, &policy);
         let mut allowance = Allowance {
             as_of_sequence: acked,
             total: total.to_amounts(),
+            unallocated: Some(book.total.free().to_amounts()),
             ..Allowance::default()
         };
         if per_tenant {

@@ -212,6 +212,18 @@ impl Ledger {
         h.last_seen_ms = now_ms;
     }
 
+    /// Makes `sidecars` known holders (with nothing yet), so the first
+    /// grants of a compile split the budget between all of them instead of
+    /// the first one asking taking every share.
+    pub fn expect<'a>(&mut self, sidecars: impl IntoIterator<Item = &'a String>, now_ms: u64) {
+        for s in sidecars {
+            self.holders.entry(s.clone()).or_insert(Holder {
+                last_seen_ms: now_ms,
+                ..Holder::default()
+            });
+        }
+    }
+
     /// Tops `sidecar`'s allowance up towards its share and returns what it
     /// now holds. Never takes from other holders.
     pub fn grant(&mut self, sidecar: &str, now_ms: u64, policy: &Policy) -> Vector {
@@ -301,10 +313,13 @@ fn share(pool: u64, mine: u64, total: u64, holders: u64) -> u64 {
         return UNLIMITED;
     }
     let holders = holders.max(1);
-    // Half the pool by equal split, half by usage (all equal when no usage yet).
-    let equal = u128::from(pool) / 2 / u128::from(holders);
+    // Half the pool by equal split, half by usage (all equal when no usage
+    // yet). The equal half rounds up, so the last units of a budget are
+    // still granted (rounding down, three sidecars could never be given the
+    // last two requests); the caller caps every grant by what is free.
+    let equal = u128::from(pool).div_ceil(2 * u128::from(holders));
     let by_use = if total == 0 {
-        u128::from(pool) / 2 / u128::from(holders)
+        equal
     } else {
         u128::from(pool) / 2 * u128::from(mine) / u128::from(total)
     };

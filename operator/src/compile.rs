@@ -128,6 +128,12 @@ pub struct Compiled {
 /// What a budget has spent and what one sidecar may still spend; supplied
 /// by the caller, which keeps the ledgers.
 pub trait Allowances {
+    /// Every pod with a sidecar, before any [`Allowances::for_pod`] of a
+    /// compile: the sidecars a budget will be split between.
+    fn peers(&mut self, pods: &[PodInfo]) {
+        let _ = pods;
+    }
+
     /// `budget` is `(namespace, name)`; `pod` the sidecar's pod.
     fn for_pod(
         &mut self,
@@ -177,6 +183,7 @@ pub fn compile_incremental(
     memo: &mut Memo,
 ) -> Compiled {
     let mut out = Compiled::default();
+    allowances.peers(&state.pods);
     memo.rebuilt = 0;
     memo.reused = 0;
     let grouped = Namespace::group(&state.providers, &state.routes, &state.budgets);

@@ -30,6 +30,41 @@ fn a_first_sidecar_gets_a_share_and_the_reserve_stays() {
 }
 
 #[test]
+fn expected_sidecars_split_the_first_grants_evenly() {
+    let p = Policy::default();
+    let mut l = Ledger::new(requests(30), Vector::ZERO);
+    let peers = ["a".to_string(), "b".to_string(), "c".to_string()];
+    l.expect(&peers, 0);
+    let granted: Vec<u64> = peers.iter().map(|s| l.grant(s, 0, &p).requests).collect();
+    // 27 distributable over three: 5 by equal split + 5 by (equal) use
+    // each, rounded up, and never more than is free beyond the reserve.
+    assert_eq!(
+        granted,
+        [10, 10, 7],
+        "the first to ask does not take it all"
+    );
+    assert_eq!(l.free().requests, 3);
+}
+
+#[test]
+fn the_last_units_of_a_budget_are_granted() {
+    let p = Policy::default();
+    let mut l = Ledger::new(requests(30), Vector::ZERO);
+    let peers = ["a".to_string(), "b".to_string(), "c".to_string()];
+    l.expect(&peers, 0);
+    for s in &peers {
+        l.grant(s, 0, &p);
+    }
+    l.fold("a", requests(10), 1);
+    l.fold("b", requests(10), 1);
+    l.fold("c", requests(9), 1);
+    // One request left: someone can still be granted it.
+    let got: u64 = peers.iter().map(|s| l.grant(s, 2, &p).requests).sum();
+    assert_eq!(got, 1);
+    assert_eq!(l.free().requests, 0);
+}
+
+#[test]
 fn usage_moves_from_allowance_to_spend_and_shares_follow_use() {
     let p = Policy::default();
     let mut l = Ledger::new(requests(1000), Vector::ZERO);
