@@ -35,6 +35,56 @@ pub struct App {
     pub accountant: Accountant,
     /// Answers by `idempotency-key`, across configuration reloads.
     pub idempotency: Idempotency<Arc<Cached>>,
+    /// Asking the operator for a renewed budget allowance (cluster mode).
+    pub renewal: Renewal,
+}
+
+/// How a request that found this sidecar's budget allowance spent asks for
+/// more: it wakes the report task (the report flags the budget) and waits
+/// for the next configuration, which carries the renewed allowance.
+#[derive(Debug)]
+pub struct Renewal {
+    /// Wakes the report task; `None` standalone (nobody to ask).
+    report_now: Option<Arc<tokio::sync::Notify>>,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Renewal {
+    fn default() -> Self {
+        Self {
+            report_now: None,
+            applied: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Renewal {
+    /// Renewal through the cluster session's report task.
+    pub fn cluster(report_now: Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            report_now: Some(report_now),
+            ..Self::default()
+        }
+    }
+
+    /// A new configuration is in force.
+    pub fn applied(&self) {
+        self.applied.send_modify(|n| *n += 1);
+    }
+
+    /// Asks for a renewal and waits at most `wait` for the next
+    /// configuration. False when nobody can renew (standalone) or none came.
+    pub async fn ask(&self, wait: Duration) -> bool {
+        let Some(report_now) = &self.report_now else {
+            return false;
+        };
+        let mut applied = self.applied.subscribe();
+        applied.mark_unchanged();
+        report_now.notify_one();
+        tokio::time::timeout(wait, applied.changed())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
 }
 
 impl App {
@@ -58,6 +108,7 @@ impl App {
             health: Default::default(),
             accountant,
             idempotency: Idempotency::new(IDEMPOTENCY_TTL, IDEMPOTENCY_ENTRIES),
+            renewal: Renewal::default(),
         }
     }
 }

@@ -159,6 +159,9 @@ struct State {
     total: Account,
     tenants: HashMap<String, Account>,
     allowance: Allowance,
+    /// A request found this sidecar's allowance spent while the budget had
+    /// room: the next report asks for more (cleared by a new allowance).
+    starved: bool,
 }
 
 impl State {
@@ -214,6 +217,10 @@ pub enum Admission {
     /// The budget is exhausted and says `reject`: 429 `budget_exceeded`
     /// with `Retry-After: retry_after_secs` (seconds to the window's end).
     Reject { retry_after_secs: u64 },
+    /// This sidecar's allowance is spent but the budget, as far as the last
+    /// snapshot said, still has room for the request: a renewed allowance
+    /// may admit it (cluster mode only).
+    Starved,
 }
 
 /// How much of a budget is used, for the warning header and status.
@@ -294,6 +301,7 @@ impl Budget {
             },
             tenants: HashMap::new(),
             allowance,
+            starved: false,
         };
         Arc::new(Self {
             name,
@@ -370,6 +378,7 @@ impl Budget {
         st.allowance = allowance.clone();
         st.total.cap = allowance.total.clone();
         st.total.deducted_through(allowance.as_of_sequence);
+        st.starved = false;
         for (t, acct) in st.tenants.iter_mut() {
             acct.cap = allowance
                 .tenants
@@ -398,6 +407,9 @@ impl Budget {
             return false;
         }
         let st = self.lock();
+        if st.starved {
+            return true;
+        }
         let used = plus(&st.total.settled(), &st.total.reserved);
         let low = |cap: Option<u64>, used: u64| {
             cap.is_some_and(|c| used.saturating_mul(5) >= c.saturating_mul(4))
@@ -498,6 +510,10 @@ impl Budget {
                 degrade_to,
             };
         }
+        if !self.standalone && tenant.is_none() && self.cluster_room(&st, worst) {
+            st.starved = true;
+            return Admission::Starved;
+        }
         drop(st);
         match (self.spec.on_exceeded.action, &self.spec.on_exceeded.to) {
             (ExceededAction::Downgrade, Some(to)) => Admission::Downgrade {
@@ -509,6 +525,17 @@ impl Budget {
                 retry_after_secs: seconds_until(window.1, now),
             },
         }
+    }
+
+    /// Whether a renewed allowance could cover `more`: the operator had that
+    /// much neither spent nor granted when it sent the last snapshot.
+    fn cluster_room(&self, st: &State, more: &Spend) -> bool {
+        let Some(pool) = &st.allowance.unallocated else {
+            return false;
+        };
+        pool.cost_usd.is_none_or(|c| more.cost_usd <= c)
+            && pool.tokens.is_none_or(|c| more.tokens <= c)
+            && pool.requests.is_none_or(|c| more.requests <= c)
     }
 
     fn warning(&self, pct: u32) -> String {

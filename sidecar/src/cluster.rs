@@ -262,6 +262,9 @@ impl Lines {
 /// The protocol state shared by the stream and report tasks.
 pub struct Session {
     pub options: ClusterOptions,
+    /// Wakes the report task before its interval (a request found a budget
+    /// allowance spent and waits for a renewed one).
+    pub report_now: Arc<tokio::sync::Notify>,
     runtime: Arc<dyn Runtime>,
     state: Mutex<State>,
     config: Mutex<ConfigState>,
@@ -291,6 +294,7 @@ impl Session {
         }
         Arc::new(Self {
             options,
+            report_now: Arc::new(tokio::sync::Notify::new()),
             runtime,
             state: Mutex::new(state),
             config: Mutex::new(config),

@@ -463,6 +463,7 @@ impl Config {
                     fallback_triggers: r.fallback_triggers.iter().map(|t| t.as_str()).collect(),
                 })
                 .collect(),
+            budgets: self.budgets.names(),
             providers: self
                 .providers
                 .iter()
@@ -496,6 +497,8 @@ impl Config {
 pub struct RedactedConfig<'a> {
     version: &'a str,
     routes: Vec<RedactedRoute<'a>>,
+    /// The budgets this sidecar enforces.
+    budgets: Vec<&'a str>,
     providers: Vec<RedactedProvider<'a>>,
 }
 

@@ -38,6 +38,11 @@ use crate::route::{self, RequestInfo};
 
 /// Longest `idempotency-key` accepted (Stripe allows 255).
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Renewed allowances a request waits for before it is refused, and how
+/// long it waits for each (a report and a snapshot: about one round trip
+/// to the operator).
+const MAX_RENEWALS: u32 = 3;
+const RENEWAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Largest stream recorded for the cache or an idempotent replay.
 const MAX_RECORDED_STREAM: usize = 4 << 20;
 
@@ -196,12 +201,25 @@ pub async fn admit(
             )
             .map_err(|l| ApiError::rate_limited(&l))?;
         let worst = metering::worst_case(&dearest(route), input_estimate, max_output);
-        let admitted = budgets
-            .admit(&route.name, header, &worst, jiff::Timestamp::now())
-            .map_err(|r| {
-                rate.correct(0, Instant::now());
-                ApiError::budget_exceeded(&r)
-            })?;
+        let mut renewals = 0;
+        let admitted = loop {
+            match budgets.admit(&route.name, header, &worst, jiff::Timestamp::now()) {
+                Ok(a) => break a,
+                // Only this sidecar's share is spent: ask for more and wait
+                // for it (a few report intervals at most) before refusing.
+                Err(r) if r.starved && renewals < MAX_RENEWALS => {
+                    renewals += 1;
+                    if !app.renewal.ask(RENEWAL_WAIT).await {
+                        rate.correct(0, Instant::now());
+                        return Err(ApiError::budget_exceeded(&r));
+                    }
+                }
+                Err(r) => {
+                    rate.correct(0, Instant::now());
+                    return Err(ApiError::budget_exceeded(&r));
+                }
+            }
+        };
         (
             input_estimate,
             rate,

@@ -209,6 +209,9 @@ impl crate::cluster::Runtime for ClusterRuntime {
         }
         let config = crate::config::Config::try_from(&snapshot).map_err(|e| e.0.join("; "))?;
         self.handle.set(config);
+        if let Some(app) = self.app.upgrade() {
+            app.renewal.applied();
+        }
         Ok(())
     }
 
@@ -251,7 +254,9 @@ pub async fn cluster(
         });
         let s = crate::cluster::Session::new(cluster, runtime, instance_name);
         session = Some(s.clone());
-        App::new(handle.clone(), egress, opts.limits, opts.bounds, s)
+        let mut app = App::new(handle.clone(), egress, opts.limits, opts.bounds, s.clone());
+        app.renewal = crate::app::Renewal::cluster(s.report_now.clone());
+        app
     });
     let session = session.ok_or_else(|| StartError::Cluster("no session".into()))?;
     tracing::info!(

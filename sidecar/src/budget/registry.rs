@@ -60,6 +60,9 @@ impl RateCharge {
 pub struct Rejected {
     pub budget: String,
     pub retry_after_secs: u64,
+    /// Only this sidecar's allowance is spent, not the budget: a renewed
+    /// allowance may admit the request.
+    pub starved: bool,
 }
 
 impl Budgets {
@@ -83,6 +86,11 @@ impl Budgets {
             })
             .collect();
         Budgets { budgets }
+    }
+
+    /// The budgets' names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.budgets.iter().map(|b| b.name.as_str()).collect()
     }
 
     /// Names of the budgets whose allowance is running low.
@@ -189,6 +197,14 @@ impl Budgets {
                     return Err(Rejected {
                         budget: b.name.clone(),
                         retry_after_secs,
+                        starved: false,
+                    });
+                }
+                Admission::Starved => {
+                    return Err(Rejected {
+                        budget: b.name.clone(),
+                        retry_after_secs: 1,
+                        starved: true,
                     });
                 }
             }

@@ -584,3 +584,42 @@ fn a_new_allowance_keeps_counting_spend_it_has_not_deducted() {
         Admission::Reject { .. }
     ));
 }
+
+/// A spent allowance with room left in the budget is "starved" (worth
+/// waiting for a renewal); with nothing left unallocated it is a refusal.
+#[test]
+fn a_spent_allowance_waits_only_when_the_budget_has_room() {
+    let entry = |unallocated: u64| BudgetEntry {
+        name: "team".into(),
+        namespace: "shop".into(),
+        spec: cost_limit("10"),
+        routes: vec![],
+        applies_to_pod: true,
+        window: Window::Day.bounds_rfc3339(at(NOW)),
+        spent: Spend::default(),
+        allowance: Allowance {
+            total: Amounts {
+                cost_usd: Some(money("1")),
+                ..Amounts::default()
+            },
+            unallocated: Some(Amounts {
+                cost_usd: Some(money(&unallocated.to_string())),
+                ..Amounts::default()
+            }),
+            ..Allowance::default()
+        },
+    };
+    let room = Budget::from_entry(&entry(5), at(NOW));
+    let (_held, _, _) = admitted(room.admit(None, &cost("1"), at(NOW)));
+    assert!(matches!(
+        room.admit(None, &cost("1"), at(NOW)),
+        Admission::Starved
+    ));
+    assert!(room.allowance_low(), "the next report asks for more");
+    let none = Budget::from_entry(&entry(0), at(NOW));
+    let (_held, _, _) = admitted(none.admit(None, &cost("1"), at(NOW)));
+    assert!(matches!(
+        none.admit(None, &cost("1"), at(NOW)),
+        Admission::Reject { .. }
+    ));
+}

@@ -133,7 +133,13 @@ pub async fn run_stream(session: Arc<Session>, client: OperatorClient) {
 /// Posts a report every interval; usage stays pending until acknowledged.
 pub async fn run_reports(session: Arc<Session>, client: OperatorClient) {
     loop {
-        tokio::time::sleep(session.report_interval()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(session.report_interval()) => {}
+            _ = session.report_now.notified() => {
+                // Early, on request; still at most ten reports a second.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let report = session.next_report();
         let body = match serde_json::to_vec(&report) {
             Ok(b) => Bytes::from(b),
