@@ -13,6 +13,8 @@ pub struct App {
     pub config: ConfigHandle,
     pub egress: Egress,
     pub metrics: Metrics,
+    /// One line per request, written off the request path.
+    pub access_log: crate::access_log::AccessLog,
     pub limits: Limits,
     pub bounds: Bounds,
     /// Breakers and per-target figures, across configuration reloads.

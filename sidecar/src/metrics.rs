@@ -109,6 +109,7 @@ pub struct Metrics {
         BreakerLabels,
         prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
     >,
+    access_log_dropped: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -183,6 +184,12 @@ impl Metrics {
             "Errors by failure class and fault domain (caller, policy, provider, gateway)",
             errors.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "sluice_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "sluice_fallbacks",
             "Moves from one target to the next, by reason",
@@ -198,7 +205,13 @@ impl Metrics {
             errors,
             fallbacks,
             breakers,
+            access_log_dropped,
         }
+    }
+
+    /// The counter of access log lines dropped (handed to the access log).
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// Sets the breaker gauges from the current states (called on scrape;

@@ -11,6 +11,7 @@ use sluice_crds::load::Admission;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::app::App;
 use crate::attempt::Bounds;
 use crate::config::ConfigHandle;
@@ -32,6 +33,10 @@ pub struct Options {
     pub reload_interval: Duration,
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
+    /// Whether the access log is written (to stderr). In-process tests
+    /// turn it off: its writer thread's stderr is not the test's captured
+    /// output.
+    pub access_log: bool,
 }
 
 impl Options {
@@ -49,6 +54,7 @@ impl Options {
             },
             reload_interval: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            access_log: true,
         }
     }
 }
@@ -88,6 +94,10 @@ impl Running {
         for server in std::mem::take(&mut self.servers) {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
         }
+        // The last requests' access log lines, before the process exits.
+        let app = self.app.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || app.access_log.flush(Duration::from_secs(2))).await;
     }
 }
 
@@ -96,6 +106,14 @@ impl Drop for Running {
         for t in self.tasks.iter().chain(&self.servers) {
             t.abort();
         }
+    }
+}
+
+fn access_log(opts: &Options, metrics: &Metrics) -> AccessLog {
+    if opts.access_log {
+        AccessLog::start(metrics.access_log_dropped())
+    } else {
+        AccessLog::disabled()
     }
 }
 
@@ -116,10 +134,12 @@ where
     tracing::info!(path = %opts.config.display(), version = %config.version, routes = config.routes.len(), providers = config.providers.len(), "configuration loaded");
     let handle = ConfigHandle::default();
     handle.set(config);
+    let metrics = Metrics::new();
     let app = Arc::new(App {
         config: handle.clone(),
         egress: Egress::new(opts.extra_ca.as_deref())?,
-        metrics: Metrics::new(),
+        access_log: access_log(&opts, &metrics),
+        metrics,
         limits: opts.limits,
         bounds: opts.bounds,
         health: Default::default(),
@@ -230,10 +250,12 @@ pub async fn cluster(
     cluster: crate::cluster::ClusterOptions,
 ) -> Result<Running, StartError> {
     let handle = ConfigHandle::default();
+    let metrics = Metrics::new();
     let app = Arc::new(App {
         config: handle.clone(),
         egress: Egress::new(opts.extra_ca.as_deref())?,
-        metrics: Metrics::new(),
+        access_log: access_log(&opts, &metrics),
+        metrics,
         limits: opts.limits,
         bounds: opts.bounds,
         health: Default::default(),

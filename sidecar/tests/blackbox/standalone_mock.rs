@@ -307,6 +307,7 @@ async fn not_ready_until_a_config_is_loaded() {
         config: handle.clone(),
         egress: Egress::new(None).expect("egress"),
         metrics: Metrics::new(),
+        access_log: sluice_sidecar::access_log::AccessLog::disabled(),
         limits: Limits::default(),
         bounds: Bounds {
             max_response: 1 << 20,
