@@ -447,14 +447,13 @@ async fn try_target(
         }
         Call::Chat { stream: false, .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
-            let parsed = adapter.parse_chat(status, &headers, &bytes)?;
-            let usage = parsed.usage;
-            let body = if passes_through(endpoint.kind) {
-                bytes
-            } else {
-                encode(&parsed)?
-            };
-            Ok(Answer::Whole(Whole { body, usage }))
+            // The OpenAI family scans and passes the bytes through;
+            // translating adapters parse and re-encode.
+            let answer = adapter.read_chat(status, &headers, bytes)?;
+            Ok(Answer::Whole(Whole {
+                body: answer.body,
+                usage: answer.usage,
+            }))
         }
         Call::Embeddings { .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
@@ -486,7 +485,7 @@ async fn first_token(
             .next(wait, deadline, FailureClass::TimeoutFirstToken)
             .await
         {
-            Some(Ok(bytes)) => (decoder.feed(&bytes), false),
+            Some(Ok(bytes)) => (decoder.feed_shared(bytes), false),
             Some(Err(f)) => return Err(f),
             None => (decoder.finish(), true),
         };

@@ -338,8 +338,8 @@ async fn pump(
             };
             let token = ev.is_token();
             match ev {
-                StreamEvent::Chunk { chunk, raw } => {
-                    let Some(frame) = framing.chunk(&chunk, raw) else {
+                StreamEvent::Chunk { .. } | StreamEvent::Pass(_) => {
+                    let Some(frame) = framing.event(ev) else {
                         continue;
                     };
                     if tx.send(frame).await.is_err() {
@@ -370,7 +370,7 @@ async fn pump(
             next = c.body.next(c.idle, c.deadline, FailureClass::TimeoutIdle) => next,
         };
         match next {
-            Some(Ok(bytes)) => events.extend(c.decoder.feed(&bytes)),
+            Some(Ok(bytes)) => events.extend(c.decoder.feed_shared(bytes)),
             Some(Err(f)) => events.push_back(Err(f)),
             None => {
                 events.extend(c.decoder.finish());
