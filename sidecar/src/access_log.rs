@@ -192,12 +192,13 @@ impl AccessLog {
 /// Ends when every sender is gone, after writing what was left.
 fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
     let mut buf = Vec::with_capacity(16 << 10);
+    let mut clock = Clock::default();
     loop {
         std::thread::sleep(FLUSH_EVERY);
         let mut acks = Vec::new();
         let ended = loop {
             match rx.try_recv() {
-                Ok(Msg::Entry(at, e)) => format_line(&mut buf, at, &e),
+                Ok(Msg::Entry(at, e)) => format_line(&mut buf, &mut clock, at, &e),
                 Ok(Msg::Flush(ack)) => acks.push(ack),
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Disconnected) => break true,
@@ -221,15 +222,49 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
     }
 }
 
-/// Appends one line: the shape `tracing-subscriber`'s JSON formatter wrote.
-pub fn format_line(buf: &mut Vec<u8>, at: SystemTime, e: &Entry) {
-    buf.extend_from_slice(b"{\"timestamp\":\"");
-    match jiff::Timestamp::try_from(at) {
-        Ok(ts) => {
-            let _ = write!(buf, "{ts:.6}");
+/// RFC 3339 timestamps with microseconds; the date and time to the second
+/// are formatted once per second, not once per line.
+#[derive(Default)]
+pub struct Clock {
+    secs: u64,
+    /// `2026-11-21T16:02:06` of `secs`; empty before the first line.
+    prefix: Vec<u8>,
+}
+
+impl Clock {
+    fn write(&mut self, buf: &mut Vec<u8>, at: SystemTime) {
+        let since = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if self.prefix.is_empty() || since.as_secs() != self.secs {
+            self.secs = since.as_secs();
+            self.prefix.clear();
+            let second = SystemTime::UNIX_EPOCH + Duration::from_secs(self.secs);
+            match jiff::Timestamp::try_from(second) {
+                Ok(ts) => {
+                    let _ = write!(self.prefix, "{}", ts.strftime("%Y-%m-%dT%H:%M:%S"));
+                }
+                Err(_) => self.prefix.extend_from_slice(b"1970-01-01T00:00:00"),
+            }
         }
-        Err(_) => buf.extend_from_slice(b"1970-01-01T00:00:00Z"),
+        buf.extend_from_slice(&self.prefix);
+        let micros = since.subsec_micros();
+        let mut digits = [b'0'; 7];
+        digits[0] = b'.';
+        let mut n = micros;
+        for d in digits[1..].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        buf.extend_from_slice(&digits);
+        buf.push(b'Z');
     }
+}
+
+/// Appends one line: the shape `tracing-subscriber`'s JSON formatter wrote.
+pub fn format_line(buf: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, e: &Entry) {
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    clock.write(buf, at);
     buf.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\"");
     string(buf, "request_id", &e.request_id);
     if let Some(op) = e.operation {

@@ -107,13 +107,18 @@ pub struct Propagate {
     pub traceparent: Option<http::HeaderValue>,
 }
 
+/// Header names as constants: a `&'static str` name is parsed again on
+/// every insert.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 impl Propagate {
     fn apply(&self, headers: &mut http::HeaderMap) {
         if let Some(v) = &self.request_id {
-            headers.insert("x-request-id", v.clone());
+            headers.insert(X_REQUEST_ID, v.clone());
         }
         if let Some(v) = &self.traceparent {
-            headers.insert("traceparent", v.clone());
+            headers.insert(TRACEPARENT, v.clone());
         }
     }
 }

@@ -55,7 +55,12 @@ fn success() -> Entry {
 #[test]
 fn a_line_has_the_json_formatter_shape_and_leaves_out_what_is_absent() {
     let mut buf = Vec::new();
-    format_line(&mut buf, SystemTime::UNIX_EPOCH, &success());
+    format_line(
+        &mut buf,
+        &mut Clock::default(),
+        SystemTime::UNIX_EPOCH,
+        &success(),
+    );
     assert_eq!(buf.last(), Some(&b'\n'));
     let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
     assert_eq!(v["level"], "INFO");
@@ -81,7 +86,7 @@ fn hostile_values_are_escaped() {
         outcome: "error",
         ..Default::default()
     };
-    format_line(&mut buf, SystemTime::now(), &e);
+    format_line(&mut buf, &mut Clock::default(), SystemTime::now(), &e);
     assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
     let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
     assert_eq!(v["fields"]["request_id"], r#"a"b\c"#);
@@ -129,4 +134,20 @@ fn a_full_channel_drops_and_counts_instead_of_blocking() {
     assert!(log.dropped() > 0, "dropped {}", log.dropped());
     log.flush(Duration::from_secs(5));
     assert_eq!(out.lines().len() as u64 + log.dropped(), 50);
+}
+
+#[test]
+fn timestamps_are_rfc3339_with_microseconds_across_seconds() {
+    let mut clock = Clock::default();
+    let mut buf = Vec::new();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_763_740_926_000_042);
+    clock.write(&mut buf, t);
+    buf.push(b' ');
+    clock.write(&mut buf, t + Duration::from_micros(999_999));
+    buf.push(b' ');
+    clock.write(&mut buf, t + Duration::from_secs(61));
+    assert_eq!(
+        String::from_utf8(buf).expect("utf-8"),
+        "2025-11-21T16:02:06.000042Z 2025-11-21T16:02:07.000041Z 2025-11-21T16:03:07.000042Z"
+    );
 }
