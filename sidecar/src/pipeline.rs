@@ -2,10 +2,11 @@
 //! (provider adapters and egress inside) → respond and account.
 //!
 //! Nothing is sent to the client before the commit point (see `attempt`).
-//! After it, a stream is pumped chunk by chunk by its own task; a failure
+//! After it, a stream is pumped chunk by chunk (by the response body
+//! itself, on the connection's task: `body::driven`); a failure
 //! then ends the stream with an OpenAI-shaped error frame and no `[DONE]`.
-//! A client that goes away drops the response body, which the pump notices
-//! at once and drops the upstream call: counted as `client-cancelled`,
+//! A client that goes away drops the response body, the pump with it, and
+//! so the upstream call: counted as `client-cancelled`,
 //! never against the provider.
 
 use std::collections::VecDeque;
@@ -213,9 +214,8 @@ fn respond(
             Ok(resp)
         }
         Ok(Answer::Stream(committed)) => {
-            let (tx, body) = body::channel(16);
             let pump_tracker = tracker.hand_over();
-            tokio::spawn(pump(committed, tx, framing, pump_tracker));
+            let body = body::driven(16, |tx| pump(committed, tx, framing, pump_tracker));
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
             h.insert(
