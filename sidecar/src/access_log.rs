@@ -187,32 +187,42 @@ impl AccessLog {
     }
 }
 
+/// Bytes of lines written at once, at most: the buffer never grows past
+/// it, so a burst does not leave a large buffer behind (idle RSS).
+const WRITE_AT: usize = 32 << 10;
+
 /// The writer thread: wakes every [`FLUSH_EVERY`] (senders never wake it,
-/// so a request costs no thread wake-up), drains, formats, writes once.
-/// Ends when every sender is gone, after writing what was left.
+/// so a request costs no thread wake-up), drains, formats, writes in
+/// [`WRITE_AT`]-sized batches. Ends when every sender is gone, after
+/// writing what was left.
 fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
-    let mut buf = Vec::with_capacity(16 << 10);
+    let mut buf = Vec::with_capacity(WRITE_AT + 1024);
     let mut clock = Clock::default();
+    // A log that cannot be written is not a reason to fail requests.
+    let mut write = |buf: &mut Vec<u8>| {
+        if !buf.is_empty() {
+            let mut w = writer();
+            let _ = w.write_all(buf).and_then(|()| w.flush());
+            buf.clear();
+        }
+    };
     loop {
         std::thread::sleep(FLUSH_EVERY);
         let mut acks = Vec::new();
         let ended = loop {
             match rx.try_recv() {
-                Ok(Msg::Entry(at, e)) => format_line(&mut buf, &mut clock, at, &e),
+                Ok(Msg::Entry(at, e)) => {
+                    format_line(&mut buf, &mut clock, at, &e);
+                    if buf.len() >= WRITE_AT {
+                        write(&mut buf);
+                    }
+                }
                 Ok(Msg::Flush(ack)) => acks.push(ack),
                 Err(TryRecvError::Empty) => break false,
                 Err(TryRecvError::Disconnected) => break true,
             }
         };
-        if !buf.is_empty() {
-            let mut w = writer();
-            // A log that cannot be written is not a reason to fail requests.
-            let _ = w.write_all(&buf).and_then(|()| w.flush());
-            buf.clear();
-            if buf.capacity() > 256 << 10 {
-                buf.shrink_to(16 << 10);
-            }
-        }
+        write(&mut buf);
         for ack in acks {
             let _ = ack.send(());
         }
