@@ -323,15 +323,31 @@ fn key(buf: &mut Vec<u8>, key: &str) {
 
 fn string(buf: &mut Vec<u8>, k: &str, value: &str) {
     key(buf, k);
-    // serde_json escapes quotes, backslashes and control characters.
-    if serde_json::to_writer(&mut *buf, value).is_err() {
+    // Ids, route, provider and model names need no escaping: copied as
+    // they are. Anything else goes through serde_json, which escapes
+    // quotes, backslashes and control characters.
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'"');
+    } else if serde_json::to_writer(&mut *buf, value).is_err() {
         buf.extend_from_slice(b"\"\"");
     }
 }
 
-fn number(buf: &mut Vec<u8>, k: &str, n: u64) {
+fn number(buf: &mut Vec<u8>, k: &str, mut n: u64) {
     key(buf, k);
-    let _ = write!(buf, "{n}");
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]

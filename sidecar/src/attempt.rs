@@ -537,14 +537,12 @@ async fn read_whole(
 
 /// Whether a response says it is JSON.
 fn is_json(headers: &http::HeaderMap) -> bool {
+    const JSON: &[u8] = b"application/json";
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
+        .map(|v| v.as_bytes().trim_ascii_start())
+        .is_some_and(|v| v.len() >= JSON.len() && v[..JSON.len()].eq_ignore_ascii_case(JSON))
 }
 
 /// Whether the provider already speaks the client's wire format, so its

@@ -151,3 +151,15 @@ fn timestamps_are_rfc3339_with_microseconds_across_seconds() {
         "2025-11-21T16:02:06.000042Z 2025-11-21T16:02:07.000041Z 2025-11-21T16:03:07.000042Z"
     );
 }
+
+#[test]
+fn numbers_are_written_whole() {
+    for n in [0, 7, 10, 12_345, u64::MAX] {
+        let mut buf = Vec::new();
+        number(&mut buf, "n", n);
+        assert_eq!(
+            String::from_utf8(buf).expect("utf-8"),
+            format!(",\"n\":{n}")
+        );
+    }
+}
