@@ -81,6 +81,47 @@ fn sse_translation(c: &mut Criterion) {
     });
 }
 
+/// The OpenAI pass-through per chunk: the scan and zero-copy framing of
+/// today against the full parse into a `serde_json::Value` it replaced
+/// (`decode_data`, still the path for error frames).
+fn stream_pass_through(c: &mut Criterion) {
+    use bytes::Bytes;
+    use sluice_sidecar::provider::openai::decode_data;
+    use sluice_sidecar::provider::{StreamContext, adapter};
+    const CHUNK: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench-model","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"content":" from the benchmark, with a few more words."},"logprobs":null,"finish_reason":null}]}"#;
+    let frames: Vec<Bytes> = (0..50)
+        .map(|_| Bytes::from(format!("data: {CHUNK}\n\n")))
+        .collect();
+    let ctx = StreamContext {
+        model: "bench-model".into(),
+        id: "chatcmpl-1".into(),
+        created: 0,
+        max_line: 1 << 20,
+    };
+    let mut group = c.benchmark_group("sse/openai pass-through");
+    group.throughput(criterion::Throughput::Elements(frames.len() as u64));
+    group.bench_function("50 chunks, scan (per element = per chunk)", |b| {
+        b.iter(|| {
+            let mut d = adapter(sluice_crds::ProviderType::OpenaiCompatible).stream_decoder(&ctx);
+            let mut n = 0;
+            for f in &frames {
+                n += d.feed_shared(black_box(f.clone())).len();
+            }
+            n
+        })
+    });
+    group.bench_function("50 chunks, full Value parse (before)", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            for _ in 0..frames.len() {
+                decode_data(black_box(CHUNK), &mut out);
+            }
+            out.len()
+        })
+    });
+    group.finish();
+}
+
 fn route_selection(c: &mut Criterion) {
     let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {name: p}\nspec:\n  type: mock\n  models:\n  - {name: a, contextWindow: 128000, pricing: {inputPerMillion: \"1\", outputPerMillion: \"2\"}}\n  - {name: b, contextWindow: 128000, pricing: {inputPerMillion: \"3\", outputPerMillion: \"4\"}}\n  - {name: c, contextWindow: 32000}\n---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  strategy: weighted\n  targets: [{providerRef: {name: p}, model: a, weight: 5}, {providerRef: {name: p}, model: b, weight: 3}, {providerRef: {name: p}, model: c, weight: 2}]\n";
     let config = sluice_sidecar::standalone::load_bytes(
@@ -161,6 +202,7 @@ criterion_group!(
     complexity_scoring,
     request_parsing,
     sse_translation,
+    stream_pass_through,
     route_selection
 );
 criterion_main!(benches);

@@ -17,6 +17,7 @@ use http::{HeaderValue, Response};
 use sluice_crds::FailureClass;
 use tokio::time::Instant;
 
+use crate::access_log;
 use crate::app::App;
 use crate::body::Body;
 use crate::config::Target;
@@ -205,20 +206,20 @@ impl Tracker {
             m.cost(&labels, c.get().to_f64().unwrap_or(0.0));
         }
         m.request(&labels.route, metrics::Outcome::Success);
-        tracing::info!(
-            request_id = %self.request_id,
-            operation = self.op.as_str(),
-            route = %labels.route,
-            provider = %labels.provider,
-            model = %labels.model,
-            attempts = self.attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            input_tokens = usage.map(|u| u.prompt_tokens),
-            output_tokens = usage.map(|u| u.completion_tokens),
-            cost_usd = cost.map(|c| c.to_string()),
-            outcome = "success",
-            "request"
-        );
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.app.access_log.record(access_log::Entry {
+            input_tokens: usage.map(|u| u.prompt_tokens),
+            output_tokens: usage.map(|u| u.completion_tokens),
+            cost_usd: cost,
+            ..access_log::Entry::request(
+                &self.request_id,
+                self.op.as_str(),
+                labels,
+                self.attempts,
+                ms,
+                "success",
+            )
+        });
     }
 
     /// Records an error answer and builds it in the shape of `op`'s API.
@@ -230,20 +231,20 @@ impl Tracker {
         self.app
             .metrics
             .request(&labels.route, metrics::Outcome::Error);
-        tracing::info!(
-            request_id = %self.request_id,
-            operation = self.op.as_str(),
-            route = %labels.route,
-            provider = %labels.provider,
-            model = %labels.model,
-            attempts = self.attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            status = e.status.as_u16(),
-            code = e.code,
-            class = e.class.map(FailureClass::as_str),
-            outcome = "error",
-            "request"
-        );
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.app.access_log.record(access_log::Entry {
+            status: Some(e.status.as_u16()),
+            code: Some(e.code),
+            class: e.class.map(FailureClass::as_str),
+            ..access_log::Entry::request(
+                &self.request_id,
+                self.op.as_str(),
+                labels,
+                self.attempts,
+                ms,
+                "error",
+            )
+        });
         match op {
             Operation::Messages => e.into_anthropic_response(),
             Operation::Chat | Operation::Embeddings => e.into_response(),
@@ -284,13 +285,13 @@ impl Tracker {
         let m = &self.app.metrics;
         m.error(&labels, Some(FailureClass::ClientCancelled), Fault::Caller);
         m.request(&labels.route, metrics::Outcome::ClientCancelled);
-        tracing::info!(
-            request_id = %self.request_id,
-            route = %labels.route,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            outcome = "client_cancelled",
-            "request"
-        );
+        self.app.access_log.record(access_log::Entry {
+            request_id: self.request_id.clone(),
+            route: labels.route,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            outcome: "client_cancelled",
+            ..Default::default()
+        });
     }
 
     /// Adds the response headers every answer carries.

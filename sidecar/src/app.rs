@@ -27,6 +27,8 @@ pub struct App {
     pub config: ConfigHandle,
     pub egress: Egress,
     pub metrics: Metrics,
+    /// One line per request, written off the request path.
+    pub access_log: crate::access_log::AccessLog,
     pub limits: Limits,
     pub bounds: Bounds,
     /// Breakers and per-target figures, across configuration reloads.
@@ -89,7 +91,8 @@ impl Renewal {
 
 impl App {
     /// The shared state, spend going to `sink`; spawns the accounting task
-    /// (so it must be called inside a tokio runtime).
+    /// (so it must be called inside a tokio runtime). The access log starts
+    /// disabled: set [`App::access_log`] to start it.
     pub fn new(
         config: ConfigHandle,
         egress: Egress,
@@ -103,6 +106,7 @@ impl App {
             config,
             egress,
             metrics: Metrics::new(),
+            access_log: crate::access_log::AccessLog::disabled(),
             limits,
             bounds,
             health: Default::default(),

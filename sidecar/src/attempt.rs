@@ -109,13 +109,18 @@ pub struct Propagate {
     pub traceparent: Option<http::HeaderValue>,
 }
 
+/// Header names as constants: a `&'static str` name is parsed again on
+/// every insert.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 impl Propagate {
     fn apply(&self, headers: &mut http::HeaderMap) {
         if let Some(v) = &self.request_id {
-            headers.insert("x-request-id", v.clone());
+            headers.insert(X_REQUEST_ID, v.clone());
         }
         if let Some(v) = &self.traceparent {
-            headers.insert("traceparent", v.clone());
+            headers.insert(TRACEPARENT, v.clone());
         }
     }
 }
@@ -449,14 +454,13 @@ async fn try_target(
         }
         Call::Chat { stream: false, .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
-            let parsed = adapter.parse_chat(status, &headers, &bytes)?;
-            let usage = parsed.usage;
-            let body = if passes_through(endpoint.kind) {
-                bytes
-            } else {
-                encode(&parsed)?
-            };
-            Ok(Answer::Whole(Whole { body, usage }))
+            // The OpenAI family scans and passes the bytes through;
+            // translating adapters parse and re-encode.
+            let answer = adapter.read_chat(status, &headers, bytes)?;
+            Ok(Answer::Whole(Whole {
+                body: answer.body,
+                usage: answer.usage,
+            }))
         }
         Call::Embeddings { .. } => {
             let bytes = read_whole(&mut body, bounds, idle, deadline).await?;
@@ -488,7 +492,7 @@ async fn first_token(
             .next(wait, deadline, FailureClass::TimeoutFirstToken)
             .await
         {
-            Some(Ok(bytes)) => (decoder.feed(&bytes), false),
+            Some(Ok(bytes)) => (decoder.feed_shared(bytes), false),
             Some(Err(f)) => return Err(f),
             None => (decoder.finish(), true),
         };
@@ -535,14 +539,12 @@ async fn read_whole(
 
 /// Whether a response says it is JSON.
 fn is_json(headers: &http::HeaderMap) -> bool {
+    const JSON: &[u8] = b"application/json";
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
+        .map(|v| v.as_bytes().trim_ascii_start())
+        .is_some_and(|v| v.len() >= JSON.len() && v[..JSON.len()].eq_ignore_ascii_case(JSON))
 }
 
 /// Whether the provider already speaks the client's wire format, so its

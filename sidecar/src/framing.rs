@@ -8,7 +8,7 @@ use sluice_crds::FailureClass;
 use crate::error::ApiError;
 use crate::messages;
 use crate::openai::Usage;
-use crate::provider::Failure;
+use crate::provider::{Failure, StreamEvent};
 
 /// A rough prompt size for Anthropic's `message_start` (the real count
 /// comes in `message_delta`): a token per four characters.
@@ -65,6 +65,22 @@ impl Framing {
                 Some(sse_frame(&data))
             }
             Framing::Anthropic(s) => non_empty(s.on_chunk(chunk)),
+        }
+    }
+
+    /// The bytes for a chunk event (`Chunk` or `Pass`), if any. A
+    /// pass-through chunk goes out as the upstream framed it; only a
+    /// translating framing parses it.
+    pub fn event(&mut self, ev: StreamEvent) -> Option<Bytes> {
+        match ev {
+            StreamEvent::Chunk { chunk, raw } => self.chunk(&chunk, raw),
+            StreamEvent::Pass(p) => match self {
+                Framing::OpenAi { wants_usage } => {
+                    (!p.usage_only || *wants_usage).then_some(p.frame)
+                }
+                Framing::Anthropic(s) => non_empty(s.on_chunk(&p.parse()?)),
+            },
+            StreamEvent::Usage(_) | StreamEvent::Done => None,
         }
     }
 

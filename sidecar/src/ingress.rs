@@ -149,7 +149,24 @@ pub fn parse_embeddings(raw: &[u8], limits: &Limits) -> Result<EmbeddingsRequest
 }
 
 /// UTF-8 and depth checks, then a typed parse naming the bad field.
+///
+/// A well-formed body (the common case) is read in two passes: the depth
+/// scan and one typed parse, which succeeding proves the body UTF-8 and
+/// valid JSON. Only a body that fails them goes through the checks one by
+/// one, for the exact error: UTF-8, depth, syntax, then the field at fault
+/// (the path tracking costs a third of a parse, so it is not paid on every
+/// request).
 pub fn parse<T: DeserializeOwned>(raw: &[u8], limits: &Limits) -> Result<T, ApiError> {
+    if check_depth(raw, limits.max_depth).is_ok()
+        && let Ok(value) = serde_json::from_slice::<T>(raw)
+    {
+        return Ok(value);
+    }
+    parse_slowly(raw, limits)
+}
+
+/// [`parse`] one check at a time, for the error.
+fn parse_slowly<T: DeserializeOwned>(raw: &[u8], limits: &Limits) -> Result<T, ApiError> {
     if std::str::from_utf8(raw).is_err() {
         return Err(ApiError::invalid_json(
             "the request body is not valid UTF-8",

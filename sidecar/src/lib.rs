@@ -9,6 +9,7 @@
 //! that talks to providers), then the response and accounting in
 //! [`pipeline`], which reads top to bottom.
 
+pub mod access_log;
 pub mod accounting;
 pub mod app;
 pub mod attempt;

@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_crds::FailureClass;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::error::Fault;
 
@@ -83,6 +85,22 @@ struct PolicyLabels {
 }
 
 type Hist<L> = Family<L, Histogram, fn() -> Histogram>;
+type CostCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// The series a finished request of one target updates, found with one
+/// lookup of its labels. Without it every observation built its family's
+/// label set (three `String` clones) and hashed it: ≈5k instructions and
+/// a dozen allocations per request. Each series is created on first use,
+/// so the exposition has exactly the series it had before.
+#[derive(Default)]
+struct TargetSeries {
+    chat: OnceLock<Histogram>,
+    embeddings: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    input_tokens: OnceLock<Histogram>,
+    output_tokens: OnceLock<Histogram>,
+    cost: OnceLock<CostCounter>,
+}
 
 /// How a request ended, for `sluice_requests_total{outcome}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +127,7 @@ pub struct Metrics {
     ttft: Hist<TargetLabels>,
     tokens: Hist<TokenLabels>,
     requests: Family<OutcomeLabels, Counter>,
-    cost: Family<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    cost: Family<TargetLabels, CostCounter>,
     errors: Family<ErrorLabels, Counter>,
     fallbacks: Family<FallbackLabels, Counter>,
     breakers: Family<
@@ -124,6 +142,9 @@ pub struct Metrics {
     cache: Family<PolicyLabels, Counter>,
     pii: Family<PolicyLabels, Counter>,
     accounting: Family<AccountingLabels, prometheus_client::metrics::gauge::Gauge>,
+    access_log_dropped: Counter,
+    /// Bounded like the families: one entry per label set they hold.
+    series: RwLock<HashMap<TargetLabels, Arc<TargetSeries>>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -175,7 +196,7 @@ impl Metrics {
         let ttft: Hist<TargetLabels> = Family::new_with_constructor(seconds);
         let tokens: Hist<TokenLabels> = Family::new_with_constructor(token_buckets);
         let requests = Family::<OutcomeLabels, Counter>::default();
-        let cost = Family::<TargetLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        let cost = Family::<TargetLabels, CostCounter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let fallbacks = Family::<FallbackLabels, Counter>::default();
         let breakers = Family::<
@@ -219,6 +240,12 @@ impl Metrics {
             "Errors by failure class and fault domain (caller, policy, provider, gateway)",
             errors.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "sluice_access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "sluice_fallbacks",
             "Moves from one target to the next, by reason",
@@ -258,7 +285,51 @@ impl Metrics {
             breakers,
             breaker_transitions,
             breaker_sync: std::sync::Mutex::new(()),
+            access_log_dropped,
+            series: RwLock::default(),
         }
+    }
+
+    fn series(&self, t: &TargetLabels) -> Arc<TargetSeries> {
+        let found = match self.series.read() {
+            Ok(map) => map.get(t).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(t).cloned(),
+        };
+        if let Some(s) = found {
+            return s;
+        }
+        let mut map = match self.series.write() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(t.clone()).or_default().clone()
+    }
+
+    fn duration_series(&self, op: &'static str, t: &TargetLabels) -> Histogram {
+        self.duration
+            .get_or_create(&OperationLabels {
+                gen_ai_operation_name: op,
+                route: t.route.clone(),
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+            })
+            .clone()
+    }
+
+    fn token_series(&self, kind: &'static str, t: &TargetLabels) -> Histogram {
+        self.tokens
+            .get_or_create(&TokenLabels {
+                gen_ai_token_type: kind,
+                route: t.route.clone(),
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+            })
+            .clone()
+    }
+
+    /// The counter of access log lines dropped (handed to the access log).
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// Sets the breaker gauges and transition counters from the health
@@ -343,39 +414,42 @@ impl Metrics {
 
     /// One operation (`chat`, `embeddings`) finished after `secs`.
     pub fn operation(&self, op: &'static str, t: &TargetLabels, secs: f64) {
-        self.duration
-            .get_or_create(&OperationLabels {
-                gen_ai_operation_name: op,
-                route: t.route.clone(),
-                provider: t.provider.clone(),
-                model: t.model.clone(),
-            })
+        let s = self.series(t);
+        let slot = match op {
+            "chat" => &s.chat,
+            "embeddings" => &s.embeddings,
+            _ => return self.duration_series(op, t).observe(secs),
+        };
+        slot.get_or_init(|| self.duration_series(op, t))
             .observe(secs);
     }
 
     /// The first token of a stream reached the client after `secs`.
     pub fn first_token(&self, t: &TargetLabels, secs: f64) {
-        self.ttft.get_or_create(t).observe(secs);
+        self.series(t)
+            .ttft
+            .get_or_init(|| self.ttft.get_or_create(t).clone())
+            .observe(secs);
     }
 
     /// Token usage of one request.
     pub fn tokens(&self, t: &TargetLabels, input: u64, output: u64) {
-        for (kind, n) in [("input", input), ("output", output)] {
-            self.tokens
-                .get_or_create(&TokenLabels {
-                    gen_ai_token_type: kind,
-                    route: t.route.clone(),
-                    provider: t.provider.clone(),
-                    model: t.model.clone(),
-                })
-                .observe(n as f64);
-        }
+        let s = self.series(t);
+        s.input_tokens
+            .get_or_init(|| self.token_series("input", t))
+            .observe(input as f64);
+        s.output_tokens
+            .get_or_init(|| self.token_series("output", t))
+            .observe(output as f64);
     }
 
     /// What a request cost, in US dollars (exact amounts are summed
     /// elsewhere; the metric is for dashboards).
     pub fn cost(&self, t: &TargetLabels, usd: f64) {
-        self.cost.get_or_create(t).inc_by(usd);
+        self.series(t)
+            .cost
+            .get_or_init(|| self.cost.get_or_create(t).clone())
+            .inc_by(usd);
     }
 
     /// A request ended.
@@ -446,7 +520,18 @@ mod tests {
         m.breakers(&[view(1)]);
         m.breakers(&[view(2)]);
         m.breakers(&[view(2)]);
+        // A second observation goes to the same series, through the cache.
+        m.operation("chat", &t, 0.2);
+        m.tokens(&t, 1, 1);
         let text = m.encode();
+        assert!(
+            text.contains("gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name=\"chat\",route=\"chat\",provider=\"p\",model=\"m\"} 2"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("gen_ai_operation_name=\"embeddings\""),
+            "series are created on first use only"
+        );
         for name in [
             "gen_ai_client_operation_duration_seconds_bucket",
             "gen_ai_server_time_to_first_token_seconds_count",

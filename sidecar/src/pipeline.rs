@@ -2,10 +2,11 @@
 //! (provider adapters and egress inside) → respond and account.
 //!
 //! Nothing is sent to the client before the commit point (see `attempt`).
-//! After it, a stream is pumped chunk by chunk by its own task; a failure
+//! After it, a stream is pumped chunk by chunk (by the response body
+//! itself, on the connection's task: `body::driven`); a failure
 //! then ends the stream with an OpenAI-shaped error frame and no `[DONE]`.
-//! A client that goes away drops the response body, which the pump notices
-//! at once and drops the upstream call: counted as `client-cancelled`,
+//! A client that goes away drops the response body, the pump with it, and
+//! so the upstream call: counted as `client-cancelled`,
 //! never against the provider.
 
 use std::collections::VecDeque;
@@ -294,9 +295,10 @@ fn respond(
             Ok(resp)
         }
         Ok(Answer::Stream(committed)) => {
-            let (tx, body) = body::channel(16);
             let pump_tracker = tracker.hand_over();
-            tokio::spawn(pump(committed, tx, framing, pump_tracker, admitted));
+            let body = body::driven(16, |tx| {
+                pump(committed, tx, framing, pump_tracker, admitted)
+            });
             let mut resp = Response::new(body);
             let h = resp.headers_mut();
             h.insert(
@@ -423,13 +425,9 @@ async fn pump(
             };
             let token = ev.is_token();
             match ev {
-                StreamEvent::Chunk { chunk, raw } => {
-                    tracker.streamed_chars += chunk
-                        .choices
-                        .iter()
-                        .map(|c| c.delta.content.as_deref().map_or(0, str::len) as u64)
-                        .sum::<u64>();
-                    let Some(frame) = framing.chunk(&chunk, raw) else {
+                StreamEvent::Chunk { .. } | StreamEvent::Pass(_) => {
+                    tracker.streamed_chars += output_chars(&ev);
+                    let Some(frame) = framing.event(ev) else {
                         continue;
                     };
                     if let Some(r) = recorder.as_mut() {
@@ -470,7 +468,7 @@ async fn pump(
             next = c.body.next(c.idle, c.deadline, FailureClass::TimeoutIdle) => next,
         };
         match next {
-            Some(Ok(bytes)) => events.extend(c.decoder.feed(&bytes)),
+            Some(Ok(bytes)) => events.extend(c.decoder.feed_shared(bytes)),
             Some(Err(f)) => events.push_back(Err(f)),
             None => {
                 events.extend(c.decoder.finish());
@@ -480,6 +478,21 @@ async fn pump(
                 )));
             }
         }
+    }
+}
+
+/// Characters of output in a stream event, for the usage estimate of a
+/// stream whose provider sends no usage: the text of a parsed chunk; a
+/// passed-through chunk with output counts as one token's worth (four).
+fn output_chars(ev: &StreamEvent) -> u64 {
+    match ev {
+        StreamEvent::Chunk { chunk, .. } => chunk
+            .choices
+            .iter()
+            .map(|c| c.delta.content.as_deref().map_or(0, str::len) as u64)
+            .sum(),
+        StreamEvent::Pass(p) => 4 * u64::from(p.token),
+        StreamEvent::Usage(_) | StreamEvent::Done => 0,
     }
 }
 

@@ -11,6 +11,7 @@ use sluice_crds::load::Admission;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::app::App;
 use crate::attempt::Bounds;
 use crate::config::ConfigHandle;
@@ -31,6 +32,10 @@ pub struct Options {
     pub reload_interval: Duration,
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
+    /// Whether the access log is written (to stderr). In-process tests
+    /// turn it off: its writer thread's stderr is not the test's captured
+    /// output.
+    pub access_log: bool,
 }
 
 impl Options {
@@ -48,6 +53,7 @@ impl Options {
             },
             reload_interval: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            access_log: true,
         }
     }
 }
@@ -87,6 +93,10 @@ impl Running {
         for server in std::mem::take(&mut self.servers) {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), server).await;
         }
+        // The last requests' access log lines, before the process exits.
+        let app = self.app.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || app.access_log.flush(Duration::from_secs(2))).await;
     }
 }
 
@@ -95,6 +105,14 @@ impl Drop for Running {
         for t in self.tasks.iter().chain(&self.servers) {
             t.abort();
         }
+    }
+}
+
+fn access_log(opts: &Options, metrics: &crate::metrics::Metrics) -> AccessLog {
+    if opts.access_log {
+        AccessLog::start(metrics.access_log_dropped())
+    } else {
+        AccessLog::disabled()
     }
 }
 
@@ -116,13 +134,15 @@ where
     let handle = ConfigHandle::default();
     handle.set(config);
     // Standalone budgets keep their own ledgers; the totals are only a sink.
-    let app = Arc::new(App::new(
+    let mut app = App::new(
         handle.clone(),
         Egress::new(opts.extra_ca.as_deref())?,
         opts.limits,
         opts.bounds,
         Arc::new(crate::metering::Totals::default()),
-    ));
+    );
+    app.access_log = access_log(&opts, &app.metrics);
+    let app = Arc::new(app);
     let tasks = vec![tokio::spawn(standalone::watch(
         admission,
         opts.config.clone(),
@@ -256,6 +276,7 @@ pub async fn cluster(
         session = Some(s.clone());
         let mut app = App::new(handle.clone(), egress, opts.limits, opts.bounds, s.clone());
         app.renewal = crate::app::Renewal::cluster(s.report_now.clone());
+        app.access_log = access_log(&opts, &app.metrics);
         app
     });
     let session = session.ok_or_else(|| StartError::Cluster("no session".into()))?;

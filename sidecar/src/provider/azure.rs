@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::openai::{self as oa, OpenAi};
-use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use super::{
+    Adapter, ChatAnswer, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest,
+};
 use crate::openai::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
 /// The API version used when the Provider names none.
@@ -93,6 +95,15 @@ impl Adapter for Azure {
         body: &[u8],
     ) -> Result<ChatResponse, Failure> {
         OpenAi.parse_chat(status, headers, body)
+    }
+
+    fn read_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<ChatAnswer, Failure> {
+        OpenAi.read_chat(status, headers, body)
     }
 
     fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {

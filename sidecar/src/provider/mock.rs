@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use sluice_crds::provider::MockSpec;
 
 use super::openai::{self as oa, OpenAi};
-use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
+use super::{
+    Adapter, ChatAnswer, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest,
+};
 use crate::openai::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
 /// URL scheme egress serves in-process.
@@ -64,6 +66,15 @@ impl Adapter for Mock {
         body: &[u8],
     ) -> Result<ChatResponse, Failure> {
         OpenAi.parse_chat(status, headers, body)
+    }
+
+    fn read_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<ChatAnswer, Failure> {
+        OpenAi.read_chat(status, headers, body)
     }
 
     fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
@@ -295,7 +306,15 @@ mod tests {
         let mut usage = None;
         for c in &reply.chunks {
             for ev in d.feed(c) {
-                match ev.expect("ok") {
+                let ev = match ev.expect("ok") {
+                    super::super::StreamEvent::Pass(p) => super::super::StreamEvent::Chunk {
+                        chunk: p.parse().expect("a pass-through chunk parses"),
+                        raw: None,
+                    },
+                    ev => ev,
+                };
+                match ev {
+                    super::super::StreamEvent::Pass(_) => unreachable!(),
                     super::super::StreamEvent::Chunk { chunk, .. } => {
                         for ch in chunk.choices {
                             text.push_str(ch.delta.content.as_deref().unwrap_or(""));

@@ -137,6 +137,9 @@ pub enum StreamEvent {
         chunk: ChatChunk,
         raw: Option<Bytes>,
     },
+    /// A `chat.completion.chunk` of an OpenAI-format upstream, passed
+    /// through without being parsed into a [`ChatChunk`] (only scanned).
+    Pass(PassChunk),
     /// Token usage of the whole response (an OpenAI usage chunk, Anthropic
     /// `message_delta` usage, …). May come more than once; the last wins.
     Usage(Usage),
@@ -156,8 +159,38 @@ impl StreamEvent {
                     || c.delta.refusal.is_some()
                     || c.finish_reason.is_some()
             }),
+            StreamEvent::Pass(p) => p.token,
             StreamEvent::Usage(_) | StreamEvent::Done => false,
         }
+    }
+}
+
+/// A pass-through chunk: its SSE frame for the client (`data: <json>\n\n`,
+/// the upstream's own bytes) and what a scan found in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassChunk {
+    pub frame: Bytes,
+    /// Whether it carries output: the commit point.
+    pub token: bool,
+    /// No choices, only usage: the chunk a client that did not ask for
+    /// `include_usage` must not see.
+    pub usage_only: bool,
+}
+
+impl PassChunk {
+    /// The chunk's JSON (the frame without `data: ` and the blank line).
+    pub fn json(&self) -> &[u8] {
+        let f = &self.frame[..];
+        f.strip_prefix(b"data: ")
+            .and_then(|f| f.strip_suffix(b"\n\n"))
+            .unwrap_or(f)
+    }
+
+    /// The full parse, for a framing that translates (Anthropic ingress).
+    pub fn parse(&self) -> Option<ChatChunk> {
+        serde_json::from_slice(self.json())
+            .ok()
+            .or_else(|| serde_json::from_value(serde_json::from_slice(self.json()).ok()?).ok())
     }
 }
 
@@ -183,6 +216,11 @@ pub trait StreamDecoder: Send {
     /// Feeds the next bytes. A mid-stream error event of the provider comes
     /// out as an `Err` with its class.
     fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>>;
+    /// [`StreamDecoder::feed`] given shared bytes, which a pass-through
+    /// decoder can slice instead of copying.
+    fn feed_shared(&mut self, bytes: Bytes) -> Vec<Result<StreamEvent, Failure>> {
+        self.feed(&bytes)
+    }
     /// The upstream body ended: flushes what is left. Does not itself
     /// decide whether `Done` was seen; the caller does.
     fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>>;
@@ -224,6 +262,29 @@ pub trait Adapter: Send + Sync {
         body: &[u8],
     ) -> Result<ChatResponse, Failure>;
 
+    /// Reads a whole non-stream response with a 2xx status into the body
+    /// for the client (OpenAI JSON) and its usage. Translating adapters
+    /// re-encode what [`Adapter::parse_chat`] read; the OpenAI family
+    /// overrides it to pass the upstream's bytes through untouched.
+    fn read_chat(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<ChatAnswer, Failure> {
+        let parsed = self.parse_chat(status, headers, &body)?;
+        let body = serde_json::to_vec(&parsed).map(Bytes::from).map_err(|e| {
+            Failure::new(
+                FailureClass::Malformed,
+                format!("cannot encode response: {e}"),
+            )
+        })?;
+        Ok(ChatAnswer {
+            body,
+            usage: parsed.usage,
+        })
+    }
+
     /// A decoder for one streamed response with a 2xx status.
     fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder>;
 
@@ -254,6 +315,13 @@ pub trait Adapter: Send + Sync {
             "embeddings are not supported by this provider",
         ))
     }
+}
+
+/// A whole chat answer: the body for the client and its usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatAnswer {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
 }
 
 /// The failure every adapter without an embeddings API returns.

@@ -4,18 +4,21 @@
 //! The client already speaks this wire format, so the body is forwarded as
 //! the client wrote it with only the `model` value spliced in (and, on
 //! streams, `stream_options.include_usage` asked for so usage is metered).
-//! Responses and chunks go back byte for byte; they are parsed only to find
-//! usage, errors hidden in a 200, and the commit point.
+//! Responses and chunks go back byte for byte; they are only scanned
+//! ([`scan`]: a typed borrowed parse, no tree, no copies) to find usage,
+//! errors hidden in a 200, filtered output and the commit point. The full
+//! parse runs only where a scan fails or finds an error object, so every
+//! refusal keeps its exact class and message.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use sluice_crds::FailureClass;
 
-use super::sse::SseParser;
+use super::sse::{RawEvent, SseSlicer};
 use super::{
-    Adapter, Endpoint, Failure, StreamContext, StreamDecoder, StreamEvent, UpstreamRequest,
-    classify_status,
+    Adapter, ChatAnswer, Endpoint, Failure, PassChunk, StreamContext, StreamDecoder, StreamEvent,
+    UpstreamRequest, classify_status,
 };
 use crate::openai::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
@@ -62,6 +65,15 @@ impl Adapter for OpenAi {
         body: &[u8],
     ) -> Result<ChatResponse, Failure> {
         parse_chat_body(body)
+    }
+
+    fn read_chat(
+        &self,
+        _status: StatusCode,
+        _headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<ChatAnswer, Failure> {
+        read_chat_body(body)
     }
 
     fn stream_decoder(&self, ctx: &StreamContext) -> Box<dyn StreamDecoder> {
@@ -278,6 +290,30 @@ pub fn parse_chat_body(body: &[u8]) -> Result<ChatResponse, Failure> {
     Ok(resp)
 }
 
+/// A `chat.completion` for the client, untouched, and its usage: the scan
+/// when it suffices, else (errors hidden in a 200, anything the scan
+/// refuses) [`parse_chat_body`] for the exact failure.
+pub fn read_chat_body(body: Bytes) -> Result<ChatAnswer, Failure> {
+    let facts = match body.trim_ascii_start().first() {
+        Some(b'<') => None,
+        _ => scan::response(&body),
+    };
+    let usage = match facts {
+        Some(f) if !f.error => {
+            if f.filtered {
+                return Err(Failure::new(
+                    FailureClass::Refusal,
+                    "the provider filtered or refused the output",
+                )
+                .with_status(200));
+            }
+            f.usage
+        }
+        _ => parse_chat_body(&body)?.usage,
+    };
+    Ok(ChatAnswer { body, usage })
+}
+
 /// Reads an embeddings response, refusing errors hidden in a 200.
 pub fn parse_embeddings_body(body: &[u8]) -> Result<EmbeddingsResponse, Failure> {
     let value = json_object(body)?;
@@ -349,30 +385,57 @@ pub fn classify_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> F
     failure
 }
 
-/// Decoder for OpenAI `chat.completion.chunk` streams.
+/// Decoder for OpenAI `chat.completion.chunk` streams: events sliced from
+/// the upstream's bytes, chunks scanned and passed through as
+/// [`StreamEvent::Pass`], the full parse ([`decode_data`]) only for what
+/// the scan refuses or for error frames.
 struct OpenAiStream {
-    sse: SseParser,
+    sse: SseSlicer,
 }
 
 impl OpenAiStream {
     fn new(max_line: usize) -> Self {
         Self {
-            sse: SseParser::new(max_line),
+            sse: SseSlicer::new(max_line),
         }
     }
 
-    fn events(
-        &mut self,
-        parsed: Vec<Result<super::sse::SseEvent, Failure>>,
-    ) -> Vec<Result<StreamEvent, Failure>> {
-        let mut out = Vec::with_capacity(parsed.len());
-        for ev in parsed {
+    fn events(&mut self, raw: Vec<Result<RawEvent, Failure>>) -> Vec<Result<StreamEvent, Failure>> {
+        let mut out = Vec::with_capacity(raw.len() + 1);
+        for ev in raw {
             match ev {
                 Err(f) => out.push(Err(f)),
-                Ok(ev) => decode_data(&ev.data, &mut out),
+                Ok(ev) => decode_event(ev, &mut out),
             }
         }
         out
+    }
+}
+
+/// One SSE event of an OpenAI stream into events: scanned and passed
+/// through when it is a well-formed chunk, else the full parse.
+pub fn decode_event(ev: RawEvent, out: &mut Vec<Result<StreamEvent, Failure>>) {
+    let trimmed = ev.data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        out.push(Ok(StreamEvent::Done));
+        return;
+    }
+    match scan::chunk(trimmed) {
+        Some(facts) if !facts.error => {
+            let frame = match ev.frame {
+                Some(frame) if trimmed.len() == ev.data.len() => frame,
+                _ => crate::framing::sse_frame(trimmed),
+            };
+            out.push(Ok(StreamEvent::Pass(PassChunk {
+                frame,
+                token: facts.token,
+                usage_only: facts.usage_only,
+            })));
+            if let Some(u) = facts.usage {
+                out.push(Ok(StreamEvent::Usage(u)));
+            }
+        }
+        _ => decode_data(&String::from_utf8_lossy(&ev.data), out),
     }
 }
 
@@ -433,8 +496,12 @@ pub fn decode_data(data: &str, out: &mut Vec<Result<StreamEvent, Failure>>) {
 
 impl StreamDecoder for OpenAiStream {
     fn feed(&mut self, bytes: &[u8]) -> Vec<Result<StreamEvent, Failure>> {
-        let parsed = self.sse.feed(bytes);
-        self.events(parsed)
+        self.feed_shared(Bytes::copy_from_slice(bytes))
+    }
+
+    fn feed_shared(&mut self, bytes: Bytes) -> Vec<Result<StreamEvent, Failure>> {
+        let raw = self.sse.feed(&bytes);
+        self.events(raw)
     }
 
     fn finish(&mut self) -> Vec<Result<StreamEvent, Failure>> {
@@ -442,6 +509,8 @@ impl StreamDecoder for OpenAiStream {
         self.events(parsed)
     }
 }
+
+pub mod scan;
 
 #[cfg(test)]
 mod tests;

@@ -111,6 +111,10 @@ pub fn failure_json(f: &Failure) -> Value {
 pub fn event_json(e: &Result<StreamEvent, Failure>) -> Value {
     match e {
         Ok(StreamEvent::Chunk { chunk, .. }) => json!({ "chunk": chunk }),
+        // Pass-through chunks compare as what they parse to.
+        Ok(StreamEvent::Pass(p)) => {
+            json!({ "chunk": p.parse().expect("a pass-through chunk parses") })
+        }
         Ok(StreamEvent::Usage(u)) => json!({ "usage": u }),
         Ok(StreamEvent::Done) => json!("done"),
         Err(f) => failure_json(f),

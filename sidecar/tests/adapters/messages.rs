@@ -123,6 +123,7 @@ fn round_trip_through_the_anthropic_adapter() {
     for e in events {
         match e.expect("ok") {
             StreamEvent::Chunk { chunk, .. } => out.push_str(&enc.on_chunk(&chunk)),
+            StreamEvent::Pass(p) => out.push_str(&enc.on_chunk(&p.parse().expect("parses"))),
             StreamEvent::Usage(u) => enc.on_usage(u),
             StreamEvent::Done => out.push_str(&enc.finish()),
         }

@@ -59,6 +59,7 @@ impl Sidecar {
             opts.extra_ca = Some(ca);
         }
         opts.reload_interval = Duration::from_millis(50);
+        opts.access_log = false;
         let running = run::standalone(opts, env).await.expect("sidecar starts");
         Sidecar { running, path, dir }
     }
