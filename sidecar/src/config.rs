@@ -62,6 +62,40 @@ pub struct Route {
     pub pii: Option<crate::pii::Scrubber>,
     /// `spec.cache`, with its entries.
     pub cache: crate::cache::RouteCache,
+    /// Whether anything decides by the prompt's token count: rules with
+    /// input-token ranges, targets with a context window, the `cost` and
+    /// `least-busy` strategies, a provider's `tokensPerMinute`, a budget.
+    /// Only then is the prompt tokenised; otherwise a rough count serves
+    /// the metrics (see [`crate::tokens::rough`]).
+    pub counts_tokens: bool,
+}
+
+impl Route {
+    /// What in the route itself needs token counts (budgets are added by
+    /// [`Config::mark_token_needs`]).
+    fn needs_tokens(&self) -> bool {
+        use sluice_crds::route::Strategy;
+        let strategy = |s: Strategy| matches!(s, Strategy::Cost | Strategy::LeastBusy);
+        let targets = || {
+            self.targets
+                .iter()
+                .chain(self.rules.iter().flat_map(|r| r.targets.iter()))
+        };
+        strategy(self.spec.strategy)
+            || self.rules.iter().any(|r| {
+                strategy(r.strategy)
+                    || r.match_.min_input_tokens.is_some()
+                    || r.match_.max_input_tokens.is_some()
+            })
+            || targets().any(|t| {
+                t.context_window.is_some()
+                    || t.provider
+                        .spec
+                        .limits
+                        .as_ref()
+                        .is_some_and(|l| l.tokens_per_minute.is_some())
+            })
+    }
 }
 
 /// A content rule with its targets resolved.
@@ -368,6 +402,7 @@ impl TryFrom<&Snapshot> for Config {
                 retry_budget: crate::attempt::RetryBudget::new(spec.retry.budget_percent),
                 pii,
                 cache,
+                counts_tokens: false,
             }));
         }
         if !problems.is_empty() {
@@ -381,13 +416,15 @@ impl TryFrom<&Snapshot> for Config {
                 .map(|b| crate::budget::Budget::from_entry(b, now))
                 .collect(),
         );
-        Ok(Config {
+        let mut config = Config {
             version: snapshot.version.clone(),
             routes,
             by_model,
             providers: provider_list,
             budgets,
-        })
+        };
+        config.mark_token_needs();
+        Ok(config)
     }
 }
 
@@ -415,6 +452,19 @@ impl Config {
             // Routes were just built: nothing else holds them yet.
             if let Some(route) = Arc::get_mut(route) {
                 route.cache = old.cache.carried_over(&route.cache);
+            }
+        }
+    }
+
+    /// Sets each route's [`Route::counts_tokens`], from the route and the
+    /// budgets that count it. Call again after replacing the budgets.
+    pub fn mark_token_needs(&mut self) {
+        let budgets = &self.budgets;
+        for route in &mut self.routes {
+            let needs = route.needs_tokens() || budgets.applicable(&route.name).next().is_some();
+            // Routes were just built: nothing else holds them yet.
+            if let Some(route) = Arc::get_mut(route) {
+                route.counts_tokens = needs;
             }
         }
     }
@@ -550,6 +600,13 @@ impl ConfigHandle {
     pub fn set(&self, mut config: Config) {
         if let Some(previous) = self.current() {
             config.adopt(&previous);
+        }
+        // Build the tokenizer before the first request needs it (0.1–0.2 s),
+        // and only if one will: it costs ~46 MiB resident.
+        if config.routes.iter().any(|r| r.counts_tokens)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            drop(rt.spawn_blocking(crate::tokens::warm_up));
         }
         self.0.store(Some(Arc::new(config)));
     }

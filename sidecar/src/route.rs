@@ -55,7 +55,11 @@ impl RequestInfo {
     ) -> Self {
         let wants_complexity = route.rules.iter().any(|r| r.match_.complexity.is_some());
         Self {
-            input_tokens: crate::tokens::chat_baseline(req),
+            input_tokens: if route.counts_tokens {
+                crate::tokens::chat_baseline(req)
+            } else {
+                crate::tokens::rough(req)
+            },
             max_output: req
                 .max_output_tokens()
                 .map_or(DEFAULT_MAX_OUTPUT, u64::from),
@@ -273,5 +277,22 @@ mod tests {
         // 900 o200k tokens are about 1,125 Claude tokens: too many for its
         // window, not for gpt-4o's.
         assert_eq!(names(&plan(route, &info(900), &health)), vec!["gpt-4o"]);
+    }
+
+    #[test]
+    fn only_routes_that_decide_by_tokens_tokenise_the_prompt() {
+        let plain = "apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: plain}\nspec:\n  model: plain\n  targets: [{providerRef: {name: p}, model: embed}]\n";
+        let c = config(&format!("{plain}---\n{ROUTE}"));
+        assert!(!c.route("plain").expect("plain").counts_tokens);
+        assert!(
+            c.route("r").expect("r").counts_tokens,
+            "cost strategy, windows"
+        );
+        let budget = "apiVersion: sluice.dev/v1alpha1\nkind: Budget\nmetadata: {name: b}\nspec:\n  routes: [plain]\n  window: day\n  limits: {requests: 10}\n";
+        let c = config(&format!("{plain}---\n{budget}"));
+        assert!(
+            c.route("plain").expect("plain").counts_tokens,
+            "a budget counts it"
+        );
     }
 }

@@ -165,9 +165,6 @@ async fn serve(
             .await
             .map_err(|source| StartError::Bind { addr, source })
     };
-    // Build the tokenizers off the request path, so the first request
-    // does not pay for it.
-    drop(tokio::task::spawn_blocking(crate::tokens::warm_up));
     let api = bind(opts.listen).await?;
     let admin = bind(opts.admin).await?;
     let (api_addr, admin_addr) = (

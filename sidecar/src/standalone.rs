@@ -113,6 +113,7 @@ pub fn load(
             })
             .collect(),
     );
+    config.mark_token_needs();
     Ok(config)
 }
 

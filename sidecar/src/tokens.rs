@@ -32,9 +32,13 @@
 //!
 //! Memory is the price: tiktoken-rs keeps an encoder, a decoder and a
 //! sorted token table per encoding, about 46 MiB resident for
-//! `o200k_base` (built at start by [`warm_up`], ~0.1–0.2 s) and 24 MiB for
-//! `cl100k_base`, which is built only when a cl100k model is first
-//! estimated (routing never needs it).
+//! `o200k_base` and 24 MiB for `cl100k_base`. So the tokenizer runs only
+//! for routes where a decision depends on the count
+//! ([`crate::config::Route::counts_tokens`]: token-range rules, context
+//! windows, `cost` / `least-busy`, `tokensPerMinute`, budgets); `o200k_base`
+//! is built by [`warm_up`] (~0.1–0.2 s) when a configuration with such a
+//! route is loaded, `cl100k_base` only when a cl100k model is first
+//! estimated (routing never needs it). Other routes use [`rough`].
 
 use std::sync::OnceLock;
 
@@ -83,6 +87,33 @@ impl Encoding {
         }
         .as_ref()
     }
+}
+
+/// A rough prompt count without the tokenizer — four bytes of text a
+/// token, OpenAI's framing per message, 765 per image — for routes where
+/// no decision depends on the count (only metrics and the access log see
+/// it). It keeps such routes from paying the tokenizer's time and memory.
+pub fn rough(req: &ChatRequest) -> u64 {
+    let mut n = REPLY_PRIMING;
+    for m in &req.messages {
+        n += TOKENS_PER_MESSAGE;
+        match &m.content {
+            Some(Content::Text(t)) => n += (t.len() as u64).div_ceil(4),
+            Some(Content::Parts(parts)) => {
+                for p in parts {
+                    n += p
+                        .text
+                        .as_deref()
+                        .map_or(0, |t| (t.len() as u64).div_ceil(4));
+                    if p.image_url.is_some() {
+                        n += 765;
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    n
 }
 
 /// Builds the `o200k_base` encoder now (0.1–0.2 s in a release build),
