@@ -79,7 +79,7 @@ async fn least_busy_counts_prompt_tokens_not_requests() {
     let (a, b) = (mock().await, mock().await);
     // Both answer slowly, so what was sent stays in flight.
     for m in [&a, &b] {
-        m.set_default(Behaviour::ok().with_latency(Duration::from_millis(1500)));
+        m.set_default(Behaviour::ok().with_latency(Duration::from_secs(3)));
     }
     let yaml = provider("a", &a.url(), "")
         + &provider("b", &b.url(), "")
@@ -119,16 +119,16 @@ async fn latency_drift_opens_the_breaker_without_any_error() {
     let (a, b) = (mock().await, mock().await);
     let breaker = "  circuitBreaker: {consecutiveFailures: 3, minRequests: 5, latencyDriftFactor: 3, openFor: 1m}\n";
     let yaml = failover(&a, &b, breaker, "");
-    // A healthy baseline: answers from `a` in 50 ms, well above scheduling
+    // A healthy baseline: answers from `a` in 100 ms, well above scheduling
     // jitter (and a p95 must rise 50 ms above its baseline to drift).
-    a.set_default(Behaviour::ok().with_latency(Duration::from_millis(50)));
+    a.set_default(Behaviour::ok().with_latency(Duration::from_millis(100)));
     let sc = Sidecar::start(&yaml).await;
     for _ in 0..12 {
         let resp = sc.chat(ask("chat", "hi")).await;
         assert_eq!(resp.header("x-sluice-provider"), Some("a"));
     }
     // Then `a` answers, correctly, but slowly: far beyond 3× its baseline.
-    a.set_default(Behaviour::ok().with_latency(Duration::from_millis(1500)));
+    a.set_default(Behaviour::ok().with_latency(Duration::from_secs(2)));
     let resp = sc.chat(ask("chat", "hi")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(
