@@ -2,7 +2,7 @@
 //! request passes through.
 //!
 //! A request meets, in order: [`ingress`] (parse, limits, validation),
-//! [`policy`] (the seam for PII, rate limits, budgets, idempotency, cache),
+//! [`policy`] (PII, rate limits, budget reservations, idempotency, cache),
 //! [`route`] (which route and in which order its targets), [`attempt`]
 //! (timeouts, retries, breakers, fallback) calling a
 //! [`provider`] adapter (pure translation) over [`egress`] (the one client
