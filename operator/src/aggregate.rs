@@ -256,7 +256,11 @@ impl Aggregator {
         st.sidecars = SidecarSync { selected, synced };
         st.synced = Some(format!("{synced}/{selected}"));
         st.target_count = verdict.target_count;
-        st.config_version = None;
+        // The version of the spec sidecars serve: the current one when it
+        // is usable, else the held one stays shown.
+        if verdict.usable && !verdict.version.is_empty() {
+            st.config_version = Some(verdict.version.clone());
+        }
         let programmed = if !verdict.usable {
             Cond {
                 ok: false,

@@ -91,6 +91,10 @@ pub struct RouteVerdict {
     /// Pods whose sidecars serve it.
     pub selected_pods: Vec<Key>,
     pub target_count: u32,
+    /// A content version of the route as compiled (spec, generation,
+    /// usability): what `status.configVersion` shows and sidecars run once
+    /// `Programmed`.
+    pub version: String,
     /// Warnings that do not stop the route.
     pub warnings: Vec<String>,
 }
@@ -201,7 +205,13 @@ pub fn compile_incremental(
             ));
         }
         judge_namespace(ns, objects, &problems, &mut out);
-        digests.insert(ns.as_str(), namespace_digests(ns, objects, state, &out));
+        let d = namespace_digests(ns, objects, state, &out);
+        for (name, digest) in &d.routes {
+            if let Some(v) = out.routes.get_mut(&(ns.clone(), name.clone())) {
+                v.version = hex::encode(&digest[..8]);
+            }
+        }
+        digests.insert(ns.as_str(), d);
     }
     for pod in &state.pods {
         let Some(objects) = grouped.get(&pod.namespace) else {
@@ -411,6 +421,7 @@ fn judge_namespace(ns: &str, objects: &Namespace<'_>, problems: &[Problem], out:
                 resolved_refs: resolved,
                 selected_pods: Vec::new(),
                 target_count: u32::try_from(r.spec.targets.len()).unwrap_or(u32::MAX),
+                version: String::new(),
                 warnings: warnings_of(problems, "LLMRoute", name),
             },
         ));

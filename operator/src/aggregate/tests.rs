@@ -407,6 +407,7 @@ fn a_route_is_programmed_when_every_selected_sidecar_runs_its_version() {
         usable: true,
         selected_pods: pods.clone(),
         target_count: 2,
+        version: "3f2a9c0d1e5b7a64".into(),
         warnings: vec![],
     };
     let mut r = report("a", "a-1", 1, vec![]);
@@ -419,6 +420,7 @@ fn a_route_is_programmed_when_every_selected_sidecar_runs_its_version() {
     let key: Key = ("shop".into(), "chat".into());
     let st = agg.route_status(&key, &verdict, &snapshots, None, now(), 1);
     assert_eq!(st.synced.as_deref(), Some("1/2"));
+    assert_eq!(st.config_version.as_deref(), Some("3f2a9c0d1e5b7a64"));
     assert!(!conditions::is_true(&st.conditions, "Programmed"));
     assert_eq!(st.healthy.as_deref(), Some("1/2"));
     assert_eq!(

@@ -339,6 +339,9 @@ fn only_pods_whose_inputs_changed_are_rebuilt() {
     assert_eq!(step(&s), (3, 0), "the first compile builds every pod");
     assert_eq!(step(&s), (0, 3), "nothing changed");
 
+    let version = |s: &ClusterState| run(s).routes[&key("shop", "batch")].version.clone();
+    let before = version(&s);
+    assert_eq!(before.len(), 16, "a content version: {before}");
     // The batch route selects only batch-1.
     let batch = s
         .routes
@@ -347,6 +350,7 @@ fn only_pods_whose_inputs_changed_are_rebuilt() {
         .expect("batch route");
     batch.spec.aliases = vec!["bulk".into()];
     assert_eq!(step(&s), (1, 2), "only batch-1 carries the batch route");
+    assert_ne!(version(&s), before, "configVersion follows the spec");
 
     // A Secret rotation reaches the pods whose providers use it.
     s.secrets.insert(
