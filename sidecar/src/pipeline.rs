@@ -282,6 +282,10 @@ fn respond(
     match outcome.result {
         Err(failure) => Err(final_error(route, &failure)),
         Ok(Answer::Whole(whole)) => {
+            if whole.usage.is_none() && tracker.settlement.is_some() {
+                // No usage from the provider: meter the answer's text.
+                tracker.streamed_chars = answer_chars(&whole.body);
+            }
             let body = framing.whole(whole.body)?;
             if admitted.records() {
                 admitted.complete(Cached::Response(body.clone()));
@@ -479,6 +483,17 @@ async fn pump(
             }
         }
     }
+}
+
+/// Characters of text in a whole OpenAI-shaped answer (0 if unreadable).
+fn answer_chars(body: &[u8]) -> u64 {
+    serde_json::from_slice::<crate::openai::ChatResponse>(body).map_or(0, |r| {
+        r.choices
+            .iter()
+            .filter_map(|c| c.message.content.as_ref())
+            .map(|c| c.text().len() as u64)
+            .sum()
+    })
 }
 
 /// Characters of output in a stream event, for the usage estimate of a

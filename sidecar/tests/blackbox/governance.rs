@@ -493,3 +493,82 @@ async fn concurrent_repeats_of_an_idempotency_key_call_the_provider_once() {
     assert_eq!(conflict.status, 422, "{}", conflict.text());
     assert_eq!(conflict.json()["error"]["param"], "idempotency-key");
 }
+
+/// An OpenAI-compatible upstream that answers every request with `body`
+/// and no `usage`, over HTTP/1.1 on loopback.
+async fn usageless_upstream(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen = 0;
+                // Read the head and the announced body, then answer.
+                loop {
+                    let Ok(n) = socket.read(&mut buf[seen..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen += n;
+                    let text = String::from_utf8_lossy(&buf[..seen]).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_is_metered_from_its_text() {
+    // 400 characters of answer: about 100 tokens by the estimate.
+    const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}]}"#;
+    let up = usageless_upstream(ANSWER).await;
+    let docs = route("chat", "") + &budget("b", "chat", "  limits: {tokens: 80}");
+    let sc = Sidecar::start(&yaml(&up, &docs)).await;
+    let mut body = ask("chat", "hi");
+    body["max_tokens"] = json!(10);
+    let first = sc.chat(body.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The estimate (prompt + ~100 answer tokens) is charged, not the
+    // 10-token reservation: the budget is spent.
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = sc.chat(body.clone()).await;
+        if r.status == 429 {
+            assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+            refused = true;
+            break;
+        }
+        // Settlement runs on the accounting task: give it a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the estimated usage was charged");
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    let estimated: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_accounting_records{kind=\"estimated\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(estimated >= 1, "metered from the estimate: {metrics}");
+}
