@@ -63,10 +63,11 @@ pub struct Route {
     /// `spec.cache`, with its entries.
     pub cache: crate::cache::RouteCache,
     /// Whether anything decides by the prompt's token count: rules with
-    /// input-token ranges, targets with a context window, the `cost` and
-    /// `least-busy` strategies, a provider's `tokensPerMinute`, a budget.
-    /// Only then is the prompt tokenised; otherwise a rough count serves
-    /// the metrics (see [`crate::tokens::rough`]).
+    /// input-token ranges, the `cost` and `least-busy` strategies, a
+    /// provider's `tokensPerMinute`, a budget. Only then is every prompt
+    /// tokenised; context windows tokenise only a prompt whose upper bound
+    /// could reach one ([`crate::route::RequestInfo::of_chat`]); otherwise a
+    /// rough count serves the metrics (see [`crate::tokens::rough`]).
     pub counts_tokens: bool,
 }
 
@@ -88,13 +89,23 @@ impl Route {
                     || r.match_.max_input_tokens.is_some()
             })
             || targets().any(|t| {
-                t.context_window.is_some()
-                    || t.provider
-                        .spec
-                        .limits
-                        .as_ref()
-                        .is_some_and(|l| l.tokens_per_minute.is_some())
+                t.provider
+                    .spec
+                    .limits
+                    .as_ref()
+                    .is_some_and(|l| l.tokens_per_minute.is_some())
             })
+    }
+
+    /// The smallest context window among the route's targets: a prompt
+    /// whose token count cannot reach it needs no tokenizer to pass the
+    /// capability filter.
+    pub fn min_context_window(&self) -> Option<u32> {
+        self.targets
+            .iter()
+            .chain(self.rules.iter().flat_map(|r| r.targets.iter()))
+            .filter_map(|t| t.context_window)
+            .min()
     }
 }
 

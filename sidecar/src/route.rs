@@ -55,7 +55,7 @@ impl RequestInfo {
     ) -> Self {
         let wants_complexity = route.rules.iter().any(|r| r.match_.complexity.is_some());
         Self {
-            input_tokens: if route.counts_tokens {
+            input_tokens: if route.counts_tokens || near_a_window(req, route) {
                 crate::tokens::chat_baseline(req)
             } else {
                 crate::tokens::rough(req)
@@ -111,6 +111,16 @@ impl RequestInfo {
             && (!self.has_images || has(C::Vision))
             && (!self.wants_json || has(C::Json))
     }
+}
+
+/// Whether `req` might not fit the smallest context window of `route`:
+/// then the capability filter needs its real count. No tokenizer is
+/// needed to know a prompt fits when even its upper bound does.
+fn near_a_window(req: &crate::openai::ChatRequest, route: &Route) -> bool {
+    route.min_context_window().is_some_and(|w| {
+        let asked = req.max_output_tokens().map_or(0, u64::from);
+        crate::tokens::upper_bound(req).is_none_or(|bound| bound + asked > u64::from(w))
+    })
 }
 
 /// The index of the first rule of `route` that `info` matches, if any.

@@ -33,12 +33,14 @@
 //! Memory is the price: tiktoken-rs keeps an encoder, a decoder and a
 //! sorted token table per encoding, about 46 MiB resident for
 //! `o200k_base` and 24 MiB for `cl100k_base`. So the tokenizer runs only
-//! for routes where a decision depends on the count
-//! ([`crate::config::Route::counts_tokens`]: token-range rules, context
-//! windows, `cost` / `least-busy`, `tokensPerMinute`, budgets); `o200k_base`
-//! is built by [`warm_up`] (~0.1–0.2 s) when a configuration with such a
-//! route is loaded, `cl100k_base` only when a cl100k model is first
-//! estimated (routing never needs it). Other routes use [`rough`].
+//! where a decision depends on the count
+//! ([`crate::config::Route::counts_tokens`]: token-range rules, `cost` /
+//! `least-busy`, `tokensPerMinute`, budgets), or when a prompt's
+//! [`upper_bound`] could reach a target's context window; `o200k_base` is
+//! built by [`warm_up`] (~0.1–0.2 s) when a configuration with a counting
+//! route is loaded (else on first need), `cl100k_base` only when a cl100k
+//! model is first estimated (routing never needs it). Other requests use
+//! [`rough`].
 
 use std::sync::OnceLock;
 
@@ -114,6 +116,42 @@ pub fn rough(req: &ChatRequest) -> u64 {
         }
     }
     n
+}
+
+/// An upper bound of a prompt's tokens in any encoding and family factor
+/// this module uses, without the tokenizer: every token is at least one
+/// byte, so text bytes (× the largest family factor, 125 %) plus the chat
+/// framing and the tool definitions' JSON. `None` when the request has
+/// images (their count depends on their size).
+pub fn upper_bound(req: &ChatRequest) -> Option<u64> {
+    if req.has_images() {
+        return None;
+    }
+    let mut bytes = 0u64;
+    let mut n = REPLY_PRIMING;
+    for m in &req.messages {
+        n += TOKENS_PER_MESSAGE + TOKENS_PER_NAME;
+        match &m.content {
+            Some(Content::Text(t)) => bytes += t.len() as u64,
+            Some(Content::Parts(parts)) => {
+                bytes += parts
+                    .iter()
+                    .filter_map(|p| p.text.as_deref())
+                    .map(|t| t.len() as u64)
+                    .sum::<u64>();
+            }
+            None => {}
+        }
+        for c in m.tool_calls.iter().flatten() {
+            n += TOKENS_PER_TOOL_CALL;
+            bytes += (c.function.name.len() + c.function.arguments.len()) as u64;
+        }
+        bytes += m.name.as_deref().map_or(0, |s| s.len() as u64);
+    }
+    if let Some(tools) = &req.tools {
+        bytes += serde_json::to_vec(tools).map_or(0, |v| v.len() as u64);
+    }
+    Some(scale(n + bytes, 125))
 }
 
 /// Builds the `o200k_base` encoder now (0.1–0.2 s in a release build),

@@ -196,3 +196,31 @@ fn a_huge_prompt_is_extrapolated_from_its_first_bytes() {
     let cjk = "漢字かな交じり文。".repeat(EXACT_BYTES / 9);
     assert!(text_baseline(&cjk) > 0);
 }
+
+#[test]
+fn the_upper_bound_is_never_below_any_model_count() {
+    let texts = [
+        "hello world",
+        "日本語のテキストとemoji 🎉🎉 mixed with code: fn main() { println!(\"x\"); }",
+        &"zq".repeat(5000),
+    ];
+    for text in texts {
+        let req = request("chat", json!([{"role": "user", "content": text}]));
+        let bound = upper_bound(&req).expect("no images");
+        for model in [
+            "gpt-4o",
+            "gpt-4",
+            "claude-sonnet-4",
+            "gemini-2.5-pro",
+            "llama-3.1-70b",
+        ] {
+            let n = chat_tokens(&req, model);
+            assert!(bound >= n, "{model}: {n} tokens > bound {bound}");
+        }
+    }
+    let image = request(
+        "chat",
+        json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]),
+    );
+    assert_eq!(upper_bound(&image), None, "images need the real count");
+}
