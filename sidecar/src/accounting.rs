@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use sluice_crds::FailureClass;
 use tokio::time::Instant;
 
@@ -296,23 +296,32 @@ impl Tracker {
 
     /// Adds the response headers every answer carries.
     pub fn stamp(&self, mut resp: Response<Body>) -> Response<Body> {
+        // Names built once: parsing a `&str` name costs more than the
+        // insert itself, on every response.
+        static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        static ROUTE: HeaderName = HeaderName::from_static("x-sluice-route");
+        static ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
+        static PROVIDER: HeaderName = HeaderName::from_static("x-sluice-provider");
+        static MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
         let h = resp.headers_mut();
-        let mut put = |name: &'static str, value: &str| {
+        let put = |h: &mut http::HeaderMap, name: &HeaderName, value: &str| {
             if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
+                h.insert(name.clone(), v);
             }
         };
-        put("x-request-id", &self.request_id);
+        put(h, &REQUEST_ID, &self.request_id);
         if let Some(route) = &self.route {
-            put("x-sluice-route", route);
-            put("x-sluice-attempts", &self.attempts.to_string());
+            put(h, &ROUTE, route);
+            h.insert(ATTEMPTS.clone(), HeaderValue::from(self.attempts));
         }
         if let Some(t) = &self.target {
-            put("x-sluice-provider", &t.provider.name);
-            put("x-sluice-model", &t.model);
+            put(h, &PROVIDER, &t.provider.name);
+            put(h, &MODEL, &t.model);
         }
         for (name, value) in &self.policy_headers {
-            put(name, value);
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(*name, v);
+            }
         }
         resp
     }
