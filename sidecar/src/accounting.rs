@@ -29,25 +29,10 @@ use crate::provider::Failure;
 use rust_decimal::prelude::ToPrimitive;
 use sluice_crds::Money;
 
-/// What `usage` cost at the target model's pricing, if it has one: cached
-/// prompt tokens at the cached price (the input price when none is set).
+/// What `usage` cost at the target model's pricing, if it has one (see
+/// [`crate::metering::cost`]).
 pub fn cost(target: &Target, usage: &Usage) -> Option<Money> {
-    let model = target
-        .provider
-        .spec
-        .models
-        .iter()
-        .find(|m| m.name == target.model)?;
-    let pricing = model.pricing.as_ref()?;
-    let cached = usage.cached_tokens().min(usage.prompt_tokens);
-    let cached_price = pricing
-        .cached_input_per_million
-        .unwrap_or(pricing.input_per_million);
-    Some(
-        Money::per_million(pricing.input_per_million, usage.prompt_tokens - cached)
-            + Money::per_million(cached_price, cached)
-            + Money::per_million(pricing.output_per_million, usage.completion_tokens),
-    )
+    Some(crate::metering::cost(target.pricing.as_ref()?, usage))
 }
 
 /// What a request reserved in the policy stage, settled when it ends.
@@ -157,14 +142,9 @@ impl Tracker {
                 return; // the reservations drop: released
             }
         };
-        let zero = sluice_crds::provider::Pricing {
-            input_per_million: Money::ZERO,
-            output_per_million: Money::ZERO,
-            cached_input_per_million: None,
-        };
         let estimate = Usage::new(s.input_estimate, self.streamed_chars.div_ceil(4), 0);
         let metered = crate::metering::Metered::new(
-            target.pricing.as_ref().unwrap_or(&zero),
+            target.pricing.as_ref().unwrap_or(&crate::metering::FREE),
             usage,
             estimate,
         );

@@ -20,6 +20,14 @@ use tokio::sync::mpsc;
 use crate::budget::Reservation;
 use crate::openai::{ChatRequest, StreamOptions, Usage};
 
+/// The pricing of a model without one: everything costs nothing (tokens
+/// and requests are still counted).
+pub const FREE: Pricing = Pricing {
+    input_per_million: Money::ZERO,
+    output_per_million: Money::ZERO,
+    cached_input_per_million: None,
+};
+
 /// The exact cost of `usage` at `pricing`.
 ///
 /// Cached prompt tokens are charged at `cachedInputPerMillion` when the
