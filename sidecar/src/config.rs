@@ -72,23 +72,25 @@ pub struct Route {
 }
 
 impl Route {
+    /// Every target the route may send to: its own and its rules'.
+    pub fn all_targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets
+            .iter()
+            .chain(self.rules.iter().flat_map(|r| r.targets.iter()))
+    }
+
     /// What in the route itself needs token counts (budgets are added by
     /// [`Config::mark_token_needs`]).
     fn needs_tokens(&self) -> bool {
         use sluice_crds::route::Strategy;
         let strategy = |s: Strategy| matches!(s, Strategy::Cost | Strategy::LeastBusy);
-        let targets = || {
-            self.targets
-                .iter()
-                .chain(self.rules.iter().flat_map(|r| r.targets.iter()))
-        };
         strategy(self.spec.strategy)
             || self.rules.iter().any(|r| {
                 strategy(r.strategy)
                     || r.match_.min_input_tokens.is_some()
                     || r.match_.max_input_tokens.is_some()
             })
-            || targets().any(|t| {
+            || self.all_targets().any(|t| {
                 t.provider
                     .spec
                     .limits
@@ -101,11 +103,7 @@ impl Route {
     /// whose token count cannot reach it needs no tokenizer to pass the
     /// capability filter.
     pub fn min_context_window(&self) -> Option<u32> {
-        self.targets
-            .iter()
-            .chain(self.rules.iter().flat_map(|r| r.targets.iter()))
-            .filter_map(|t| t.context_window)
-            .min()
+        self.all_targets().filter_map(|t| t.context_window).min()
     }
 }
 
@@ -480,6 +478,11 @@ impl Config {
         }
     }
 
+    /// Whether any route tokenises its prompts.
+    fn counts_tokens(&self) -> bool {
+        self.routes.iter().any(|r| r.counts_tokens)
+    }
+
     /// The provider `name` in `namespace`.
     pub fn provider(&self, namespace: &str, name: &str) -> Option<&Arc<Provider>> {
         self.providers
@@ -609,12 +612,15 @@ impl ConfigHandle {
     /// Puts `config` in force for every request that starts from now on,
     /// carrying over what it keeps of the current one (see [`Config::adopt`]).
     pub fn set(&self, mut config: Config) {
-        if let Some(previous) = self.current() {
-            config.adopt(&previous);
+        let previous = self.current();
+        if let Some(previous) = &previous {
+            config.adopt(previous);
         }
         // Build the tokenizer before the first request needs it (0.1–0.2 s),
-        // and only if one will: it costs ~46 MiB resident.
-        if config.routes.iter().any(|r| r.counts_tokens)
+        // and only if one will: it costs ~46 MiB resident. Once is enough:
+        // a cluster sidecar gets a new configuration every few seconds.
+        if config.counts_tokens()
+            && !previous.is_some_and(|p| p.counts_tokens())
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             drop(rt.spawn_blocking(crate::tokens::warm_up));

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use http::HeaderMap;
 use sluice_crds::common::ModelRef;
 use sluice_crds::provider::Pricing;
-use sluice_crds::units::Money;
 use tokio::time::Instant;
 
 use crate::app::App;
@@ -182,7 +181,8 @@ pub async fn admit(
             // Routing's count, on the target model that counts the most
             // tokens for this prompt (tokenised once, in `RequestInfo`).
             Parsed::Chat(req) => (
-                all_targets(route)
+                route
+                    .all_targets()
                     .map(|t| info.input_tokens_on(t))
                     .max()
                     .unwrap_or(info.input_tokens),
@@ -203,22 +203,19 @@ pub async fn admit(
         let worst = metering::worst_case(&dearest(route), input_estimate, max_output);
         let mut renewals = 0;
         let admitted = loop {
-            match budgets.admit(&route.name, header, &worst, jiff::Timestamp::now()) {
+            let refused = match budgets.admit(&route.name, header, &worst, jiff::Timestamp::now()) {
                 Ok(a) => break a,
-                // Only this sidecar's share is spent: ask for more and wait
-                // for it (a few report intervals at most) before refusing.
-                Err(r) if r.starved && renewals < MAX_RENEWALS => {
-                    renewals += 1;
-                    if !app.renewal.ask(RENEWAL_WAIT).await {
-                        rate.correct(0, Instant::now());
-                        return Err(ApiError::budget_exceeded(&r));
-                    }
-                }
-                Err(r) => {
-                    rate.correct(0, Instant::now());
-                    return Err(ApiError::budget_exceeded(&r));
-                }
+                Err(r) => r,
+            };
+            // Only this sidecar's share is spent: ask for more and wait for
+            // it (a few report intervals at most) before refusing.
+            let renewed =
+                refused.starved && renewals < MAX_RENEWALS && app.renewal.ask(RENEWAL_WAIT).await;
+            if !renewed {
+                rate.correct(0, Instant::now());
+                return Err(ApiError::budget_exceeded(&refused));
             }
+            renewals += 1;
         };
         (
             input_estimate,
@@ -402,7 +399,8 @@ async fn embed(
 /// Completion tokens reserved when the request does not cap them: the
 /// largest `maxOutputTokens` among the route's models, else the default.
 fn default_max_output(route: &Route) -> u64 {
-    all_targets(route)
+    route
+        .all_targets()
         .filter_map(|t| {
             t.provider
                 .spec
@@ -418,23 +416,12 @@ fn default_max_output(route: &Route) -> u64 {
 /// The highest input and output prices among the route's targets: the
 /// worst case does not depend on which target answers.
 fn dearest(route: &Route) -> Pricing {
-    let mut p = Pricing {
-        input_per_million: Money::ZERO,
-        output_per_million: Money::ZERO,
-        cached_input_per_million: None,
-    };
-    for t in all_targets(route).filter_map(|t| t.pricing.as_ref()) {
+    let mut p = metering::FREE;
+    for t in route.all_targets().filter_map(|t| t.pricing.as_ref()) {
         p.input_per_million = p.input_per_million.max(t.input_per_million);
         p.output_per_million = p.output_per_million.max(t.output_per_million);
     }
     p
-}
-
-fn all_targets(route: &Route) -> impl Iterator<Item = &crate::config::Target> {
-    route
-        .targets
-        .iter()
-        .chain(route.rules.iter().flat_map(|r| r.targets.iter()))
 }
 
 /// Tokens of an embeddings `input`: texts estimated, token arrays counted.
