@@ -50,9 +50,9 @@ pub struct Aggregator {
     pub stale_after_ms: u64,
     /// Holder ids of the pods with a sidecar, by namespace (this compile's).
     peers: BTreeMap<String, Vec<String>>,
-    /// The clock of the current compile (milliseconds), set by
-    /// [`Aggregator::reclaim`]: grants stamp holders with it, so a holder
-    /// granted before any report arrived is not taken for long silent.
+    /// The clock of the current compile (milliseconds), set when it begins:
+    /// grants stamp holders with it, so a holder granted before any report
+    /// arrived is not taken for long silent.
     clock_ms: u64,
 }
 
@@ -200,7 +200,6 @@ impl Aggregator {
 
     /// Returns allowances of sidecars silent too long to the pool.
     pub fn reclaim(&mut self, now_ms: u64) {
-        self.clock_ms = self.clock_ms.max(now_ms);
         for book in self.books.values_mut() {
             book.total.reclaim(now_ms, &self.policy);
             for l in book.tenants.values_mut() {
@@ -592,7 +591,9 @@ impl Aggregator {
 }
 
 impl Allowances for Aggregator {
-    fn peers(&mut self, pods: &[PodInfo]) {
+    fn begin(&mut self, pods: &[PodInfo], now: jiff::Timestamp) {
+        let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
+        self.clock_ms = self.clock_ms.max(now_ms);
         self.peers.clear();
         for p in pods {
             self.peers

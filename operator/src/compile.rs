@@ -132,10 +132,10 @@ pub struct Compiled {
 /// What a budget has spent and what one sidecar may still spend; supplied
 /// by the caller, which keeps the ledgers.
 pub trait Allowances {
-    /// Every pod with a sidecar, before any [`Allowances::for_pod`] of a
-    /// compile: the sidecars a budget will be split between.
-    fn peers(&mut self, pods: &[PodInfo]) {
-        let _ = pods;
+    /// Starts a compile at `now`, before any [`Allowances::for_pod`]: every
+    /// pod with a sidecar is a sidecar a budget will be split between.
+    fn begin(&mut self, pods: &[PodInfo], now: jiff::Timestamp) {
+        let _ = (pods, now);
     }
 
     /// `budget` is `(namespace, name)`; `pod` the sidecar's pod.
@@ -187,7 +187,7 @@ pub fn compile_incremental(
     memo: &mut Memo,
 ) -> Compiled {
     let mut out = Compiled::default();
-    allowances.peers(&state.pods);
+    allowances.begin(&state.pods, now);
     memo.rebuilt = 0;
     memo.reused = 0;
     let grouped = Namespace::group(&state.providers, &state.routes, &state.budgets);
