@@ -14,7 +14,6 @@
 #[path = "../tests/rig/mod.rs"]
 mod rig;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rig::{Rig, Sidecar};
@@ -26,13 +25,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run());
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in MiB.
@@ -79,49 +71,9 @@ async fn run() {
     }
     eprintln!("{sidecars} pods created in {:?}", started.elapsed());
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    rig.emulator
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
-    let (dist, hook, metrics) = (free_port(), free_port(), free_port());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
-        .args([
-            "--distribution-listen",
-            &format!("127.0.0.1:{dist}"),
-            "--webhook-listen",
-            &format!("127.0.0.1:{hook}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-            "--operator-namespace",
-            "sluice-system",
-            "--identity",
-            "bench",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the operator starts");
-    let pid = child.id().expect("running");
-
-    // Ready once it has reconciled (and so written its TLS Secret).
-    rig.wait_for(
-        "sluice.dev/v1alpha1",
-        "LLMRoute",
-        "shop",
-        "chat",
-        "Accepted",
-        |r| {
-            r["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-            })
-        },
-    )
-    .await;
+    let op = rig.operator_process("bench", &[]);
+    let (dist, pid) = (op.distribution, op.child.id().expect("running"));
+    rig.accepted("chat").await;
     let ca = rig.operator_ca().await;
     let token = rig.emulator.issue_token("shop", "web", &["sluice"]);
     let probe = Sidecar::new(([127, 0, 0, 1], dist).into(), &ca, &token);

@@ -4,17 +4,9 @@
 
 mod rig;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rig::{Rig, Sidecar, WAIT};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[test]
 fn crds_subcommand_prints_the_three_crds() {
@@ -60,34 +52,9 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 async fn the_binary_runs_against_the_emulator_and_hands_over_on_sigterm() {
     let rig = Rig::start().await;
     rig.shop().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    rig.emulator
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
-    let (dist, hook, metrics) = (free_port(), free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
-        .args([
-            "--distribution-listen",
-            &format!("127.0.0.1:{dist}"),
-            "--webhook-listen",
-            &format!("127.0.0.1:{hook}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-            "--operator-namespace",
-            "sluice-system",
-            "--report-interval",
-            "500ms",
-            "--identity",
-            "binary",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the operator starts");
+    let mut op = rig.operator_process("binary", &["--report-interval", "500ms"]);
+    let (dist, hook, metrics) = (op.distribution, op.webhook, op.metrics);
+    let child = &mut op.child;
 
     tokio::time::timeout(WAIT * 2, async {
         loop {
@@ -99,20 +66,7 @@ async fn the_binary_runs_against_the_emulator_and_hands_over_on_sigterm() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        rig.wait_for(
-            "sluice.dev/v1alpha1",
-            "LLMRoute",
-            "shop",
-            "chat",
-            "Accepted",
-            |r| {
-                r["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-                })
-            },
-        )
-        .await;
+        rig.accepted("chat").await;
         let ca = rig.operator_ca().await;
         let token = rig.emulator.issue_token("shop", "web", &["sluice"]);
         let sidecar = Sidecar::new(([127, 0, 0, 1], dist).into(), &ca, &token);

@@ -28,6 +28,25 @@ pub struct Rig {
     pub client: kube::Client,
 }
 
+/// A free loopback port (released before use: racy in principle, fine on
+/// a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The real `sluice-operator` binary running as a child process against
+/// the rig's emulator, on free loopback ports; killed when dropped.
+pub struct OperatorProcess {
+    pub child: tokio::process::Child,
+    pub distribution: u16,
+    pub webhook: u16,
+    pub metrics: u16,
+    _dir: tempfile::TempDir,
+}
+
 pub async fn client_of(emulator: &Emulator) -> kube::Client {
     let kubeconfig =
         kube::config::Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("kubeconfig");
@@ -81,6 +100,63 @@ impl Rig {
         start(opts, self.client.clone())
             .await
             .expect("operator starts")
+    }
+
+    /// Starts the operator binary as `identity`, with `extra` flags.
+    pub fn operator_process(&self, identity: &str, extra: &[&str]) -> OperatorProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        self.emulator
+            .write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig");
+        let (distribution, webhook, metrics) = (free_port(), free_port(), free_port());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sluice-operator"))
+            .args([
+                "--distribution-listen",
+                &format!("127.0.0.1:{distribution}"),
+                "--webhook-listen",
+                &format!("127.0.0.1:{webhook}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics}"),
+                "--operator-namespace",
+                "sluice-system",
+                "--identity",
+                identity,
+            ])
+            .args(extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the operator starts");
+        OperatorProcess {
+            child,
+            distribution,
+            webhook,
+            metrics,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the `shop` LLMRoute `route` is `Accepted` (so an
+    /// operator has reconciled, and written its TLS Secret).
+    pub async fn accepted(&self, route: &str) {
+        self.wait_for(
+            "sluice.dev/v1alpha1",
+            "LLMRoute",
+            "shop",
+            route,
+            "Accepted",
+            |r| {
+                r["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                })
+            },
+        )
+        .await;
     }
 
     /// Starts a replica and waits until it serves sidecars.
