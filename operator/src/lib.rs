@@ -10,7 +10,8 @@
 //! - [`controller`]: status of each kind, written with server-side apply;
 //! - [`distribute`]: the sidecar-facing HTTPS server (wire contract there),
 //!   with [`auth`] (TokenReview + pod check) and [`hub`] (per-pod channels);
-//! - [`lease`]: leader election; [`tls`]: the serving certificate;
+//! - [`lease`]: leader election, [`leader_pod`]: the leader label the
+//!   distribution Service selects; [`tls`]: the serving certificate;
 //! - [`events`]: Kubernetes Events on breaker, budget and rejection changes;
 //! - [`metrics`], [`options`], [`run`] (wiring).
 
@@ -24,6 +25,7 @@ pub mod distribute;
 pub mod error;
 pub mod events;
 pub mod hub;
+pub mod leader_pod;
 pub mod lease;
 pub mod metrics;
 pub mod options;

@@ -35,10 +35,18 @@ pub struct Options {
     /// in-cluster namespace or the kubeconfig context's.
     #[arg(long, env = "POD_NAMESPACE")]
     pub operator_namespace: Option<String>,
-    /// Name of the Service in front of the distribution port, for the
-    /// generated certificate's DNS names.
+    /// Name of the Service in front of the distribution port (it selects
+    /// the leader's pod), for the generated certificate's DNS names.
     #[arg(long, env = "SLUICE_SERVICE_NAME", default_value = "sluice-operator")]
     pub service_name: String,
+    /// Name of the Service in front of the webhook (and metrics) ports,
+    /// over every replica: also in the certificate's DNS names.
+    #[arg(
+        long,
+        env = "SLUICE_WEBHOOK_SERVICE_NAME",
+        default_value = "sluice-operator-webhook"
+    )]
+    pub webhook_service_name: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "SLUICE_LEASE_NAME", default_value = "sluice-operator")]
     pub lease_name: String,

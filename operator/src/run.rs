@@ -1,8 +1,11 @@
 //! Wires the operator together: listeners, the serving certificate, the
 //! watches (on both replicas, so a standby takes over warm), leader
 //! election, and — on the leader only — the compile loop and the
-//! controllers. Every replica serves the three ports; the standby
-//! answers `503 not_leader` on the distribution port.
+//! controllers. Every replica serves the three ports; the leader labels
+//! its pod so the distribution Service reaches it alone ([`leader_pod`]),
+//! and a standby reached anyway answers `503 not_leader` there.
+//!
+//! [`leader_pod`]: crate::leader_pod
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use crate::auth::ReviewCache;
 use crate::controller;
 use crate::distribute::{Body, Distribution, serve_tls};
 use crate::error::Error;
+use crate::leader_pod::LeaderPod;
 use crate::lease::Election;
 use crate::metrics::Metrics;
 use crate::options::Options;
@@ -41,6 +45,7 @@ pub struct Running {
     pub cert: ServingCert,
     election: Election,
     leases: Api<Lease>,
+    pod: Option<LeaderPod>,
     task: Option<JoinHandle<Result<(), Error>>>,
 }
 
@@ -74,6 +79,9 @@ impl Running {
             let _ = t.await;
         }
         self.ctx.serving.send_replace(false);
+        if let Some(pod) = &self.pod {
+            unmark_before_leaving(pod).await;
+        }
         self.election.release(&self.leases).await
     }
 }
@@ -83,6 +91,15 @@ impl Drop for Running {
         if let Some(t) = &self.task {
             t.abort();
         }
+    }
+}
+
+/// Takes our leader label off, giving up after a few seconds (the next
+/// leader strips it anyway).
+async fn unmark_before_leaving(pod: &LeaderPod) {
+    let unmark = tokio::time::timeout(std::time::Duration::from_secs(3), pod.unmark_quietly());
+    if unmark.await.is_err() {
+        tracing::warn!("timed out removing the leader label from this pod");
     }
 }
 
@@ -114,7 +131,7 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
     let cert = ServingCert::ensure(
         &Api::<Secret>::namespaced(client.clone(), &own_ns),
         &opts.tls_secret,
-        &subject_names(&opts.service_name, &own_ns),
+        &subject_names(&[&opts.service_name, &opts.webhook_service_name], &own_ns),
     )
     .await?;
     let acceptor = cert.acceptor()?;
@@ -131,6 +148,10 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
         }
     }
 
+    let pod = opts
+        .identity
+        .as_deref()
+        .map(|name| LeaderPod::new(client.clone(), &own_ns, name));
     let identity = opts
         .identity
         .clone()
@@ -150,7 +171,8 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
     };
     let hook_client = client.clone();
     let leases: Api<Lease> = Api::namespaced(client, &own_ns);
-    let (election_handle, leases_handle) = (election.clone(), leases.clone());
+    let (election_handle, leases_handle, pod_handle) =
+        (election.clone(), leases.clone(), pod.clone());
 
     let dist = Arc::new(Distribution {
         ctx: ctx.clone(),
@@ -171,6 +193,11 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
     let lead_ctx = ctx.clone();
     let handle_ctx = ctx.clone();
     let task = tokio::spawn(async move {
+        // A restarted container may find its pod still labelled.
+        if let Some(p) = &pod {
+            p.unmark_quietly().await;
+        }
+        let lead_pod = pod.clone();
         let (leader_tx, mut leader_rx) = watch::channel(false);
         let elect = election.run(leases, leader_tx);
         let lead = async move {
@@ -183,6 +210,9 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
                 lead_ctx.compile_once();
                 lead_ctx.serving.send_replace(true);
                 tracing::info!("caches synced; serving sidecars");
+                if let Some(p) = lead_pod {
+                    p.hold().await;
+                }
             };
             futures::join!(
                 lead_ctx.clone().compile_loop(),
@@ -204,6 +234,9 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
         };
         serving.serving.send_replace(false);
         serving.metrics.leader.set(0);
+        if let Some(p) = &pod {
+            unmark_before_leaving(p).await;
+        }
         result
     });
     Ok(Running {
@@ -214,6 +247,7 @@ pub async fn start(opts: Options, client: Client) -> Result<Running, Error> {
         cert,
         election: election_handle,
         leases: leases_handle,
+        pod: pod_handle,
         task: Some(task),
     })
 }

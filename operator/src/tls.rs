@@ -33,16 +33,23 @@ impl std::fmt::Debug for ServingCert {
     }
 }
 
-/// DNS names (and loopback) a Service `service` in `namespace` is reached by.
-pub fn subject_names(service: &str, namespace: &str) -> Vec<String> {
-    vec![
-        service.to_owned(),
-        format!("{service}.{namespace}"),
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-    ]
+/// DNS names (and loopback) the Services `services` in `namespace` are
+/// reached by.
+pub fn subject_names(services: &[&str], namespace: &str) -> Vec<String> {
+    let mut names: Vec<String> = services
+        .iter()
+        .flat_map(|service| {
+            [
+                (*service).to_owned(),
+                format!("{service}.{namespace}"),
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ]
+        })
+        .collect();
+    names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    names.dedup();
+    names
 }
 
 impl ServingCert {
@@ -160,8 +167,11 @@ mod tests {
 
     #[test]
     fn generated_identity_round_trips_through_secret_data() {
-        let made = ServingCert::generate(&subject_names("sluice-operator", "sluice-system"))
-            .expect("generated");
+        let made = ServingCert::generate(&subject_names(
+            &["sluice-operator", "sluice-operator-webhook"],
+            "sluice-system",
+        ))
+        .expect("generated");
         let secret = Secret {
             data: Some(made.to_data()),
             ..Secret::default()

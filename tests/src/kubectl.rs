@@ -21,7 +21,27 @@ pub struct Kubectl {
     pub home: PathBuf,
 }
 
+/// A kube-rs client from a kubeconfig's YAML (for what the tests read or
+/// watch faster than a kubectl process per look).
+pub async fn client(kubeconfig_yaml: &str) -> kube::Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(kubeconfig_yaml).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kube config");
+    kube::Client::try_from(config).expect("kube client")
+}
+
 impl Kubectl {
+    /// A kube-rs client with the same kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        let yaml = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig readable");
+        client(&yaml).await
+    }
+
     /// Runs kubectl, feeding `stdin` when given.
     pub async fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = tokio::process::Command::new("kubectl")

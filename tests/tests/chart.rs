@@ -257,6 +257,91 @@ fn the_operator_is_highly_available() {
     assert_eq!(pdb["spec"]["minAvailable"], 1);
 }
 
+/// Sidecars reach the leader alone (its pod carries `sluice.dev/leader`),
+/// the API server reaches the webhook on either replica, and the
+/// certificate names both Services.
+#[test]
+fn sidecars_reach_the_leader_and_the_webhook_every_replica() {
+    let docs = render(&["--set", "certificates.certManager.enabled=true"]);
+    let service = |name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("a Service {name}"))
+            .clone()
+    };
+    let ports = |s: &Value| -> Vec<String> {
+        s["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| p["name"].as_str().expect("port name").to_owned())
+            .collect()
+    };
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+
+    let distribution = service("sluice-operator");
+    assert_eq!(ports(&distribution), ["distribution"]);
+    let selector = distribution["spec"]["selector"]
+        .as_object()
+        .expect("selector");
+    assert_eq!(selector["sluice.dev/leader"], "true");
+    assert!(
+        pod_labels.get("sluice.dev/leader").is_none(),
+        "the operator sets the leader label, not the template"
+    );
+    for (k, v) in selector.iter().filter(|(k, _)| *k != "sluice.dev/leader") {
+        assert_eq!(&pod_labels[k], v, "the Service selects the operator's pods");
+    }
+
+    let hook = docs
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .expect("a webhook configuration");
+    let hook_service = hook["webhooks"][0]["clientConfig"]["service"]["name"]
+        .as_str()
+        .expect("a service name");
+    let webhook = service(hook_service);
+    assert!(ports(&webhook).contains(&"webhook".to_owned()));
+    assert!(
+        webhook["spec"]["selector"]
+            .get("sluice.dev/leader")
+            .is_none()
+    );
+    let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+    let env_value = |name: &str| {
+        env.as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("env {name}"))
+            .to_owned()
+    };
+    assert_eq!(env_value("SLUICE_WEBHOOK_SERVICE_NAME"), hook_service);
+    assert_eq!(env_value("SLUICE_SERVICE_NAME"), "sluice-operator");
+
+    let cert = docs
+        .iter()
+        .find(|d| d["kind"] == "Certificate")
+        .expect("a Certificate");
+    let names: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .expect("dnsNames")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for host in [
+        "sluice-operator.sluice-system.svc".to_owned(),
+        format!("{hook_service}.sluice-system.svc"),
+    ] {
+        assert!(names.contains(&host.as_str()), "{host} in {names:?}");
+    }
+}
+
 #[test]
 fn the_chart_ships_exactly_the_generated_crds() {
     let docs = render(&[]);

@@ -24,6 +24,10 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.sidecar.image.repository (default .Chart.AppVersion .Values.sidecar.image.tag) -}}
 {{- end -}}
 
+{{- define "sluice.webhookService" -}}
+{{- printf "%s-webhook" (include "sluice.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "sluice.serviceHost" -}}
 {{- printf "%s.%s.svc" (include "sluice.fullname" .) .Release.Namespace -}}
 {{- end -}}

@@ -122,15 +122,7 @@ impl Cluster {
 
     /// A kube-rs client configured from the kubeconfig.
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.emulator.kubeconfig_yaml())
-            .expect("kubeconfig parses");
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kube config");
-        kube::Client::try_from(config).expect("kube client")
+        sluice_tests::kubectl::client(&self.emulator.kubeconfig_yaml()).await
     }
 }
 

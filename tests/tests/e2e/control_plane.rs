@@ -2,7 +2,8 @@
 //! serving. A sidecar restarts while the operator is down: it serves from
 //! its state file. The operator comes back: status resumes. A second
 //! replica takes the Lease over when the leader dies, and sidecars follow
-//! it (through the Service) to the next change.
+//! it (through the Service, which selects the pod the leader labels) to
+//! the next change.
 //!
 //! Killing the operator and restarting one container are steps a test
 //! takes only in the emulated environment; on a real cluster the scenario
@@ -38,6 +39,35 @@ async fn lease_holder(rig: &Rig) -> String {
             "jsonpath={.spec.holderIdentity}",
         ])
         .await
+}
+
+/// The operator pods carrying the leader label the distribution Service
+/// selects, as `kubectl get pods -l` lists them.
+async fn labelled_leaders(rig: &Rig) -> String {
+    rig.kubectl
+        .ok(&[
+            "get",
+            "pods",
+            "-n",
+            "sluice-system",
+            "-l",
+            "sluice.dev/leader=true",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .await
+}
+
+async fn labelled_leader_is(rig: &Rig, who: &str) {
+    eventually_or(&format!("only {who} is labelled the leader"), || async {
+        let labelled = labelled_leaders(rig).await;
+        if labelled.trim() == who {
+            Ok(())
+        } else {
+            Err(labelled)
+        }
+    })
+    .await;
 }
 
 fn programmed_now(r: &serde_json::Value) -> bool {
@@ -101,10 +131,14 @@ async fn sidecars_ride_out_operator_loss_restarts_and_leader_change() {
             env.start_operator(STANDBY).await;
         }
         assert_eq!(lease_holder(&rig).await, LEADER);
+        labelled_leader_is(&rig, LEADER).await;
         if let Some(env) = rig.emulated() {
             env.kill_operator(LEADER).await;
         }
         lease_held_by(&rig, STANDBY).await;
+        // The new leader moves the label (the SIGKILLed one could not
+        // take its own off), so the Service sends sidecars to it alone.
+        labelled_leader_is(&rig, STANDBY).await;
         all_serve(&sidecars, 1).await;
         rig.kubectl
             .merge_patch("llmroute", ns, "chat", r#"{"spec":{"aliases":["gpt-4o"]}}"#)

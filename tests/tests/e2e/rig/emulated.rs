@@ -23,8 +23,11 @@ use sluice_tests::tools::{chart, helm};
 /// The chart's release name and namespace, as a user installs it.
 pub const RELEASE: &str = "sluice";
 pub const SYSTEM_NS: &str = "sluice-system";
-/// `sluice.fullname`: the Deployment, Service, webhook configuration.
+/// `sluice.fullname`: the Deployment, the distribution Service, the
+/// webhook configuration.
 pub const FULLNAME: &str = "sluice-operator";
+/// `sluice.webhookService`: the webhook's Service, over every replica.
+pub const WEBHOOK_SERVICE: &str = "sluice-operator-webhook";
 
 /// How often sidecars report, set through the chart's value (default 2s):
 /// status follows in half a second, which keeps the suite short.
@@ -34,11 +37,12 @@ pub struct Emulated {
     dir: PathBuf,
     kubectl: Kubectl,
     _emulator: Proc,
-    /// The Service in front of the operator: distribution and webhook ports.
+    /// The chart's two Services in front of the operator: distribution
+    /// (selects the leader's pod) and webhook (every replica).
     distribution: Service,
     webhook: Service,
-    /// The operator container of the chart's Deployment.
-    operator_container: Value,
+    /// The pod template of the chart's Deployment.
+    operator_pod: Value,
     operators: BTreeMap<String, Operator>,
 }
 
@@ -52,8 +56,8 @@ impl Emulated {
     /// Starts the emulator, installs the CRDs and the chart, starts one
     /// operator replica and waits until it can inject pods.
     pub async fn install(dir: &Path) -> (Emulated, Kubectl) {
-        let distribution = Service::start().await;
-        let webhook = Service::start().await;
+        let mut distribution = Service::start().await;
+        let mut webhook = Service::start().await;
         let kubeconfig = dir.join("kubeconfig");
         let mut command = Command::new(binary("kube-emulator"));
         command
@@ -62,7 +66,7 @@ impl Emulated {
             .arg(&kubeconfig)
             // The API server reaches the webhook through its Service.
             .arg(format!(
-                "--webhook-service={FULLNAME}.{SYSTEM_NS}={}",
+                "--webhook-service={WEBHOOK_SERVICE}.{SYSTEM_NS}={}",
                 webhook.addr
             ));
         let (emulator, _) =
@@ -101,14 +105,17 @@ impl Emulated {
             .await;
         check(&args, &out);
         let deployment = kubectl.get_json("deployment", SYSTEM_NS, FULLNAME).await;
-        let operator_container = deployment["spec"]["template"]["spec"]["containers"][0].clone();
+        let operator_pod = deployment["spec"]["template"].clone();
+        let client = kubectl.client().await;
+        distribution.select(client.clone(), SYSTEM_NS, FULLNAME);
+        webhook.select(client, SYSTEM_NS, WEBHOOK_SERVICE);
         let mut env = Emulated {
             dir: dir.to_owned(),
             kubectl: kubectl.clone(),
             _emulator: emulator,
             distribution,
             webhook,
-            operator_container,
+            operator_pod,
             operators: BTreeMap::new(),
         };
         env.start_operator("sluice-operator-0").await;
@@ -135,9 +142,29 @@ impl Emulated {
         (env, kubectl)
     }
 
-    /// Starts an operator replica as the Deployment's pod would run it.
+    /// Starts an operator replica as the Deployment's pod would run it:
+    /// creates the pod from the template unless it exists (a replica
+    /// restarted after `kill_operator` is a container restart in the same
+    /// pod), then runs its container.
     pub async fn start_operator(&mut self, pod_name: &str) {
-        let c = &self.operator_container;
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "namespace": SYSTEM_NS,
+                "labels": self.operator_pod["metadata"]["labels"],
+            },
+            "spec": self.operator_pod["spec"],
+        });
+        let args = ["create", "-f", "-"];
+        let out = self.kubectl.run(&args, Some(&pod.to_string())).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("AlreadyExists"),
+            "creating the operator pod {pod_name}: {stderr}"
+        );
+        let c = &self.operator_pod["spec"]["containers"][0];
         let (metrics, distribution, hook) = (free_port(), free_port(), free_port());
         let args: Vec<String> = c["args"]
             .as_array()
