@@ -80,6 +80,18 @@ fn default_soft_limit() -> u32 {
     80
 }
 
+impl BudgetSpec {
+    /// Every (Provider name, model) the budget may send traffic to: its
+    /// degrade steps and its `onExceeded` replacement.
+    pub fn uses(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.degrade
+            .iter()
+            .map(|s| &s.to)
+            .chain(&self.on_exceeded.to)
+            .map(|m| (m.provider_ref.name.as_str(), m.model.as_str()))
+    }
+}
+
 /// Calendar windows, in UTC.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -102,6 +102,23 @@ pub struct LLMRouteSpec {
     pub pii: Option<PiiSpec>,
 }
 
+impl LLMRouteSpec {
+    /// Every (Provider name, model) the route may call: its targets, its
+    /// rules' targets and the semantic cache's embedding model.
+    pub fn uses(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.targets
+            .iter()
+            .chain(self.rules.iter().flat_map(|r| &r.targets))
+            .map(|t| (t.provider_ref.name.as_str(), t.model.as_str()))
+            .chain(
+                self.cache
+                    .iter()
+                    .filter_map(|c| c.embedding.as_ref())
+                    .map(|e| (e.provider_ref.name.as_str(), e.model.as_str())),
+            )
+    }
+}
+
 /// How a route orders its targets.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -179,6 +179,17 @@ pub struct Allowance {
 }
 
 impl Snapshot {
+    /// The models of Provider `provider` this snapshot's routes and
+    /// budgets may call.
+    pub fn models_of<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.routes
+            .iter()
+            .flat_map(|r| r.spec.uses())
+            .chain(self.budgets.iter().flat_map(|b| b.spec.uses()))
+            .filter(move |(p, _)| *p == provider)
+            .map(|(_, model)| model)
+    }
+
     /// Computes and sets the content version. Deterministic: the same
     /// contents always give the same version.
     pub fn seal(mut self) -> Self {

@@ -46,7 +46,10 @@ pub struct Aggregator {
     sidecars: BTreeMap<Key, Sidecar>,
     books: BTreeMap<Key, BudgetBook>,
     policy: Policy,
-    /// Reports older than this (milliseconds) no longer count for health.
+    /// How often sidecars report (milliseconds): the span of a report's
+    /// figures.
+    report_interval_ms: u64,
+    /// Reports older than this (three intervals) no longer count for health.
     pub stale_after_ms: u64,
     /// Holder ids of the pods with a sidecar, by namespace (this compile's).
     peers: BTreeMap<String, Vec<String>>,
@@ -65,10 +68,11 @@ pub struct Ingested {
 }
 
 impl Aggregator {
-    pub fn new(policy: Policy, stale_after_ms: u64) -> Self {
+    pub fn new(policy: Policy, report_interval_ms: u64) -> Self {
         Self {
             policy,
-            stale_after_ms,
+            report_interval_ms,
+            stale_after_ms: report_interval_ms.saturating_mul(3),
             ..Self::default()
         }
     }
@@ -370,8 +374,8 @@ impl Aggregator {
         &self,
         key: &Key,
         verdict: &ProviderVerdict,
+        snapshots: &BTreeMap<Key, Snapshot>,
         previous: Option<&ProviderStatus>,
-        report_interval_secs: u64,
         now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
         now_ms: u64,
     ) -> ProviderStatus {
@@ -388,7 +392,7 @@ impl Aggregator {
         }
         let mut models: BTreeMap<String, M> = BTreeMap::new();
         let mut reporting = 0u32;
-        for (_, s) in self.fresh_reports(&key.0, now_ms) {
+        for (pod, s) in self.fresh_reports(&key.0, now_ms) {
             let mut seen_here = false;
             // One breaker per (provider, model) per sidecar, even if several routes use it.
             let mut counted: Vec<&str> = Vec::new();
@@ -409,11 +413,25 @@ impl Aggregator {
                     }
                 }
             }
+            // A sidecar leaves out targets it had no requests for while
+            // their breakers are closed: if its snapshot uses the model,
+            // it carries it with the breaker closed.
+            for model in snapshots
+                .get(pod)
+                .into_iter()
+                .flat_map(|s| s.models_of(&key.1))
+            {
+                if !counted.contains(&model) {
+                    counted.push(model);
+                    models.entry(model.to_owned()).or_default().breakers.closed += 1;
+                    seen_here = true;
+                }
+            }
             if seen_here {
                 reporting += 1;
             }
         }
-        let per_minute = |n: u64| n.saturating_mul(60) / report_interval_secs.max(1);
+        let per_minute = |n: u64| n.saturating_mul(60_000) / self.report_interval_ms.max(1);
         st.sidecars = reporting;
         st.models = models
             .iter()
@@ -457,6 +475,13 @@ impl Aggregator {
             .map(|ms| format!("{ms}ms"));
         st.breakers_open = Some(format!("{open}/{reporting}"));
         let healthy = match state {
+            ProviderState::Healthy if req == 0 => Cond {
+                ok: true,
+                reason: "Healthy".into(),
+                message: format!(
+                    "{reporting} sidecars carry it with breakers closed; no requests recently"
+                ),
+            },
             ProviderState::Healthy => Cond {
                 ok: true,
                 reason: "Healthy".into(),

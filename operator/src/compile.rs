@@ -555,28 +555,12 @@ fn snapshot_for(
         });
     }
 
-    let mut provider_names = BTreeSet::new();
-    for r in &routes {
-        for t in r
-            .spec
-            .targets
-            .iter()
-            .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
-        {
-            provider_names.insert(t.provider_ref.name.clone());
-        }
-        if let Some(e) = r.spec.cache.as_ref().and_then(|c| c.embedding.as_ref()) {
-            provider_names.insert(e.provider_ref.name.clone());
-        }
-    }
-    for b in &budgets {
-        for step in &b.spec.degrade {
-            provider_names.insert(step.to.provider_ref.name.clone());
-        }
-        if let Some(to) = &b.spec.on_exceeded.to {
-            provider_names.insert(to.provider_ref.name.clone());
-        }
-    }
+    let provider_names: BTreeSet<String> = routes
+        .iter()
+        .flat_map(|r| r.spec.uses())
+        .chain(budgets.iter().flat_map(|b| b.spec.uses()))
+        .map(|(provider, _)| provider.to_owned())
+        .collect();
     // Everything this pod's snapshot holds is known now; the rest only
     // copies and seals. Unchanged inputs: keep the previous snapshot.
     let key = (ns.clone(), pod.name.clone());

@@ -169,7 +169,7 @@ impl Context {
                 pods,
             },
             // Health older than three report intervals no longer counts.
-            aggregator: Mutex::new(Aggregator::new(Policy::default(), interval_ms * 3)),
+            aggregator: Mutex::new(Aggregator::new(Policy::default(), interval_ms)),
             persistence: Persistence::default(),
             compiled: RwLock::new(Arc::new(Compiled::default())),
             memo: Mutex::new(crate::compile::Memo::default()),

@@ -2,6 +2,9 @@ use super::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sluice_crds::report::{ConfigState, Rejection, TargetHealth, UsageDelta};
 
+/// Sidecars report every 2 s; reports count for 6 s.
+const INTERVAL_MS: u64 = 2_000;
+
 fn budget(yaml_spec: &str) -> Budget {
     serde_yaml::from_str(&format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: Budget\nmetadata: {{name: team, namespace: shop, generation: 2}}\nspec:\n{yaml_spec}"
@@ -76,7 +79,7 @@ fn spend_across_sidecars_is_summed_exactly_once() {
     let b = budget("  window: day\n  limits: {costUSD: \"10\"}\n");
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     for (i, pod) in ["a", "b", "c"].iter().enumerate() {
         let r = report(
             pod,
@@ -117,7 +120,7 @@ fn after_an_operator_restart_resent_usage_is_not_counted_twice() {
     let b = budget("  window: day\n  limits: {costUSD: \"10\"}\n");
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut first = Aggregator::new(Policy::default(), 10_000);
+    let mut first = Aggregator::new(Policy::default(), INTERVAL_MS);
     first.ingest(
         report(
             "a",
@@ -135,7 +138,7 @@ fn after_an_operator_restart_resent_usage_is_not_counted_twice() {
     restored.status = Some(persisted);
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&restored, window()))].into();
-    let mut second = Aggregator::new(Policy::default(), 10_000);
+    let mut second = Aggregator::new(Policy::default(), INTERVAL_MS);
     second.ingest(
         report(
             "a",
@@ -160,7 +163,7 @@ fn usage_of_a_closed_window_is_dropped() {
     let b = budget("  window: day\n  limits: {costUSD: \"10\"}\n");
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     let mut old = delta(1, "9.00", None);
     old.window_start = "2026-11-20T00:00:00Z".into();
     let got = agg.ingest(report("a", "a-1", 1, vec![old]), None, &budgets, 0);
@@ -180,7 +183,7 @@ fn budget_state_follows_the_thresholds() {
     );
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     let mut seq = 0;
     let mut states = Vec::new();
     for _ in 0..10 {
@@ -212,7 +215,7 @@ fn per_tenant_budgets_track_each_tenant_against_the_limit() {
     let b = budget("  window: day\n  tenantHeader: x-sluice-tenant\n  limits: {costUSD: \"1\"}\n");
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     agg.ingest(
         report(
             "a",
@@ -253,7 +256,7 @@ fn allowances_across_sidecars_never_exceed_what_remains() {
     let b = budget("  window: day\n  limits: {costUSD: \"10\", requests: 100}\n");
     let budgets: BTreeMap<String, (&Budget, WindowBounds)> =
         [("team".to_string(), (&b, window()))].into();
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     agg.ingest(
         report("a", "a-1", 1, vec![delta(1, "4.00", None)]),
         None,
@@ -324,7 +327,7 @@ fn usable_provider() -> ProviderVerdict {
 
 #[test]
 fn provider_status_counts_breakers_across_sidecars() {
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     let none = BTreeMap::new();
     let mut r = report("a", "a-1", 1, vec![]);
     r.targets = vec![target(
@@ -343,7 +346,14 @@ fn provider_status_counts_breakers_across_sidecars() {
     ];
     agg.ingest(r, None, &none, 0);
     let v = usable_provider();
-    let st = agg.provider_status(&("shop".into(), "openai".into()), &v, None, 2, now(), 1);
+    let st = agg.provider_status(
+        &("shop".into(), "openai".into()),
+        &v,
+        &BTreeMap::new(),
+        None,
+        now(),
+        1,
+    );
     assert_eq!(st.sidecars, 2);
     assert_eq!(st.state, Some(ProviderState::Degraded));
     assert_eq!(st.breakers_open.as_deref(), Some("1/2"));
@@ -362,34 +372,117 @@ fn provider_status_counts_breakers_across_sidecars() {
     let later = agg.provider_status(
         &("shop".into(), "openai".into()),
         &v,
+        &BTreeMap::new(),
         Some(&st),
-        2,
         now(),
         20_000,
     );
     assert_eq!(later.state, Some(ProviderState::Unknown));
 }
 
+/// A snapshot of `routes` at `version` (nothing else in it).
+fn snapshot(version: &str, routes: Vec<sluice_crds::snapshot::RouteEntry>) -> Snapshot {
+    Snapshot {
+        version: version.into(),
+        pod: Default::default(),
+        report_interval: sluice_crds::Duration::from_secs(2),
+        routes,
+        providers: vec![],
+        budgets: vec![],
+        held_routes: vec![],
+    }
+}
+
+#[test]
+fn sidecars_that_carry_a_provider_without_traffic_count_as_closed_breakers() {
+    // Two sidecars report; only `a` used openai. `b`'s snapshot routes to
+    // openai/gpt-4o too, but it had no requests: it still carries the
+    // provider, breaker closed (idle closed targets are not reported).
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
+    let none = BTreeMap::new();
+    let mut r = report("a", "a-1", 1, vec![]);
+    r.targets = vec![target(
+        "chat",
+        "openai",
+        "gpt-4o",
+        6,
+        0,
+        BreakerState::Closed,
+    )];
+    agg.ingest(r, None, &none, 0);
+    agg.ingest(report("b", "b-1", 1, vec![]), None, &none, 0);
+    let route: sluice_crds::LLMRoute = serde_yaml::from_str(
+        "apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: chat}\n\
+         spec: {model: chat, targets: [{providerRef: {name: openai}, model: gpt-4o}]}",
+    )
+    .expect("route");
+    let snapshot = snapshot(
+        "v",
+        vec![sluice_crds::snapshot::RouteEntry {
+            name: "chat".into(),
+            namespace: "shop".into(),
+            generation: 1,
+            spec: route.spec,
+        }],
+    );
+    let snapshots: BTreeMap<Key, Snapshot> = [
+        (("shop".into(), "a".into()), snapshot.clone()),
+        (("shop".into(), "b".into()), snapshot),
+    ]
+    .into();
+    let v = usable_provider();
+    let openai: Key = ("shop".into(), "openai".into());
+    let st = agg.provider_status(&openai, &v, &snapshots, None, now(), 1);
+    assert_eq!(st.sidecars, 2);
+    assert_eq!(st.state, Some(ProviderState::Healthy));
+    assert_eq!(st.breakers_open.as_deref(), Some("0/2"));
+    assert_eq!(
+        st.models[0].breakers,
+        BreakerCounts {
+            closed: 2,
+            open: 0,
+            half_open: 0
+        }
+    );
+
+    // Nobody sent anything for a while: both still carry it, Healthy with
+    // no traffic, rather than Unknown.
+    let (ra, rb) = (report("a", "a-1", 2, vec![]), report("b", "b-1", 2, vec![]));
+    agg.ingest(ra, None, &none, 5_000);
+    agg.ingest(rb, None, &none, 5_000);
+    let idle = agg.provider_status(&openai, &v, &snapshots, Some(&st), now(), 5_000);
+    assert_eq!(idle.sidecars, 2);
+    assert_eq!(idle.state, Some(ProviderState::Healthy));
+    assert_eq!(idle.models[0].requests_per_minute, 0);
+    let healthy = idle
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Healthy")
+        .expect("Healthy condition");
+    assert_eq!(healthy.status, "True");
+    assert!(
+        healthy.message.contains("no requests recently"),
+        "{}",
+        healthy.message
+    );
+
+    // A provider no snapshot uses and nobody reports stays Unknown.
+    let other: Key = ("shop".into(), "backup".into());
+    let unused = agg.provider_status(&other, &v, &snapshots, None, now(), 5_000);
+    assert_eq!(unused.state, Some(ProviderState::Unknown));
+}
+
 #[test]
 fn a_route_is_programmed_when_every_selected_sidecar_runs_its_version() {
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     let none = BTreeMap::new();
     let pods: Vec<Key> = ["a", "b"]
         .iter()
         .map(|p| ("shop".to_string(), p.to_string()))
         .collect();
-    let snapshot = |v: &str| Snapshot {
-        version: v.into(),
-        pod: Default::default(),
-        report_interval: sluice_crds::Duration::from_secs(2),
-        routes: vec![],
-        providers: vec![],
-        budgets: vec![],
-        held_routes: vec![],
-    };
     let snapshots: BTreeMap<Key, Snapshot> = [
-        (pods[0].clone(), snapshot("v-a")),
-        (pods[1].clone(), snapshot("v-b")),
+        (pods[0].clone(), snapshot("v-a", vec![])),
+        (pods[1].clone(), snapshot("v-b", vec![])),
     ]
     .into();
     let verdict = RouteVerdict {
@@ -460,7 +553,7 @@ fn an_open_breaker_reported_without_traffic_stays_open_until_reported_closed() {
     // Sidecars keep an open breaker in their reports although no call
     // reaches it; the operator's events follow: one BreakerOpened, nothing
     // while it stays open, one BreakersClosed when a probe closed it.
-    let mut agg = Aggregator::new(Policy::default(), 10_000);
+    let mut agg = Aggregator::new(Policy::default(), INTERVAL_MS);
     let none = BTreeMap::new();
     let v = usable_provider();
     let key: Key = ("shop".into(), "openai".into());
@@ -468,7 +561,7 @@ fn an_open_breaker_reported_without_traffic_stays_open_until_reported_closed() {
         let mut r = report("a", "a-1", seq, vec![]);
         r.targets = vec![t];
         agg.ingest(r, None, &none, seq);
-        agg.provider_status(&key, &v, None, 2, now(), seq)
+        agg.provider_status(&key, &v, &BTreeMap::new(), None, now(), seq)
     };
     let opened = status(
         &mut agg,

@@ -27,12 +27,11 @@ pub async fn reconcile(provider: Arc<Provider>, ctx: Arc<Context>) -> Result<Act
     else {
         return Ok(Action::await_change());
     };
-    let interval_secs = (ctx.report_interval.as_millis() / 1000).max(1);
     let status = ctx.aggregator().provider_status(
         &key,
         verdict,
+        &compiled.snapshots,
         provider.status.as_ref(),
-        interval_secs,
         Time(jiff::Timestamp::now()),
         now_ms(),
     );
