@@ -241,6 +241,11 @@ impl Spend {
         self.tokens = self.tokens.saturating_add(other.tokens);
         self.requests = self.requests.saturating_add(other.requests);
     }
+
+    /// Nothing in any dimension.
+    pub fn is_zero(&self) -> bool {
+        *self == Spend::default()
+    }
 }
 
 /// A calendar window.

@@ -104,6 +104,13 @@ pub struct UsageDelta {
     /// delivered after a rollover is not counted in the new window.
     pub window_start: String,
     pub spent: Spend,
+    /// Allowance handed back unspent (the snapshot asked the sidecar to
+    /// keep only its share, [`Allowance::keep`]): it leaves the sidecar's
+    /// allowance without being spend. Only for the budget's total.
+    ///
+    /// [`Allowance::keep`]: crate::snapshot::Allowance::keep
+    #[serde(default, skip_serializing_if = "Spend::is_zero")]
+    pub released: Spend,
 }
 
 /// The operator's answer to a report.
@@ -158,6 +165,7 @@ mod tests {
                     tokens: 1000,
                     requests: 1,
                 },
+                released: Spend::default(),
             }],
             fallbacks: BTreeMap::new(),
             allowance_low: vec!["team".into()],

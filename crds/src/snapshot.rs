@@ -176,6 +176,14 @@ pub struct Allowance {
     /// request. Absent: unknown, never wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unallocated: Option<Amounts>,
+    /// Set when this sidecar holds well over its share of recent use: hand
+    /// back, in the next report ([`UsageDelta::released`]), the part of the
+    /// total allowance beyond these amounts that is neither spent nor
+    /// reserved. A `None` dimension: keep all.
+    ///
+    /// [`UsageDelta::released`]: crate::report::UsageDelta::released
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Amounts>,
 }
 
 impl Snapshot {
@@ -271,6 +279,10 @@ mod tests {
                     new_tenant: Some(Amounts::default()),
                     unallocated: Some(Amounts {
                         requests: Some(3),
+                        ..Default::default()
+                    }),
+                    keep: Some(Amounts {
+                        requests: Some(2),
                         ..Default::default()
                     }),
                 },

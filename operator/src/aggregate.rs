@@ -139,6 +139,7 @@ impl Aggregator {
     ) -> Ingested {
         let pod: Key = (report.namespace.clone(), report.pod.clone());
         let holder = holder_id(&pod);
+        let policy = self.policy;
         let mut touched = Vec::new();
         let mut acked = 0;
         for delta in &report.usage {
@@ -159,13 +160,17 @@ impl Aggregator {
             }
             *mark = delta.seq;
             let usage = Vector::from_spend(&delta.spent);
-            book.total.fold(&holder, usage, now_ms);
+            book.total.fold(&holder, usage, now_ms, &policy);
+            if delta.tenant.is_none() && !delta.released.is_zero() {
+                book.total
+                    .release(&holder, Vector::from_spend(&delta.released), now_ms);
+            }
             if let Some(t) = &delta.tenant {
                 if per_tenant {
                     book.tenants
                         .entry(t.clone())
                         .or_insert_with(|| Ledger::new(limit, Vector::ZERO))
-                        .fold(&holder, usage, now_ms);
+                        .fold(&holder, usage, now_ms, &policy);
                 }
                 book.by_tenant
                     .entry(t.clone())
@@ -662,6 +667,10 @@ impl Allowances for Aggregator {
             as_of_sequence: acked,
             total: total.to_amounts(),
             unallocated: Some(book.total.free().to_amounts()),
+            keep: book
+                .total
+                .surplus_above(&holder, now_ms, &policy)
+                .map(Vector::to_amounts),
             ..Allowance::default()
         };
         if per_tenant {

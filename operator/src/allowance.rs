@@ -10,11 +10,19 @@
 //! what they hold and reject.
 //!
 //! Allowances only grow by top-ups from the free pool and shrink by the
-//! usage sidecars report; a grant is never revoked while its holder may
-//! still be spending it, except when the holder has not reported for
-//! `reclaim_after` (it is gone, or cut off: then it can overspend by at
-//! most what it held). A share of what remains is kept back for sidecars
-//! that have not asked yet.
+//! usage sidecars report and by what they hand back; a grant is never
+//! revoked while its holder may still be spending it, except when the
+//! holder has not reported for `reclaim_after` (it is gone, or cut off:
+//! then it can overspend by at most what it held). A share of what remains
+//! is kept back for sidecars that have not asked yet.
+//!
+//! Rebalancing: shares follow recent use (decaying with a half-life), so
+//! a sidecar holding well over its share ([`Ledger::surplus_above`]) is
+//! asked in its snapshot to keep only its share; it hands back what it
+//! holds beyond that, unspent and unreserved, in a report (a usage delta
+//! with `released`), and only once that report is folded does the
+//! operator grant it to others ([`Ledger::release`]). The operator never
+//! shrinks an allowance itself: it cannot know what is in flight.
 
 use std::collections::BTreeMap;
 
@@ -122,6 +130,8 @@ pub struct Policy {
     pub reserve_percent: u64,
     /// A holder silent this long (milliseconds) loses its allowance.
     pub reclaim_after_ms: u64,
+    /// Recent use counts half as much after this long (milliseconds).
+    pub share_half_life_ms: u64,
 }
 
 impl Default for Policy {
@@ -129,6 +139,7 @@ impl Default for Policy {
         Self {
             reserve_percent: 10,
             reclaim_after_ms: 60_000,
+            share_half_life_ms: 20_000,
         }
     }
 }
@@ -138,10 +149,28 @@ impl Default for Policy {
 struct Holder {
     /// Granted and not yet reported as spent.
     outstanding: Vector,
-    /// Recent usage, an exponentially weighted sum, for shares.
+    /// Recent usage as of `recent_ms`, decaying with the policy's
+    /// half-life, for shares.
     recent: Vector,
+    recent_ms: u64,
     /// When it last reported or was granted (milliseconds).
     last_seen_ms: u64,
+}
+
+impl Holder {
+    /// Recent usage decayed to `now_ms` (whole half-lives).
+    fn recent_at(&self, now_ms: u64, policy: &Policy) -> Vector {
+        let halvings = now_ms.saturating_sub(self.recent_ms) / policy.share_half_life_ms.max(1);
+        let decay = |x: u64| {
+            x.checked_shr(u32::try_from(halvings).unwrap_or(64))
+                .unwrap_or(0)
+        };
+        Vector {
+            cost_nanos: decay(self.recent.cost_nanos),
+            tokens: decay(self.recent.tokens),
+            requests: decay(self.recent.requests),
+        }
+    }
 }
 
 /// The book of one budget (or one tenant of it) in one window.
@@ -197,18 +226,19 @@ impl Ledger {
 
     /// Folds reported usage: it moves from the holder's allowance into
     /// spend. Usage beyond the allowance (estimation error) still counts.
-    pub fn fold(&mut self, sidecar: &str, usage: Vector, now_ms: u64) {
+    pub fn fold(&mut self, sidecar: &str, usage: Vector, now_ms: u64, policy: &Policy) {
         self.spent = self.spent.saturating_add(usage);
         let h = self.holders.entry(sidecar.to_owned()).or_default();
         h.outstanding = h.outstanding.saturating_sub(usage);
-        // Halve the weight of older usage at every fold: shares follow
-        // recent traffic without forgetting it at once.
-        h.recent = Vector {
-            cost_nanos: h.recent.cost_nanos / 2,
-            tokens: h.recent.tokens / 2,
-            requests: h.recent.requests / 2,
-        }
-        .saturating_add(usage);
+        h.recent = h.recent_at(now_ms, policy).saturating_add(usage);
+        h.recent_ms = now_ms;
+        h.last_seen_ms = now_ms;
+    }
+
+    /// Folds allowance a sidecar handed back: it returns to the pool.
+    pub fn release(&mut self, sidecar: &str, released: Vector, now_ms: u64) {
+        let h = self.holders.entry(sidecar.to_owned()).or_default();
+        h.outstanding = h.outstanding.saturating_sub(released);
         h.last_seen_ms = now_ms;
     }
 
@@ -224,42 +254,36 @@ impl Ledger {
         }
     }
 
+    /// `sidecar`'s share of what may be handed out now: half split
+    /// evenly over the holders, half by recent use, of what remains beyond
+    /// the reserve.
+    pub fn target(&self, sidecar: &str, now_ms: u64, policy: &Policy) -> Vector {
+        let remaining = self.remaining();
+        let reserve = scale(remaining, policy.reserve_percent, 100);
+        let n = (self.holders.len() + usize::from(!self.holders.contains_key(sidecar))) as u64;
+        let total_recent = self.holders.values().fold(Vector::ZERO, |a, h| {
+            a.saturating_add(h.recent_at(now_ms, policy))
+        });
+        let mine = self
+            .holders
+            .get(sidecar)
+            .map_or(Vector::ZERO, |h| h.recent_at(now_ms, policy));
+        let distributable = remaining.saturating_sub(reserve);
+        let dim = |pool: Vector, f: fn(Vector) -> u64| share(f(pool), f(mine), f(total_recent), n);
+        Vector {
+            cost_nanos: dim(distributable, |v| v.cost_nanos),
+            tokens: dim(distributable, |v| v.tokens),
+            requests: dim(distributable, |v| v.requests),
+        }
+    }
+
     /// Tops `sidecar`'s allowance up towards its share and returns what it
     /// now holds. Never takes from other holders.
     pub fn grant(&mut self, sidecar: &str, now_ms: u64, policy: &Policy) -> Vector {
-        let remaining = self.remaining();
+        let target = self.target(sidecar, now_ms, policy);
         let free = self.free();
-        let reserve = scale(remaining, policy.reserve_percent, 100);
+        let reserve = scale(self.remaining(), policy.reserve_percent, 100);
         let known = self.holders.contains_key(sidecar);
-        let h = self.holders.entry(sidecar.to_owned()).or_default();
-        h.last_seen_ms = now_ms;
-        let n = self.holders.len() as u64;
-        let total_recent = self
-            .holders
-            .values()
-            .fold(Vector::ZERO, |a, h| a.saturating_add(h.recent));
-        let mine = self.holders.get(sidecar).cloned().unwrap_or_default();
-        let distributable = remaining.saturating_sub(reserve);
-        let target = Vector {
-            cost_nanos: share(
-                distributable.cost_nanos,
-                mine.recent.cost_nanos,
-                total_recent.cost_nanos,
-                n,
-            ),
-            tokens: share(
-                distributable.tokens,
-                mine.recent.tokens,
-                total_recent.tokens,
-                n,
-            ),
-            requests: share(
-                distributable.requests,
-                mine.recent.requests,
-                total_recent.requests,
-                n,
-            ),
-        };
         // A known holder tops up from what is free beyond the reserve; a
         // newcomer may draw on the reserve itself.
         let pool = if known {
@@ -267,10 +291,26 @@ impl Ledger {
         } else {
             free
         };
-        let top_up = target.saturating_sub(mine.outstanding).min(pool);
         let h = self.holders.entry(sidecar.to_owned()).or_default();
+        h.last_seen_ms = now_ms;
+        let top_up = target.saturating_sub(h.outstanding).min(pool);
         h.outstanding = h.outstanding.saturating_add(top_up);
         h.outstanding
+    }
+
+    /// When `sidecar` holds more than a quarter over its share in some
+    /// limited dimension: its share, which the sidecar is asked to keep
+    /// (handing back the rest it has not spent or reserved).
+    pub fn surplus_above(&self, sidecar: &str, now_ms: u64, policy: &Policy) -> Option<Vector> {
+        let held = self.holders.get(sidecar)?.outstanding;
+        let target = self.target(sidecar, now_ms, policy);
+        let over = |held: u64, target: u64| {
+            target != UNLIMITED && held > target.saturating_add(target / 4)
+        };
+        (over(held.cost_nanos, target.cost_nanos)
+            || over(held.tokens, target.tokens)
+            || over(held.requests, target.requests))
+        .then_some(target)
     }
 
     /// Drops holders silent longer than the policy allows; what they held

@@ -126,27 +126,72 @@ struct Account {
     /// Settled by this sidecar in the whole window (for the percentage).
     window_settled: Spend,
     reserved: Spend,
+    /// Allowance handed back and not yet deducted by the operator, by the
+    /// report sequence it travels in (no longer ours to spend).
+    released: std::collections::BTreeMap<u64, Spend>,
+}
+
+fn sum<'a>(parts: impl Iterator<Item = &'a Spend>) -> Spend {
+    let mut s = Spend::default();
+    for v in parts {
+        s.add(v);
+    }
+    s
 }
 
 impl Account {
     fn settled(&self) -> Spend {
-        let mut s = Spend::default();
-        for v in self.settled.values() {
-            s.add(v);
-        }
-        s
+        sum(self.settled.values())
     }
 
-    /// Forgets the spend of reports up to `seq`: the operator deducted it.
+    /// The allowance less what was handed back.
+    fn cap_left(&self) -> Amounts {
+        let released = sum(self.released.values());
+        Amounts {
+            cost_usd: self
+                .cap
+                .cost_usd
+                .map(|c| c.saturating_sub(released.cost_usd)),
+            tokens: self.cap.tokens.map(|c| c.saturating_sub(released.tokens)),
+            requests: self
+                .cap
+                .requests
+                .map(|c| c.saturating_sub(released.requests)),
+        }
+    }
+
+    /// Forgets the spend and releases of reports up to `seq`: the operator
+    /// deducted them.
     fn deducted_through(&mut self, seq: u64) {
         self.settled = self.settled.split_off(&(seq + 1));
+        self.released = self.released.split_off(&(seq + 1));
     }
 
     fn fits(&self, more: &Spend) -> bool {
         let want = plus(&plus(&self.settled(), &self.reserved), more);
-        self.cap.cost_usd.is_none_or(|c| want.cost_usd <= c)
-            && self.cap.tokens.is_none_or(|c| want.tokens <= c)
-            && self.cap.requests.is_none_or(|c| want.requests <= c)
+        let cap = self.cap_left();
+        cap.cost_usd.is_none_or(|c| want.cost_usd <= c)
+            && cap.tokens.is_none_or(|c| want.tokens <= c)
+            && cap.requests.is_none_or(|c| want.requests <= c)
+    }
+
+    /// What is neither spent, reserved nor handed back beyond `keep`, in
+    /// the dimensions both limit.
+    fn surplus(&self, keep: &Amounts) -> Spend {
+        let used = plus(&self.settled(), &self.reserved);
+        let cap = self.cap_left();
+        let over = |cap: Option<u64>, used: u64, keep: Option<u64>| match (cap, keep) {
+            (Some(c), Some(k)) => c.saturating_sub(used).saturating_sub(k),
+            _ => 0,
+        };
+        Spend {
+            cost_usd: match (cap.cost_usd, keep.cost_usd) {
+                (Some(c), Some(k)) => c.saturating_sub(used.cost_usd).saturating_sub(k),
+                _ => Money::ZERO,
+            },
+            tokens: over(cap.tokens, used.tokens, keep.tokens),
+            requests: over(cap.requests, used.requests, keep.requests),
+        }
     }
 }
 
@@ -175,6 +220,7 @@ impl State {
         self.total.settled.clear();
         self.total.window_settled = Spend::default();
         self.total.reserved = Spend::default();
+        self.total.released.clear();
         self.tenants.clear();
     }
 
@@ -390,6 +436,38 @@ impl Budget {
         }
     }
 
+    /// Hands back what the total allowance holds beyond the snapshot's
+    /// `keep`, unspent and unreserved (cluster mode). `record` puts it in
+    /// the outbox and returns the report it travels in; meanwhile the amount
+    /// stays reserved, so it can never be both spent and handed back.
+    pub fn release_surplus(
+        &self,
+        record: &dyn Fn(&str, &str, &Spend) -> u64,
+        now: Timestamp,
+    ) -> Option<Spend> {
+        if self.standalone {
+            return None;
+        }
+        let (surplus, generation, window_start) = {
+            let mut st = self.lock();
+            st.roll(&self.spec, now);
+            let keep = st.allowance.keep.clone()?;
+            let surplus = st.total.surplus(&keep);
+            if surplus.is_zero() {
+                return None;
+            }
+            st.total.reserved.add(&surplus);
+            (surplus, st.generation, st.window.0)
+        };
+        let seq = record(&self.name, &window_start.to_string(), &surplus);
+        let mut st = self.lock();
+        if st.generation == generation {
+            st.total.reserved = sub(&st.total.reserved, &surplus);
+            st.total.released.entry(seq).or_default().add(&surplus);
+        }
+        Some(surplus)
+    }
+
     /// Whether `other` has the same definition (so this ledger may stand
     /// for it).
     fn same_definition(&self, other: &Budget) -> bool {
@@ -414,7 +492,7 @@ impl Budget {
         let low = |cap: Option<u64>, used: u64| {
             cap.is_some_and(|c| used.saturating_mul(5) >= c.saturating_mul(4))
         };
-        let cap = &st.total.cap;
+        let cap = &st.total.cap_left();
         cap.cost_usd.is_some_and(|c| {
             used.cost_usd.get() * Decimal::from(5u32) >= c.get() * Decimal::from(4u32)
         }) || low(cap.tokens, used.tokens)

@@ -38,6 +38,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn allowance_low(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Hands back surplus allowance the applied snapshot asked for,
+    /// through `record` (budget, window start, amount → report sequence).
+    fn release_surplus(&self, _record: &dyn Fn(&str, &str, &Spend) -> u64) {}
 }
 
 /// Where to reach the operator and who this sidecar is.
@@ -63,14 +66,12 @@ pub fn merge_held(previous: Option<&Snapshot>, mut next: Snapshot) -> Snapshot {
             if let Some(r) = prev.routes.iter().find(|r| &r.name == name) {
                 next.routes.push(r.clone());
                 // Its providers too, as they were.
-                let needed: Vec<String> = r
-                    .spec
-                    .targets
+                let needed: Vec<&str> = r.spec.uses().map(|(provider, _)| provider).collect();
+                for p in prev
+                    .providers
                     .iter()
-                    .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
-                    .map(|t| t.provider_ref.name.clone())
-                    .collect();
-                for p in prev.providers.iter().filter(|p| needed.contains(&p.name)) {
+                    .filter(|p| needed.contains(&p.name.as_str()))
+                {
                     if !next.providers.iter().any(|q| q.name == p.name) {
                         next.providers.push(p.clone());
                     }
@@ -93,9 +94,10 @@ pub struct Outbox {
     pub next_seq: u64,
     /// Sent (or sealed to be sent) and not yet acknowledged, oldest first.
     pub pending: VecDeque<UsageDelta>,
-    /// Spend since the last seal, by (budget, tenant, window start).
+    /// Spend and handed-back allowance since the last seal, by (budget,
+    /// tenant, window start).
     #[serde(skip)]
-    open: BTreeMap<(String, Option<String>, String), Spend>,
+    open: BTreeMap<(String, Option<String>, String), (Spend, Spend)>,
 }
 
 impl Outbox {
@@ -116,6 +118,20 @@ impl Outbox {
         window_start: &str,
         spent: &Spend,
     ) {
+        self.open_entry(budget, tenant, window_start).0.add(spent);
+    }
+
+    /// Counts allowance handed back (of the budget's total).
+    pub fn record_release(&mut self, budget: &str, window_start: &str, released: &Spend) {
+        self.open_entry(budget, None, window_start).1.add(released);
+    }
+
+    fn open_entry(
+        &mut self,
+        budget: &str,
+        tenant: Option<&str>,
+        window_start: &str,
+    ) -> &mut (Spend, Spend) {
         self.open
             .entry((
                 budget.to_owned(),
@@ -123,19 +139,19 @@ impl Outbox {
                 window_start.to_owned(),
             ))
             .or_default()
-            .add(spent);
     }
 
     /// Turns open spend into numbered deltas. A delta never changes once
     /// numbered, so a resend is byte-for-byte the same usage.
     pub fn seal(&mut self) {
-        for ((budget, tenant, window_start), spent) in std::mem::take(&mut self.open) {
+        for ((budget, tenant, window_start), (spent, released)) in std::mem::take(&mut self.open) {
             self.pending.push_back(UsageDelta {
                 seq: self.next_seq,
                 budget,
                 tenant,
                 window_start,
                 spent,
+                released,
             });
             self.next_seq += 1;
         }
@@ -344,6 +360,9 @@ impl Session {
                         tracing::warn!(error = %e, "cannot write the state file");
                     }
                 }
+                self.runtime.release_surplus(&|budget, window, amount| {
+                    self.record_release(budget, window, amount)
+                });
                 Ok(())
             }
             Err(reason) => self.refuse(&version, reason),
@@ -374,6 +393,17 @@ impl Session {
             Err(p) => p.into_inner(),
         };
         s.outbox.record(budget, tenant, window_start, spent);
+        s.outbox.next_report
+    }
+
+    /// Counts allowance handed back for the next report; returns that
+    /// report's sequence.
+    pub fn record_release(&self, budget: &str, window_start: &str, released: &Spend) -> u64 {
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.outbox.record_release(budget, window_start, released);
         s.outbox.next_report
     }
 

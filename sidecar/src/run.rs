@@ -239,6 +239,12 @@ impl crate::cluster::Runtime for ClusterRuntime {
             .unwrap_or_default()
     }
 
+    fn release_surplus(&self, record: &dyn Fn(&str, &str, &sluice_crds::budget::Spend) -> u64) {
+        if let Some(c) = self.handle.current() {
+            c.budgets.release_surplus(record, jiff::Timestamp::now());
+        }
+    }
+
     fn health(
         &self,
     ) -> (

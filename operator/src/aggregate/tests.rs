@@ -48,6 +48,7 @@ fn delta(seq: u64, cost: &str, tenant: Option<&str>) -> UsageDelta {
             tokens: 100,
             requests: 1,
         },
+        released: Spend::default(),
     }
 }
 

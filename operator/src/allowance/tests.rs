@@ -55,9 +55,9 @@ fn the_last_units_of_a_budget_are_granted() {
     for s in &peers {
         l.grant(s, 0, &p);
     }
-    l.fold("a", requests(10), 1);
-    l.fold("b", requests(10), 1);
-    l.fold("c", requests(9), 1);
+    l.fold("a", requests(10), 1, &p);
+    l.fold("b", requests(10), 1, &p);
+    l.fold("c", requests(9), 1, &p);
     // One request left: someone can still be granted it.
     let got: u64 = peers.iter().map(|s| l.grant(s, 2, &p).requests).sum();
     assert_eq!(got, 1);
@@ -70,17 +70,67 @@ fn usage_moves_from_allowance_to_spend_and_shares_follow_use() {
     let mut l = Ledger::new(requests(1000), Vector::ZERO);
     l.grant("a", 0, &p);
     l.grant("b", 0, &p);
-    l.fold("a", requests(600), 1);
+    l.fold("a", requests(600), 1, &p);
     assert_eq!(l.spent().requests, 600);
     assert_eq!(l.allowance("a").requests, 300);
     assert_eq!(l.remaining().requests, 400);
     // 400 remain, 300 + 100 are held: nothing is free, so no top-up yet.
     assert_eq!(l.grant("a", 2, &p).requests, 300);
-    l.fold("b", requests(100), 3);
-    l.fold("a", requests(250), 3);
+    l.fold("b", requests(100), 3, &p);
+    l.fold("a", requests(250), 3, &p);
     // 50 remain: a holds 50, b holds 0.
     assert_eq!(l.remaining().requests, 50);
     assert!(l.committed().fits_in(l.remaining()));
+}
+
+#[test]
+fn a_holder_over_its_share_is_asked_to_keep_its_share_and_its_hand_back_is_regranted() {
+    let p = Policy::default();
+    let mut l = Ledger::new(requests(100), Vector::ZERO);
+    l.expect(&["busy".to_string(), "idle".to_string()], 0);
+    // 90 distributable (10 in reserve), halves rounded up.
+    assert_eq!(l.grant("busy", 0, &p).requests, 46);
+    assert_eq!(l.grant("idle", 0, &p).requests, 44);
+    assert_eq!(
+        l.surplus_above("idle", 0, &p),
+        None,
+        "an even split is fair"
+    );
+    l.fold("busy", requests(46), 1, &p);
+    // 54 remain, 5 in reserve: busy's share is 13 + 24, idle's 13.
+    let keep = l.surplus_above("idle", 1, &p).expect("idle holds too much");
+    assert_eq!(keep.requests, 13);
+    assert_eq!(l.surplus_above("busy", 1, &p), None);
+    // Only what is free beyond the reserve until idle hands back.
+    assert_eq!(l.grant("busy", 1, &p).requests, 5);
+    l.release("idle", requests(44 - 13), 2);
+    assert_eq!(l.allowance("idle").requests, 13);
+    assert_eq!(l.spent().requests, 46, "a hand-back is not spend");
+    assert_eq!(l.grant("busy", 2, &p).requests, 36);
+    assert!(l.committed().fits_in(l.remaining()));
+}
+
+#[test]
+fn shares_follow_recent_use_as_old_use_decays() {
+    let p = Policy {
+        share_half_life_ms: 1_000,
+        ..Policy::default()
+    };
+    let mut l = Ledger::new(requests(10_000), Vector::ZERO);
+    l.fold("a", requests(800), 0, &p);
+    l.fold("b", requests(200), 0, &p);
+    let (a, b) = (l.target("a", 0, &p).requests, l.target("b", 0, &p).requests);
+    assert!(a > b + b / 2, "a used four times as much: {a} vs {b}");
+    // Ten half-lives later a's use has faded; b is the busy one now.
+    l.fold("b", requests(200), 10_000, &p);
+    let (a, b) = (
+        l.target("a", 10_000, &p).requests,
+        l.target("b", 10_000, &p).requests,
+    );
+    assert!(
+        b > a + a / 2,
+        "b's recent use counts, a's old use hardly: {a} vs {b}"
+    );
 }
 
 #[test]
@@ -113,6 +163,8 @@ fn money_converts_exactly() {
 enum Op {
     Grant(usize),
     Spend(usize, u64),
+    /// The sidecar hands back what it holds beyond its share, if asked.
+    HandBack(usize),
     Reclaim,
 }
 
@@ -120,6 +172,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0usize..5).prop_map(Op::Grant),
         (0usize..5, 0u64..50).prop_map(|(s, n)| Op::Spend(s, n)),
+        (0usize..5).prop_map(Op::HandBack),
         Just(Op::Reclaim),
     ]
 }
@@ -141,7 +194,13 @@ proptest! {
                     // A well-behaved sidecar spends only what it holds.
                     let held = l.allowance(names[s]);
                     let n = n.min(held.requests).min(held.cost_nanos / 1000).min(held.tokens / 10);
-                    l.fold(names[s], v(n * 1000, n * 10, n), t);
+                    l.fold(names[s], v(n * 1000, n * 10, n), t, &p);
+                }
+                Op::HandBack(s) => {
+                    if let Some(keep) = l.surplus_above(names[s], t, &p) {
+                        let back = l.allowance(names[s]).saturating_sub(keep);
+                        l.release(names[s], back, t);
+                    }
                 }
                 Op::Reclaim => { l.reclaim(t, &p); }
             }

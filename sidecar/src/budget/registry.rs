@@ -93,6 +93,16 @@ impl Budgets {
         self.budgets.iter().map(|b| b.name.as_str()).collect()
     }
 
+    /// Hands back surplus allowance where the snapshot asked to (see
+    /// [`Budget::release_surplus`]).
+    pub fn release_surplus(&self, record: &dyn Fn(&str, &str, &Spend) -> u64, now: Timestamp) {
+        for b in &self.budgets {
+            if let Some(released) = b.release_surplus(record, now) {
+                tracing::debug!(budget = %b.name, ?released, "handed surplus allowance back");
+            }
+        }
+    }
+
     /// Names of the budgets whose allowance is running low.
     pub fn allowance_low(&self) -> Vec<String> {
         self.budgets

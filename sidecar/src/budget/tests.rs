@@ -539,28 +539,36 @@ fn a_new_snapshot_keeps_ledgers_of_unchanged_budgets() {
     assert_eq!(a.usage(None, at(NOW)).reserved, Spend::default());
 }
 
-/// An allowance is net of the usage reported up to `asOfSequence`: spend
-/// settled into later reports still counts against it, so nothing settled
-/// between a report and the next snapshot is granted twice.
-#[test]
-fn a_new_allowance_keeps_counting_spend_it_has_not_deducted() {
-    let grant = |usd: &str, as_of: u64| BudgetEntry {
+/// A cluster budget of `limit` dollars a day with an allowance of `usd`
+/// net of the reports through `as_of`, asked to keep `keep`.
+fn cluster_entry(limit: &str, usd: &str, as_of: u64, keep: Option<&str>) -> BudgetEntry {
+    let dollars = |usd: &str| Amounts {
+        cost_usd: Some(money(usd)),
+        ..Amounts::default()
+    };
+    BudgetEntry {
         name: "team".into(),
         namespace: "shop".into(),
-        spec: cost_limit("10"),
+        spec: cost_limit(limit),
         routes: vec![],
         applies_to_pod: true,
         window: Window::Day.bounds_rfc3339(at(NOW)),
         spent: Spend::default(),
         allowance: Allowance {
             as_of_sequence: as_of,
-            total: Amounts {
-                cost_usd: Some(money(usd)),
-                ..Amounts::default()
-            },
+            total: dollars(usd),
+            keep: keep.map(dollars),
             ..Allowance::default()
         },
-    };
+    }
+}
+
+/// An allowance is net of the usage reported up to `asOfSequence`: spend
+/// settled into later reports still counts against it, so nothing settled
+/// between a report and the next snapshot is granted twice.
+#[test]
+fn a_new_allowance_keeps_counting_spend_it_has_not_deducted() {
+    let grant = |usd: &str, as_of: u64| cluster_entry("10", usd, as_of, None);
     let b = Budget::from_entry(&grant("10", 0), at(NOW));
     let (r, _, _) = admitted(b.admit(None, &cost("4"), at(NOW)));
     r.settle(&cost("4"), 1);
@@ -620,6 +628,59 @@ fn a_spent_allowance_waits_only_when_the_budget_has_room() {
     let (_held, _, _) = admitted(none.admit(None, &cost("1"), at(NOW)));
     assert!(matches!(
         none.admit(None, &cost("1"), at(NOW)),
+        Admission::Reject { .. }
+    ));
+}
+
+/// Asked to keep only its share, a sidecar hands back what it holds
+/// beyond it — never what is spent or reserved — and cannot spend what it
+/// handed back, until the operator has folded the hand-back into a new
+/// allowance.
+#[test]
+fn surplus_beyond_the_share_is_handed_back_once_and_no_longer_spendable() {
+    let grant = |usd: &str, as_of: u64, keep: Option<&str>| cluster_entry("100", usd, as_of, keep);
+    let recorded = std::sync::Mutex::new(Vec::new());
+    let record = |budget: &str, window: &str, amount: &Spend| {
+        recorded
+            .lock()
+            .expect("lock")
+            .push((budget.to_owned(), window.to_owned(), amount.clone()));
+        7
+    };
+    let b = Budget::from_entry(&grant("10", 0, None), at(NOW));
+    assert_eq!(b.release_surplus(&record, at(NOW)), None, "not asked");
+    let (r, _, _) = admitted(b.admit(None, &cost("2"), at(NOW)));
+    r.settle(&cost("2"), 6);
+    let (_in_flight, _, _) = admitted(b.admit(None, &cost("1"), at(NOW)));
+    // Asked to keep $3: of $10, $2 is spent and $1 reserved, so $4 goes.
+    b.update_allowance(&grant("10", 0, Some("3")), at(NOW));
+    let only_cost = Spend {
+        cost_usd: money("4"),
+        ..Spend::default()
+    };
+    assert_eq!(b.release_surplus(&record, at(NOW)), Some(only_cost));
+    {
+        let got = recorded.lock().expect("lock");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, "team");
+        assert_eq!(got[0].1, Window::Day.bounds(at(NOW)).0.to_string());
+    }
+    // Asked again (the same snapshot re-sent): nothing more to give.
+    assert_eq!(b.release_surplus(&record, at(NOW)), None);
+    // $3 is left to spend, not $7.
+    assert!(matches!(
+        b.admit(None, &cost("3.01"), at(NOW)),
+        Admission::Reject { .. }
+    ));
+    let (r, _, _) = admitted(b.admit(None, &cost("3"), at(NOW)));
+    drop(r);
+    // The operator folded reports 6 and 7: $10 − $2 spent − $4 handed
+    // back = $4 outstanding, of which $1 is still reserved here.
+    b.update_allowance(&grant("4", 7, None), at(NOW));
+    let (r, _, _) = admitted(b.admit(None, &cost("3"), at(NOW)));
+    drop(r);
+    assert!(matches!(
+        b.admit(None, &cost("3.01"), at(NOW)),
         Admission::Reject { .. }
     ));
 }

@@ -36,6 +36,30 @@ fn usage_is_numbered_once_and_kept_until_acknowledged() {
 }
 
 #[test]
+fn a_hand_back_travels_with_the_total_usage_of_its_budget() {
+    let mut o = Outbox::new("i-1".into());
+    o.record("team", None, "w0", &spend("0.10"));
+    o.record_release("team", "w0", &spend("2"));
+    o.record_release("other", "w0", &spend("1"));
+    o.seal();
+    let team = o.pending.iter().find(|d| d.budget == "team").expect("team");
+    assert_eq!(team.spent, spend("0.10"));
+    assert_eq!(team.released, spend("2"));
+    let other = o
+        .pending
+        .iter()
+        .find(|d| d.budget == "other")
+        .expect("other");
+    assert!(other.spent.is_zero(), "a hand-back alone is no spend");
+    assert_eq!(other.released, spend("1"));
+    // On the wire a delta without a hand-back has no `released` field.
+    o.record("team", None, "w0", &spend("0.01"));
+    o.seal();
+    let last = serde_json::to_value(o.pending.back().expect("delta")).expect("json");
+    assert!(last.get("released").is_none(), "{last}");
+}
+
+#[test]
 fn lines_survive_any_split_and_refuse_giants() {
     let text = b"{\"a\":1}\n\n{\"b\":2}\n{\"c\"";
     for split in 0..text.len() {
