@@ -103,12 +103,17 @@ pub struct LLMRouteSpec {
 }
 
 impl LLMRouteSpec {
-    /// Every (Provider name, model) the route may call: its targets, its
-    /// rules' targets and the semantic cache's embedding model.
-    pub fn uses(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Every target requests may be sent to: the route's and its rules'.
+    pub fn all_targets(&self) -> impl Iterator<Item = &Target> {
         self.targets
             .iter()
             .chain(self.rules.iter().flat_map(|r| &r.targets))
+    }
+
+    /// Every (Provider name, model) the route may call: its targets, its
+    /// rules' targets and the semantic cache's embedding model.
+    pub fn uses(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.all_targets()
             .map(|t| (t.provider_ref.name.as_str(), t.model.as_str()))
             .chain(
                 self.cache

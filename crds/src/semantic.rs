@@ -377,12 +377,7 @@ impl<'a> Namespace<'a> {
         }
         if spec.limits.as_ref().is_some_and(|l| l.cost_usd.is_some()) {
             for r in covered {
-                for t in r
-                    .spec
-                    .targets
-                    .iter()
-                    .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
-                {
+                for t in r.spec.all_targets() {
                     if let Ok(m) = self.model(&t.model_ref())
                         && m.pricing.is_none()
                     {

@@ -332,7 +332,8 @@ impl Aggregator {
             open: u32,
         }
         let mut per_target: BTreeMap<(String, String), T> = BTreeMap::new();
-        for (_, s) in self.fresh_reports(&key.0, now_ms) {
+        for (pod, s) in self.fresh_reports(&key.0, now_ms) {
+            let mut seen: Vec<(&str, &str)> = Vec::new();
             for h in s.report.targets.iter().filter(|h| h.route == key.1) {
                 let e = per_target
                     .entry((h.provider.clone(), h.model.clone()))
@@ -343,6 +344,24 @@ impl Aggregator {
                 e.reporting += 1;
                 if h.breaker == BreakerState::Open {
                     e.open += 1;
+                }
+                seen.push((&h.provider, &h.model));
+            }
+            // Targets without requests and with closed breakers are left
+            // out of reports: the sidecar carries them, healthy.
+            let idle = snapshots
+                .get(pod)
+                .and_then(|snap| snap.routes.iter().find(|r| r.name == key.1))
+                .into_iter()
+                .flat_map(|r| r.spec.all_targets())
+                .map(|t| (t.provider_ref.name.as_str(), t.model.as_str()));
+            for (provider, model) in idle {
+                if !seen.contains(&(provider, model)) {
+                    seen.push((provider, model));
+                    per_target
+                        .entry((provider.to_owned(), model.to_owned()))
+                        .or_default()
+                        .reporting += 1;
                 }
             }
         }

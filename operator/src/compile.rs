@@ -380,12 +380,7 @@ fn judge_namespace(ns: &str, objects: &Namespace<'_>, problems: &[Problem], out:
         // A provider that exists but cannot be used (bad spec, missing
         // Secret) leaves the route unresolved too.
         let mut seen = BTreeSet::new();
-        for t in r
-            .spec
-            .targets
-            .iter()
-            .chain(r.spec.rules.iter().flat_map(|x| &x.targets))
-        {
+        for t in r.spec.all_targets() {
             let pname = &t.provider_ref.name;
             if objects.providers.contains_key(pname)
                 && !provider_usable(pname)

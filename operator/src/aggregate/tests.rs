@@ -381,6 +381,28 @@ fn provider_status_counts_breakers_across_sidecars() {
     assert_eq!(later.state, Some(ProviderState::Unknown));
 }
 
+/// A valid route at generation 3 selecting `pods`.
+fn route_verdict(pods: &[Key], target_count: u32) -> RouteVerdict {
+    RouteVerdict {
+        generation: Some(3),
+        accepted: Cond {
+            ok: true,
+            reason: "Accepted".into(),
+            message: "ok".into(),
+        },
+        resolved_refs: Cond {
+            ok: true,
+            reason: "ResolvedRefs".into(),
+            message: "ok".into(),
+        },
+        usable: true,
+        selected_pods: pods.to_vec(),
+        target_count,
+        version: "3f2a9c0d1e5b7a64".into(),
+        warnings: vec![],
+    }
+}
+
 /// A snapshot of `routes` at `version` (nothing else in it).
 fn snapshot(version: &str, routes: Vec<sluice_crds::snapshot::RouteEntry>) -> Snapshot {
     Snapshot {
@@ -467,6 +489,23 @@ fn sidecars_that_carry_a_provider_without_traffic_count_as_closed_breakers() {
         healthy.message
     );
 
+    // The route lists its target for both sidecars, healthy, though
+    // neither had traffic on it.
+    let pods: Vec<Key> = vec![("shop".into(), "a".into()), ("shop".into(), "b".into())];
+    let chat: Key = ("shop".into(), "chat".into());
+    let route = agg.route_status(
+        &chat,
+        &route_verdict(&pods, 1),
+        &snapshots,
+        None,
+        now(),
+        5_000,
+    );
+    assert_eq!(route.targets.len(), 1);
+    assert!(route.targets[0].healthy);
+    assert_eq!(route.targets[0].share_percent, 0);
+    assert_eq!(route.healthy.as_deref(), Some("1/1"));
+
     // A provider no snapshot uses and nobody reports stays Unknown.
     let other: Key = ("shop".into(), "backup".into());
     let unused = agg.provider_status(&other, &v, &snapshots, None, now(), 5_000);
@@ -486,24 +525,7 @@ fn a_route_is_programmed_when_every_selected_sidecar_runs_its_version() {
         (pods[1].clone(), snapshot("v-b", vec![])),
     ]
     .into();
-    let verdict = RouteVerdict {
-        generation: Some(3),
-        accepted: Cond {
-            ok: true,
-            reason: "Accepted".into(),
-            message: "ok".into(),
-        },
-        resolved_refs: Cond {
-            ok: true,
-            reason: "ResolvedRefs".into(),
-            message: "ok".into(),
-        },
-        usable: true,
-        selected_pods: pods.clone(),
-        target_count: 2,
-        version: "3f2a9c0d1e5b7a64".into(),
-        warnings: vec![],
-    };
+    let verdict = route_verdict(&pods, 2);
     let mut r = report("a", "a-1", 1, vec![]);
     r.config.applied = Some("v-a".into());
     r.targets = vec![
