@@ -350,6 +350,49 @@ async fn a_second_replica_stands_by_with_the_same_ca() {
     .expect("test finished in time");
 }
 
+/// An identity stored before the webhook had its own Service lacks that
+/// name: the operator issues a new serving certificate under the same CA
+/// (sidecars and the API server keep trusting it) and stores it.
+#[tokio::test]
+async fn a_stored_certificate_missing_a_service_name_is_reissued_under_its_ca() {
+    use sluice_operator::tls::{ServingCert, subject_names};
+    tokio::time::timeout(WAIT * 3, async {
+        let rig = Rig::start().await;
+        let old = ServingCert::generate(&subject_names(&["sluice-operator"], "sluice-system"))
+            .expect("generated");
+        let data: serde_json::Map<String, Value> = old
+            .to_data()
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(b64(&String::from_utf8_lossy(&v.0)))))
+            .collect();
+        rig.create(
+            "v1",
+            "Secret",
+            Some("sluice-system"),
+            json!({"metadata": {"name": "sluice-operator-tls", "labels": {"app.kubernetes.io/managed-by": "sluice-operator"}}, "type": "kubernetes.io/tls", "data": data}),
+        )
+        .await;
+        let op = rig.operator("a").await;
+        let names = subject_names(
+            &["sluice-operator", "sluice-operator-webhook"],
+            "sluice-system",
+        );
+        assert_eq!(op.cert.ca_pem, old.ca_pem, "the same CA");
+        assert!(op.cert.missing_names(&names).expect("parsed").is_empty());
+        assert_ne!(op.cert.cert_pem, old.cert_pem);
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            rig.get("v1", "Secret", "sluice-system", "sluice-operator-tls")
+                .await,
+        )
+        .expect("a Secret");
+        let stored = ServingCert::from_secret(&secret).expect("complete");
+        assert_eq!(stored.cert_pem, op.cert.cert_pem, "the Secret holds the new one");
+        assert_eq!(stored.ca_pem, old.ca_pem);
+    })
+    .await
+    .expect("test finished in time");
+}
+
 #[tokio::test]
 async fn after_a_leader_crash_the_new_leader_resumes_spend_from_status() {
     tokio::time::timeout(WAIT * 3, async {
