@@ -1,6 +1,13 @@
 use super::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use sluice_crds::report::{ConfigState, Rejection, TargetHealth, UsageDelta};
+use sluice_crds::FailureClass;
+use sluice_crds::budget::BudgetState;
+use sluice_crds::common::conditions;
+use sluice_crds::provider::{BreakerCounts, ProviderState, ProviderStatus};
+use sluice_crds::report::{BreakerState, ConfigState, Rejection, TargetHealth, UsageDelta};
+use sluice_crds::snapshot::Snapshot;
+
+use crate::compile::{BudgetVerdict, Cond, ProviderVerdict, RouteVerdict};
 
 /// Sidecars report every 2 s; reports count for 6 s.
 const INTERVAL_MS: u64 = 2_000;
