@@ -502,6 +502,14 @@ pub struct ModelStatus {
     /// Breaker states of this model across sidecars.
     #[serde(default)]
     pub breakers: BreakerCounts,
+    /// How often its breakers opened in the sidecars' latest report
+    /// intervals, counting those that closed again since (flapping).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub breakers_opened: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// How many sidecars see a breaker in each state.

@@ -89,6 +89,14 @@ pub struct TargetHealth {
     pub ttft_p95_ms: Option<u64>,
     #[serde(default)]
     pub breaker: BreakerState,
+    /// How often its breaker opened in the interval, including openings
+    /// that closed again before the report (a flapping target).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub opened: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Spend against one budget (and tenant) since the previous delta.
@@ -154,6 +162,7 @@ mod tests {
                 latency_p95_ms: Some(900),
                 ttft_p95_ms: Some(300),
                 breaker: BreakerState::HalfOpen,
+                opened: 2,
             }],
             usage: vec![UsageDelta {
                 seq: 9,

@@ -81,6 +81,10 @@ fn open_breakers(s: &ProviderStatus) -> u32 {
     s.models.iter().map(|m| m.breakers.open).sum()
 }
 
+fn opened(s: &ProviderStatus) -> u32 {
+    s.models.iter().map(|m| m.breakers_opened).sum()
+}
+
 /// Events of a provider status change.
 pub fn provider(old: Option<&ProviderStatus>, new: &ProviderStatus) -> Vec<Notice> {
     let before = old.map_or(0, open_breakers);
@@ -97,6 +101,23 @@ pub fn provider(old: Option<&ProviderStatus>, new: &ProviderStatus) -> Vec<Notic
             format!(
                 "{now} breaker(s) open across {} sidecar(s), models: {}",
                 new.sidecars,
+                models.join(", ")
+            ),
+        )]
+    } else if before == 0 && now == 0 && opened(new) > 0 {
+        // Opened and closed again between two reports: nobody saw it
+        // open in status, but it flapped.
+        let models: Vec<&str> = new
+            .models
+            .iter()
+            .filter(|m| m.breakers_opened > 0)
+            .map(|m| m.name.as_str())
+            .collect();
+        vec![warn(
+            "BreakerOpened",
+            format!(
+                "breakers opened {} time(s) and closed again within a report interval, models: {}",
+                opened(new),
                 models.join(", ")
             ),
         )]
@@ -246,5 +267,27 @@ mod tests {
             provider(Some(&provider_with(2)), &provider_with(0))[0].reason,
             "BreakersClosed"
         );
+    }
+
+    #[test]
+    fn a_breaker_that_opened_and_closed_between_reports_is_an_event() {
+        let mut flapped = provider_with(0);
+        flapped.models[0].breakers_opened = 2;
+        let notices = provider(Some(&provider_with(0)), &flapped);
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].reason, "BreakerOpened");
+        assert!(notices[0].warning);
+        assert!(
+            notices[0].note.contains("closed again"),
+            "{}",
+            notices[0].note
+        );
+        assert!(notices[0].note.contains("gpt-4o"));
+        // Still open in status: the usual event, not a second one.
+        let mut open = provider_with(1);
+        open.models[0].breakers_opened = 1;
+        let notices = provider(Some(&provider_with(0)), &open);
+        assert_eq!(notices.len(), 1);
+        assert!(!notices[0].note.contains("closed again"));
     }
 }

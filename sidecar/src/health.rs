@@ -98,6 +98,8 @@ pub struct Health {
     /// breaker settings changed) does not reset its counters.
     transitions: Mutex<HashMap<(String, String), Transitions>>,
     figures: Mutex<BTreeMap<(String, String, String), Figures>>,
+    /// `Transitions::opened` of each endpoint as of the last report.
+    reported_openings: Mutex<HashMap<(String, String), u64>>,
     fallbacks: Mutex<BTreeMap<String, FallbackRecord>>,
     #[allow(clippy::type_complexity)]
     limiters: Mutex<
@@ -286,16 +288,25 @@ impl Health {
         use sluice_crds::report::BreakerState;
         let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reported = self
+            .reported_openings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for ((route, provider, model), f) in figures.iter_mut() {
-            let breaker = endpoints
-                .iter()
-                .find(|((p, m), _)| {
-                    m == model && p.rsplit('/').next().unwrap_or(p) == provider.as_str()
-                })
-                .map(|(_, e)| e.breaker.state())
-                .unwrap_or_default();
-            if f.requests == 0 && breaker == BreakerState::Closed {
+            let endpoint = endpoints.iter().find(|((p, m), _)| {
+                m == model && p.rsplit('/').next().unwrap_or(p) == provider.as_str()
+            });
+            let breaker = endpoint.map(|(_, e)| e.breaker.state()).unwrap_or_default();
+            // Openings since the last report, on the first route that
+            // uses the endpoint (the operator counts a breaker once).
+            let opened = endpoint.map_or(0, |(k, _)| {
+                let now = transitions.get(k).map_or(0, |t| t.opened);
+                let before = reported.insert(k.clone(), now).unwrap_or(0);
+                u32::try_from(now.saturating_sub(before)).unwrap_or(u32::MAX)
+            });
+            if f.requests == 0 && breaker == BreakerState::Closed && opened == 0 {
                 continue;
             }
             let mut f = std::mem::take(f);
@@ -311,8 +322,11 @@ impl Health {
                 latency_p95_ms: percentile(&mut all, 95),
                 ttft_p95_ms: percentile(&mut f.ttfts, 95),
                 breaker,
+                opened,
             });
         }
+        drop(reported);
+        drop(transitions);
         drop(endpoints);
         drop(figures);
         let fallbacks =
@@ -335,15 +349,21 @@ mod tests {
     use super::*;
     use sluice_crds::report::BreakerState;
 
-    #[test]
-    fn open_breakers_stay_in_the_report_and_changes_are_counted() {
+    /// Route `r` to provider `p` model `m`, whose breaker opens after one
+    /// failure for 1 s and closes after one good probe.
+    fn one_breaker_route() -> crate::config::Config {
         let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: Provider\nmetadata: {name: p}\nspec:\n  type: mock\n  circuitBreaker: {consecutiveFailures: 1, openFor: 1s, halfOpenProbes: 1}\n  models: [{name: m}]\n---\napiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  targets: [{providerRef: {name: p}, model: m}]\n";
-        let config = crate::standalone::load_bytes(
+        crate::standalone::load_bytes(
             &sluice_crds::load::Admission::new(),
             yaml.as_bytes(),
             &|_| None,
         )
-        .expect("config");
+        .expect("config")
+    }
+
+    #[test]
+    fn open_breakers_stay_in_the_report_and_changes_are_counted() {
+        let config = one_breaker_route();
         let target = &config.route("r").expect("route").targets[0];
         let health = Health::default();
         let e = health.endpoint(target);
@@ -360,15 +380,16 @@ mod tests {
         let (report, _) = health.drain();
         assert_eq!(report.len(), 1);
         assert_eq!(
-            (report[0].requests, report[0].breaker),
-            (1, BreakerState::Open)
+            (report[0].requests, report[0].breaker, report[0].opened),
+            (1, BreakerState::Open, 1)
         );
-        // No call reaches an open breaker, yet the report still says so.
+        // No call reaches an open breaker, yet the report still says so
+        // (the opening itself was reported once).
         let (report, _) = health.drain();
         assert_eq!(report.len(), 1, "{report:?}");
         assert_eq!(
-            (report[0].requests, report[0].breaker),
-            (0, BreakerState::Open)
+            (report[0].requests, report[0].breaker, report[0].opened),
+            (0, BreakerState::Open, 0)
         );
         assert!(!health.admits(target, &e, t0 + Duration::from_millis(500)));
         // Past openFor a probe goes through and closes it.
@@ -408,6 +429,36 @@ mod tests {
                 closed: 1
             }
         );
+    }
+
+    /// A breaker that opens and closes again between two reports is
+    /// reported closed, but with its opening counted.
+    #[test]
+    fn a_breaker_that_flaps_within_an_interval_is_reported() {
+        let config = one_breaker_route();
+        let target = &config.route("r").expect("route").targets[0];
+        let health = Health::default();
+        let e = health.endpoint(target);
+        let t0 = Instant::now();
+        let fail = Err(FailureClass::ServerError);
+        health.record("r", target, &e, t0, fail, true, false);
+        let t1 = t0 + Duration::from_millis(1100);
+        assert!(health.admits(target, &e, t1));
+        health.record(
+            "r",
+            target,
+            &e,
+            t1,
+            Ok(Duration::from_millis(20)),
+            false,
+            false,
+        );
+        let (report, _) = health.drain();
+        assert_eq!(
+            (report[0].requests, report[0].breaker, report[0].opened),
+            (2, BreakerState::Closed, 1)
+        );
+        assert!(health.drain().0.is_empty(), "reported once");
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl Aggregator {
             p95: Option<u64>,
             ttft: Option<u64>,
             breakers: BreakerCounts,
+            opened: u32,
         }
         let mut models: BTreeMap<String, M> = BTreeMap::new();
         let mut reporting = 0u32;
@@ -226,6 +227,7 @@ impl Aggregator {
                 m.ttft = m.ttft.max(h.ttft_p95_ms);
                 if !counted.contains(&h.model.as_str()) {
                     counted.push(&h.model);
+                    m.opened = m.opened.saturating_add(h.opened);
                     match h.breaker {
                         BreakerState::Closed => m.breakers.closed += 1,
                         BreakerState::Open => m.breakers.open += 1,
@@ -263,6 +265,7 @@ impl Aggregator {
                 latency_p95_ms: m.p95,
                 ttft_p95_ms: m.ttft,
                 breakers: m.breakers,
+                breakers_opened: m.opened,
             })
             .collect();
         let req: u64 = models.values().map(|m| m.req).sum();

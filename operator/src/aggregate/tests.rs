@@ -312,6 +312,7 @@ fn target(
         latency_p95_ms: Some(requests * 10),
         ttft_p95_ms: Some(50),
         breaker,
+        opened: 0,
     }
 }
 
@@ -347,9 +348,16 @@ fn provider_status_counts_breakers_across_sidecars() {
         BreakerState::Open,
     )];
     agg.ingest(r, None, &none, 0);
+    // b's breaker opened and closed again in the interval; two routes
+    // use the endpoint: one breaker, counted once.
+    let flapped = |route: &str| TargetHealth {
+        opened: 1,
+        ..target(route, "openai", "gpt-4o", 25, 0, BreakerState::Closed)
+    };
     let mut r = report("b", "b-1", 1, vec![]);
     r.targets = vec![
-        target("chat", "openai", "gpt-4o", 50, 0, BreakerState::Closed),
+        flapped("chat"),
+        flapped("chat-2"),
         target("chat", "backup", "m", 5, 0, BreakerState::Closed),
     ];
     agg.ingest(r, None, &none, 0);
@@ -362,6 +370,7 @@ fn provider_status_counts_breakers_across_sidecars() {
         now(),
         1,
     );
+    assert_eq!(st.models[0].breakers_opened, 1);
     assert_eq!(st.sidecars, 2);
     assert_eq!(st.state, Some(ProviderState::Degraded));
     assert_eq!(st.breakers_open.as_deref(), Some("1/2"));
