@@ -136,9 +136,30 @@ pub fn rule_index(route: &Route, info: &RequestInfo) -> Option<usize> {
     route.rules.iter().position(|r| info.matches(&r.match_))
 }
 
+/// A target of the plan, with its endpoint's health (breaker, in-flight
+/// tokens), looked up once for the strategy and again used by `attempt`.
+pub struct Planned<'r> {
+    pub target: &'r Target,
+    pub endpoint: Arc<crate::health::Endpoint>,
+}
+
+impl<'r> Planned<'r> {
+    /// `target` as the only one to try (a budget's replacement).
+    pub fn only(target: &'r Target, health: &crate::health::Health) -> Vec<Self> {
+        vec![Planned {
+            target,
+            endpoint: health.endpoint(target),
+        }]
+    }
+}
+
 /// The targets to try, in order. An empty plan answers 503
 /// `no_healthy_target`.
-pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -> Vec<Target> {
+pub fn plan<'r>(
+    route: &'r Route,
+    info: &RequestInfo,
+    health: &crate::health::Health,
+) -> Vec<Planned<'r>> {
     let (targets, strategy, balancer) =
         route.rules.iter().find(|r| info.matches(&r.match_)).map_or(
             (&route.targets, route.spec.strategy, &route.balancer),
@@ -151,30 +172,33 @@ pub fn plan(route: &Route, info: &RequestInfo, health: &crate::health::Health) -
         .map(|(t, p)| (t, crate::tokens::scale(info.input_tokens, *p)))
         .filter(|(t, tokens)| info.fits(t, *tokens))
         .collect();
+    let endpoints: Vec<_> = fitting.iter().map(|(t, _)| health.endpoint(t)).collect();
+    let now = tokio::time::Instant::now();
     let candidates: Vec<crate::balance::Candidate> = fitting
         .iter()
-        .map(|&(t, input_tokens)| {
-            let endpoint = health.endpoint(t);
-            crate::balance::Candidate {
-                weight: t.weight,
-                priority: t.priority,
-                latency: endpoint.breaker.p95(tokio::time::Instant::now()),
-                cost: t.pricing.as_ref().map(|p| {
-                    crate::balance::estimated_cost(
-                        p.input_per_million,
-                        p.output_per_million,
-                        input_tokens,
-                        info.max_output,
-                    )
-                }),
-                in_flight_tokens: endpoint.in_flight.get(),
-            }
+        .zip(&endpoints)
+        .map(|(&(t, input_tokens), endpoint)| crate::balance::Candidate {
+            weight: t.weight,
+            priority: t.priority,
+            latency: endpoint.breaker.p95(now),
+            cost: t.pricing.as_ref().map(|p| {
+                crate::balance::estimated_cost(
+                    p.input_per_million,
+                    p.output_per_million,
+                    input_tokens,
+                    info.max_output,
+                )
+            }),
+            in_flight_tokens: endpoint.in_flight.get(),
         })
         .collect();
     balancer
         .order(strategy, &candidates)
         .into_iter()
-        .map(|i| fitting[i].0.clone())
+        .map(|i| Planned {
+            target: fitting[i].0,
+            endpoint: endpoints[i].clone(),
+        })
         .collect()
 }
 
@@ -196,8 +220,8 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e:?}"))
     }
 
-    fn names(targets: &[Target]) -> Vec<&str> {
-        targets.iter().map(|t| t.model.as_str()).collect()
+    fn names<'a>(planned: &'a [Planned<'_>]) -> Vec<&'a str> {
+        planned.iter().map(|p| p.target.model.as_str()).collect()
     }
 
     const ROUTE: &str = "apiVersion: sluice.dev/v1alpha1\nkind: LLMRoute\nmetadata: {name: r}\nspec:\n  model: r\n  strategy: cost\n  targets: [{providerRef: {name: p}, model: big}, {providerRef: {name: p}, model: small}]\n  rules:\n  - {match: {complexity: complex}, targets: [{providerRef: {name: p}, model: big}]}\n  - {match: {headers: {x-tier: gold}}, strategy: priority, targets: [{providerRef: {name: p}, model: big}, {providerRef: {name: p}, model: small}]}\n";
