@@ -111,8 +111,8 @@ pub struct Propagate {
 
 /// Header names as constants: a `&'static str` name is parsed again on
 /// every insert.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 impl Propagate {
     fn apply(&self, headers: &mut http::HeaderMap) {

@@ -153,7 +153,7 @@ where
     };
     let propagate = attempt::Propagate {
         request_id: HeaderValue::from_str(tracker.request_id()).ok(),
-        traceparent: headers.get("traceparent").cloned(),
+        traceparent: headers.get(attempt::TRACEPARENT).cloned(),
     };
     let outcome = attempt::run(
         &app.egress,

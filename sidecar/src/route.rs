@@ -181,14 +181,19 @@ pub fn plan<'r>(
             weight: t.weight,
             priority: t.priority,
             latency: endpoint.breaker.p95(now),
-            cost: t.pricing.as_ref().map(|p| {
-                crate::balance::estimated_cost(
-                    p.input_per_million,
-                    p.output_per_million,
-                    input_tokens,
-                    info.max_output,
-                )
-            }),
+            // Decimal arithmetic, for the one strategy that reads it.
+            cost: t
+                .pricing
+                .as_ref()
+                .filter(|_| strategy == sluice_crds::route::Strategy::Cost)
+                .map(|p| {
+                    crate::balance::estimated_cost(
+                        p.input_per_million,
+                        p.output_per_million,
+                        input_tokens,
+                        info.max_output,
+                    )
+                }),
             in_flight_tokens: endpoint.in_flight.get(),
         })
         .collect();
