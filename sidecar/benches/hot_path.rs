@@ -142,7 +142,7 @@ fn route_selection(c: &mut Criterion) {
             let plan = sluice_sidecar::route::plan(black_box(&route), &info, &health);
             let now = tokio::time::Instant::now();
             plan.iter()
-                .filter(|t| health.endpoint(t).breaker.admits(now).0)
+                .filter(|p| p.endpoint.breaker.admits(now).0)
                 .count()
         })
     });

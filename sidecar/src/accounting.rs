@@ -170,22 +170,16 @@ impl Tracker {
         self.finished = true;
         self.settle(usage, true);
         let labels = self.labels();
-        let m = &self.app.metrics;
-        m.operation(
-            self.op.as_str(),
-            &labels,
-            self.started.elapsed().as_secs_f64(),
-        );
         let cost = usage
             .zip(self.target.as_ref())
             .and_then(|(u, t)| cost(t, &u));
-        if let Some(u) = usage {
-            m.tokens(&labels, u.prompt_tokens, u.completion_tokens);
-        }
-        if let Some(c) = cost {
-            m.cost(&labels, c.get().to_f64().unwrap_or(0.0));
-        }
-        m.request(&labels.route, metrics::Outcome::Success);
+        self.app.metrics.succeeded(
+            self.op.as_str(),
+            &labels,
+            self.started.elapsed().as_secs_f64(),
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            cost.map(|c| c.get().to_f64().unwrap_or(0.0)),
+        );
         let ms = self.started.elapsed().as_millis() as u64;
         self.app.access_log.record(access_log::Entry {
             input_tokens: usage.map(|u| u.prompt_tokens),

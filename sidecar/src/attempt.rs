@@ -20,7 +20,7 @@ use crate::egress::{Egress, UpstreamBody, UpstreamResponse};
 use crate::health::{Endpoint, Health};
 use crate::openai::{ChatRequest, EmbeddingsRequest, Usage};
 use crate::provider::{self, Failure, StreamContext, StreamDecoder, StreamEvent};
-use std::sync::Arc;
+use crate::route::Planned;
 
 /// What one failure class means for routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,8 +111,8 @@ pub struct Propagate {
 
 /// Header names as constants: a `&'static str` name is parsed again on
 /// every insert.
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 impl Propagate {
     fn apply(&self, headers: &mut http::HeaderMap) {
@@ -159,15 +159,16 @@ pub enum Answer {
     Stream(Committed),
 }
 
-/// How trying ended.
-pub struct Outcome {
+/// How trying ended; the targets are the route's (or the budget's
+/// replacement), borrowed rather than cloned.
+pub struct Outcome<'t> {
     pub result: Result<Answer, Failure>,
     /// Targets tried.
     pub attempts: u32,
     /// The target that answered (or failed last).
-    pub target: Option<Target>,
+    pub target: Option<&'t Target>,
     /// Failures of targets fallen back from, in order.
-    pub fell_back: Vec<(Target, Failure)>,
+    pub fell_back: Vec<(&'t Target, Failure)>,
 }
 
 /// Prefix of the failure message of a response over the size cap.
@@ -176,28 +177,21 @@ pub const TOO_LARGE: &str = "upstream response larger than";
 /// Targets in order, without those whose breaker is open (and not yet
 /// due for a probe). When every breaker is open the least recently failed
 /// target is still tried (`true`): the last option is never ejected.
-/// Each target comes with its endpoint's health, looked up once.
-fn admitted<'t>(
-    health: &Health,
-    targets: &'t [Target],
-    now: Instant,
-) -> (Vec<(&'t Target, Arc<Endpoint>)>, bool) {
-    let all: Vec<(&Target, Arc<Endpoint>)> =
-        targets.iter().map(|t| (t, health.endpoint(t))).collect();
+fn admitted<'p, 't>(targets: &'p [Planned<'t>], now: Instant) -> (Vec<&'p Planned<'t>>, bool) {
     let blocked = |e: &Endpoint| {
         e.breaker.state() == sluice_crds::report::BreakerState::Open
             && e.breaker.retry_at().is_some_and(|at| now < at)
     };
-    if all.iter().all(|(_, e)| blocked(e)) {
-        let least_recent = all
-            .into_iter()
-            .min_by_key(|(_, e)| e.breaker.last_failure())
+    if targets.iter().all(|p| blocked(&p.endpoint)) {
+        let least_recent = targets
+            .iter()
+            .min_by_key(|p| p.endpoint.breaker.last_failure())
             .into_iter()
             .collect();
         return (least_recent, true);
     }
     (
-        all.into_iter().filter(|(_, e)| !blocked(e)).collect(),
+        targets.iter().filter(|p| !blocked(&p.endpoint)).collect(),
         false,
     )
 }
@@ -205,26 +199,30 @@ fn admitted<'t>(
 /// Tries `targets` in order (at most `route.max_depth`) until one answers,
 /// skipping endpoints whose breaker is open and recording every outcome
 /// for the breakers and the report.
-pub async fn run(
+pub async fn run<'t>(
     egress: &Egress,
     health: &Health,
     bounds: Bounds,
     route: &Route,
-    targets: &[Target],
+    targets: &[Planned<'t>],
     call: &Call<'_>,
     propagate: &Propagate,
-) -> Outcome {
+) -> Outcome<'t> {
     let mut fell_back = Vec::new();
     let mut attempts = 0;
     let mut targets_tried = 0usize;
     let mut throttled: Option<Duration> = None;
     route.retry_budget.deposit();
-    let mut last: Option<(Target, Failure)> = None;
+    let mut last: Option<(&'t Target, Failure)> = None;
     // After a context-length failure only a larger window can help.
     let mut larger_than: Option<u32> = None;
     let streamed = matches!(call, Call::Chat { stream: true, .. });
-    let (candidates, forced) = admitted(health, targets, Instant::now());
-    for (target, endpoint) in candidates {
+    let (candidates, forced) = admitted(targets, Instant::now());
+    for &Planned {
+        target,
+        ref endpoint,
+    } in candidates
+    {
         if targets_tried >= route.max_depth {
             break;
         }
@@ -251,7 +249,7 @@ pub async fn run(
         }
         // A breaker due for a probe turns half-open here; a half-open one
         // admits only its probes.
-        if !health.admits(target, &endpoint, now) && !forced {
+        if !health.admits(target, endpoint, now) && !forced {
             continue;
         }
         if let Some(prev) = last.take() {
@@ -271,7 +269,7 @@ pub async fn run(
                 Ok(_) => health.record(
                     &route.name,
                     target,
-                    &endpoint,
+                    endpoint,
                     Instant::now(),
                     Ok(started.elapsed()),
                     false,
@@ -280,7 +278,7 @@ pub async fn run(
                 Err(f) => health.record(
                     &route.name,
                     target,
-                    &endpoint,
+                    endpoint,
                     Instant::now(),
                     Err(f.class),
                     class_policy(f.class).counts_against_breaker,
@@ -323,7 +321,7 @@ pub async fn run(
                 return Outcome {
                     result: Ok(answer),
                     attempts,
-                    target: Some(target.clone()),
+                    target: Some(target),
                     fell_back,
                 };
             }
@@ -343,7 +341,7 @@ pub async fn run(
                 {
                     larger_than = Some(larger_than.map_or(w, |m| m.max(w)));
                 }
-                last = Some((target.clone(), failure));
+                last = Some((target, failure));
                 if !next {
                     break;
                 }

@@ -22,7 +22,8 @@ pub struct Candidate {
     pub priority: u32,
     /// Recent p95 latency (time to first token when the request streams).
     pub latency: Option<Duration>,
-    /// Estimated cost of this request on this target.
+    /// Estimated cost of this request on this target (left out by
+    /// `route::plan` unless the strategy is `cost`).
     pub cost: Option<Money>,
     /// Estimated tokens in flight on this target now.
     pub in_flight_tokens: u64,

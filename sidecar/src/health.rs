@@ -93,7 +93,8 @@ pub struct BreakerView {
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Health {
-    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>>>,
+    /// foldhash: keys from the configuration, looked up on every request.
+    endpoints: Mutex<HashMap<(String, String), Arc<Endpoint>, foldhash::fast::RandomState>>,
     /// Kept apart from the endpoints so that recreating one (its provider's
     /// breaker settings changed) does not reset its counters.
     transitions: Mutex<HashMap<(String, String), Transitions>>,
@@ -114,10 +115,13 @@ pub struct Health {
 }
 
 fn key(target: &Target) -> (String, String) {
-    (
-        format!("{}/{}", target.provider.namespace, target.provider.name),
-        target.model.clone(),
-    )
+    // Not `format!`: this runs on every request.
+    let p = &target.provider;
+    let mut provider = String::with_capacity(p.namespace.len() + 1 + p.name.len());
+    provider.push_str(&p.namespace);
+    provider.push('/');
+    provider.push_str(&p.name);
+    (provider, target.model.clone())
 }
 
 impl Health {

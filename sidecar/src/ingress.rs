@@ -157,8 +157,11 @@ pub fn parse_embeddings(raw: &[u8], limits: &Limits) -> Result<EmbeddingsRequest
 /// (the path tracking costs a third of a parse, so it is not paid on every
 /// request).
 pub fn parse<T: DeserializeOwned>(raw: &[u8], limits: &Limits) -> Result<T, ApiError> {
+    // UTF-8 checked once for the whole body, then parsed as `&str`:
+    // `from_slice` would check each string on its own, which costs more.
     if check_depth(raw, limits.max_depth).is_ok()
-        && let Ok(value) = serde_json::from_slice::<T>(raw)
+        && let Ok(text) = std::str::from_utf8(raw)
+        && let Ok(value) = serde_json::from_str::<T>(text)
     {
         return Ok(value);
     }

@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod provider;
 pub mod ratelimit;
+pub mod repoll;
 pub mod request_id;
 pub mod route;
 pub mod run;

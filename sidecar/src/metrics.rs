@@ -100,6 +100,8 @@ struct TargetSeries {
     input_tokens: OnceLock<Histogram>,
     output_tokens: OnceLock<Histogram>,
     cost: OnceLock<CostCounter>,
+    /// `sluice_requests_total{route, outcome="success"}` of the route.
+    succeeded: OnceLock<Counter>,
 }
 
 /// How a request ended, for `sluice_requests_total{outcome}`.
@@ -144,7 +146,10 @@ pub struct Metrics {
     accounting: Family<AccountingLabels, prometheus_client::metrics::gauge::Gauge>,
     access_log_dropped: Counter,
     /// Bounded like the families: one entry per label set they hold.
-    series: RwLock<HashMap<TargetLabels, Arc<TargetSeries>>>,
+    /// foldhash, not SipHash: the keys come from the configuration, and
+    /// hashing three strings with SipHash on every lookup was ≈0.6 k
+    /// instructions.
+    series: RwLock<HashMap<TargetLabels, Arc<TargetSeries>, foldhash::fast::RandomState>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -414,7 +419,10 @@ impl Metrics {
 
     /// One operation (`chat`, `embeddings`) finished after `secs`.
     pub fn operation(&self, op: &'static str, t: &TargetLabels, secs: f64) {
-        let s = self.series(t);
+        self.operation_of(&self.series(t), op, t, secs);
+    }
+
+    fn operation_of(&self, s: &TargetSeries, op: &'static str, t: &TargetLabels, secs: f64) {
         let slot = match op {
             "chat" => &s.chat,
             "embeddings" => &s.embeddings,
@@ -422,6 +430,31 @@ impl Metrics {
         };
         slot.get_or_init(|| self.duration_series(op, t))
             .observe(secs);
+    }
+
+    /// A request of `op` to target `t` succeeded after `secs`, with its
+    /// token usage (input, output) and cost if known: everything
+    /// [`Metrics::operation`], [`Metrics::tokens`], [`Metrics::cost`] and
+    /// [`Metrics::request`] record, with one lookup of the target's series.
+    pub fn succeeded(
+        &self,
+        op: &'static str,
+        t: &TargetLabels,
+        secs: f64,
+        tokens: Option<(u64, u64)>,
+        usd: Option<f64>,
+    ) {
+        let s = self.series(t);
+        self.operation_of(&s, op, t, secs);
+        if let Some((input, output)) = tokens {
+            self.tokens_of(&s, t, input, output);
+        }
+        if let Some(usd) = usd {
+            self.cost_of(&s, t, usd);
+        }
+        s.succeeded
+            .get_or_init(|| self.outcome_counter(&t.route, Outcome::Success))
+            .inc();
     }
 
     /// The first token of a stream reached the client after `secs`.
@@ -434,7 +467,10 @@ impl Metrics {
 
     /// Token usage of one request.
     pub fn tokens(&self, t: &TargetLabels, input: u64, output: u64) {
-        let s = self.series(t);
+        self.tokens_of(&self.series(t), t, input, output);
+    }
+
+    fn tokens_of(&self, s: &TargetSeries, t: &TargetLabels, input: u64, output: u64) {
         s.input_tokens
             .get_or_init(|| self.token_series("input", t))
             .observe(input as f64);
@@ -446,20 +482,27 @@ impl Metrics {
     /// What a request cost, in US dollars (exact amounts are summed
     /// elsewhere; the metric is for dashboards).
     pub fn cost(&self, t: &TargetLabels, usd: f64) {
-        self.series(t)
-            .cost
+        self.cost_of(&self.series(t), t, usd);
+    }
+
+    fn cost_of(&self, s: &TargetSeries, t: &TargetLabels, usd: f64) {
+        s.cost
             .get_or_init(|| self.cost.get_or_create(t).clone())
             .inc_by(usd);
     }
 
     /// A request ended.
     pub fn request(&self, route: &str, outcome: Outcome) {
+        self.outcome_counter(route, outcome).inc();
+    }
+
+    fn outcome_counter(&self, route: &str, outcome: Outcome) -> Counter {
         self.requests
             .get_or_create(&OutcomeLabels {
                 route: route.to_owned(),
                 outcome: outcome.as_str(),
             })
-            .inc();
+            .clone()
     }
 
     /// An error, by class (`none` for errors that are not upstream

@@ -129,10 +129,12 @@ where
     };
 
     // the order of targets: the budget's replacement, or the route's plan
-    let targets = match &admitted.target_override {
-        Some(to) => override_target(&config, &route, to)
-            .map(|t| vec![t])
-            .unwrap_or_else(|| route::plan(&route, &info, &app.health)),
+    let replacement = admitted
+        .target_override
+        .as_ref()
+        .and_then(|to| override_target(&config, &route, to));
+    let targets = match &replacement {
+        Some(t) => route::Planned::only(t, &app.health),
         None => route::plan(&route, &info, &app.health),
     };
     if targets.is_empty() {
@@ -151,7 +153,7 @@ where
     };
     let propagate = attempt::Propagate {
         request_id: HeaderValue::from_str(tracker.request_id()).ok(),
-        traceparent: headers.get("traceparent").cloned(),
+        traceparent: headers.get(attempt::TRACEPARENT).cloned(),
     };
     let outcome = attempt::run(
         &app.egress,
@@ -276,7 +278,7 @@ fn respond(
             );
         }
     }
-    if let Some(t) = &outcome.target {
+    if let Some(t) = outcome.target {
         tracker.target = Some(t.clone());
     }
     match outcome.result {

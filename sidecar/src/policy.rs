@@ -378,7 +378,7 @@ async fn embed(
         &app.health,
         app.bounds,
         route,
-        std::slice::from_ref(target),
+        &crate::route::Planned::only(target, &app.health),
         &call,
         &crate::attempt::Propagate::default(),
     )

@@ -8,7 +8,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The id to use for a request with these headers.
 pub fn from_headers(headers: &http::HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(crate::attempt::X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(generate, str::to_owned)
@@ -21,7 +21,10 @@ pub fn generate() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let a = mix(nanos ^ u64::from(std::process::id()).rotate_left(32));
+    // The pid read once: `std::process::id()` is a `getpid` syscall.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    let a = mix(nanos ^ u64::from(pid).rotate_left(32));
     let b = mix(n.wrapping_add(a));
     // `format!("{a:016x}{b:016x}")` without the formatting machinery: this
     // runs for every request without an id.

@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ApiError;
 use crate::pipeline::{self, Operation};
+use crate::repoll::Repoll;
 
 /// Which server a listener is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +70,8 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30));
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            // The connection wakes itself on every request (see `repoll`).
+            if let Err(e) = Repoll::new(watcher.watch(conn.into_owned())).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

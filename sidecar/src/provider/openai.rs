@@ -37,7 +37,7 @@ impl Adapter for OpenAi {
         let body = reserialize(req, upstream_model, stream)?;
         Ok(with_bearer(
             endpoint,
-            format!("{}/chat/completions", endpoint.base_url),
+            [&endpoint.base_url, "/chat/completions"].concat(),
             body,
         ))
     }
@@ -53,7 +53,7 @@ impl Adapter for OpenAi {
         let body = passthrough_body(raw, req, upstream_model, stream)?;
         Ok(with_bearer(
             endpoint,
-            format!("{}/chat/completions", endpoint.base_url),
+            [&endpoint.base_url, "/chat/completions"].concat(),
             body,
         ))
     }

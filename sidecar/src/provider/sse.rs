@@ -51,7 +51,7 @@ impl SseParser {
         }
         let mut rest = bytes;
         while !rest.is_empty() {
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(i) => {
                     if self.line.len() + i > self.max_line {
                         return self.fail(out);
@@ -225,7 +225,7 @@ impl SseSlicer {
         self.canonical = None;
         let mut pos = 0;
         if !self.carry.is_empty() {
-            match bytes.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', bytes) {
                 None => {
                     if self.carry.len() + bytes.len() > self.max_line {
                         return self.fail(out);
@@ -249,7 +249,7 @@ impl SseSlicer {
         }
         while pos < bytes.len() {
             let rest = &bytes[pos..];
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(i) => {
                     if i > self.max_line {
                         return self.fail(out);
