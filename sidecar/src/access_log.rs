@@ -20,11 +20,14 @@
 //! `sluice_sidecar::accounting`, as before.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use sluice_crds::Money;
+
+use crate::metrics::TargetLabels;
 
 /// Entries waiting to be written, at most; beyond it they are dropped.
 /// 2,048 is 80,000 requests a second at [`FLUSH_EVERY`]; the channel's
@@ -44,9 +47,10 @@ pub struct Entry {
     pub request_id: String,
     /// `chat`, `embeddings`.
     pub operation: Option<&'static str>,
-    pub route: String,
-    pub provider: Option<String>,
-    pub model: Option<String>,
+    /// The route; also the provider and model when `target` is set.
+    pub labels: Arc<TargetLabels>,
+    /// Whether the line names the provider and model of `labels`.
+    pub target: bool,
     pub attempts: Option<u32>,
     pub duration_ms: u64,
     pub input_tokens: Option<u64>,
@@ -68,7 +72,7 @@ impl Entry {
     pub fn request(
         request_id: &str,
         operation: &'static str,
-        target: crate::metrics::TargetLabels,
+        target: Arc<TargetLabels>,
         attempts: u32,
         duration_ms: u64,
         outcome: &'static str,
@@ -76,9 +80,8 @@ impl Entry {
         Self {
             request_id: request_id.to_owned(),
             operation: Some(operation),
-            route: target.route,
-            provider: Some(target.provider),
-            model: Some(target.model),
+            labels: target,
+            target: true,
             attempts: Some(attempts),
             duration_ms,
             outcome,
@@ -280,12 +283,10 @@ pub fn format_line(buf: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, e: &Ent
     if let Some(op) = e.operation {
         string(buf, "operation", op);
     }
-    string(buf, "route", &e.route);
-    if let Some(p) = &e.provider {
-        string(buf, "provider", p);
-    }
-    if let Some(m) = &e.model {
-        string(buf, "model", m);
+    string(buf, "route", &e.labels.route);
+    if e.target {
+        string(buf, "provider", &e.labels.provider);
+        string(buf, "model", &e.labels.model);
     }
     if let Some(n) = e.attempts {
         number(buf, "attempts", u64::from(n));

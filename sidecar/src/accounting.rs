@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::access_log;
 use crate::app::App;
 use crate::body::Body;
-use crate::config::Target;
+use crate::config::{RouteTag, Target};
 use crate::error::{ApiError, Fault};
 use crate::metrics::{self, TargetLabels};
 use crate::openai::Usage;
@@ -62,7 +62,7 @@ pub struct Tracker {
     op: Operation,
     request_id: String,
     /// The route, once known.
-    pub route: Option<String>,
+    pub route: Option<RouteTag>,
     /// The target that answered or failed last.
     pub target: Option<Target>,
     /// Targets tried.
@@ -90,17 +90,19 @@ impl Tracker {
         }
     }
 
-    fn labels(&self) -> TargetLabels {
-        match &self.target {
-            Some(t) => TargetLabels {
-                route: self
-                    .route
-                    .clone()
-                    .unwrap_or_else(|| metrics::UNKNOWN.into()),
-                provider: t.provider.name.clone(),
-                model: t.model.clone(),
-            },
-            None => TargetLabels::unrouted(self.route.as_deref()),
+    /// Where the request went, as metric labels: made with the
+    /// configuration, so a request only takes a reference.
+    fn labels(&self) -> Arc<TargetLabels> {
+        match (&self.target, &self.route) {
+            (Some(t), Some(r)) if t.labels.route == r.labels.route => t.labels.clone(),
+            (Some(t), route) => Arc::new(TargetLabels {
+                route: route
+                    .as_ref()
+                    .map_or_else(|| metrics::UNKNOWN.to_owned(), |r| r.labels.route.clone()),
+                ..(*t.labels).clone()
+            }),
+            (None, Some(r)) => r.labels.clone(),
+            (None, None) => Arc::new(TargetLabels::unrouted(None)),
         }
     }
 
@@ -261,7 +263,7 @@ impl Tracker {
         m.request(&labels.route, metrics::Outcome::ClientCancelled);
         self.app.access_log.record(access_log::Entry {
             request_id: self.request_id.clone(),
-            route: labels.route,
+            labels,
             duration_ms: self.started.elapsed().as_millis() as u64,
             outcome: "client_cancelled",
             ..Default::default()
@@ -285,12 +287,18 @@ impl Tracker {
         };
         put(h, &REQUEST_ID, &self.request_id);
         if let Some(route) = &self.route {
-            put(h, &ROUTE, route);
+            if let Some(v) = &route.header {
+                h.insert(ROUTE.clone(), v.clone());
+            }
             h.insert(ATTEMPTS.clone(), HeaderValue::from(self.attempts));
         }
         if let Some(t) = &self.target {
-            put(h, &PROVIDER, &t.provider.name);
-            put(h, &MODEL, &t.model);
+            if let Some(v) = &t.provider_header {
+                h.insert(PROVIDER.clone(), v.clone());
+            }
+            if let Some(v) = &t.model_header {
+                h.insert(MODEL.clone(), v.clone());
+            }
         }
         for (name, value) in &self.policy_headers {
             if let Ok(v) = HeaderValue::from_str(value) {

@@ -35,6 +35,8 @@ pub struct Config {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// What a request keeps of its route, made once.
+    pub tag: RouteTag,
     pub namespace: String,
     /// The virtual model clients send.
     pub model: String,
@@ -68,6 +70,24 @@ pub struct Route {
     /// could reach one ([`crate::route::RequestInfo::of_chat`]); otherwise a
     /// rough count serves the metrics (see [`crate::tokens::rough`]).
     pub counts_tokens: bool,
+}
+
+/// A route as a request's tracker keeps it: the labels of a request that
+/// reached no target, and the `x-sluice-route` value; cloned by reference.
+#[derive(Clone, Debug)]
+pub struct RouteTag {
+    pub labels: Arc<crate::metrics::TargetLabels>,
+    /// `None` for a name that is not a valid header value.
+    pub header: Option<http::HeaderValue>,
+}
+
+impl RouteTag {
+    pub fn new(route: &str) -> Self {
+        Self {
+            labels: Arc::new(crate::metrics::TargetLabels::unrouted(Some(route))),
+            header: http::HeaderValue::from_str(route).ok(),
+        }
+    }
 }
 
 impl Route {
@@ -115,9 +135,23 @@ pub struct Rule {
     pub balancer: crate::balance::Balancer,
 }
 
-/// A provider and model a route may send to.
+/// A provider and model a route may send to. Built once per configuration
+/// and cloned by reference: the request that it answers keeps it to the end
+/// (metrics, access log, response headers), so everything those need of it
+/// is made here once instead of on every request.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Target(Arc<TargetInfo>);
+
+impl std::ops::Deref for Target {
+    type Target = TargetInfo;
+    fn deref(&self) -> &TargetInfo {
+        &self.0
+    }
+}
+
+/// What a [`Target`] is.
+#[derive(Debug)]
+pub struct TargetInfo {
     pub provider: Arc<Provider>,
     /// The upstream model (Azure: the deployment).
     pub model: String,
@@ -128,21 +162,54 @@ pub struct Target {
     /// The model's `capabilities` and `pricing` in the Provider spec.
     pub capabilities: Vec<sluice_crds::provider::Capability>,
     pub pricing: Option<sluice_crds::provider::Pricing>,
+    /// Metric labels and access-log names: the route it serves, its
+    /// provider and model.
+    pub labels: Arc<crate::metrics::TargetLabels>,
+    /// `x-sluice-provider` and `x-sluice-model`; `None` for a name that
+    /// is not a valid header value (the header is then left out).
+    pub provider_header: Option<http::HeaderValue>,
+    pub model_header: Option<http::HeaderValue>,
+    /// Its key in the endpoint health registry: `(namespace/provider, model)`.
+    pub health_key: (String, String),
 }
 
 impl Target {
-    /// `model` of `provider`, with what the Provider spec says of it.
-    pub fn of(provider: &Arc<Provider>, model: &str) -> Self {
+    /// `model` of `provider`, serving `route`, with what the Provider spec
+    /// says of it.
+    pub fn of(provider: &Arc<Provider>, model: &str, route: &str) -> Self {
+        Self::ranked(provider, model, route, 1, 0)
+    }
+
+    /// [`Target::of`] with the route's `weight` and `priority` for it.
+    pub fn ranked(
+        provider: &Arc<Provider>,
+        model: &str,
+        route: &str,
+        weight: u32,
+        priority: u32,
+    ) -> Self {
         let m = provider.spec.models.iter().find(|m| m.name == model);
-        Target {
+        let header = |v: &str| http::HeaderValue::from_str(v).ok();
+        Target(Arc::new(TargetInfo {
             provider: provider.clone(),
             model: model.to_owned(),
-            weight: 1,
-            priority: 0,
+            weight,
+            priority,
             context_window: m.and_then(|m| m.context_window),
             capabilities: m.map(|m| m.capabilities.clone()).unwrap_or_default(),
             pricing: m.and_then(|m| m.pricing.clone()),
-        }
+            labels: Arc::new(crate::metrics::TargetLabels {
+                route: route.to_owned(),
+                provider: provider.name.clone(),
+                model: model.to_owned(),
+            }),
+            provider_header: header(&provider.name),
+            model_header: header(model),
+            health_key: (
+                format!("{}/{}", provider.namespace, provider.name),
+                model.to_owned(),
+            ),
+        }))
     }
 
     /// Timeouts for this target under `route`: the route's overrides over
@@ -302,11 +369,13 @@ impl TryFrom<&Snapshot> for Config {
                 for (i, t) in list.iter().enumerate() {
                     let key = (entry.namespace.clone(), t.provider_ref.name.clone());
                     match providers.get(&key) {
-                        Some(p) => out.push(Target {
-                            weight: t.weight,
-                            priority: t.priority,
-                            ..Target::of(p, &t.model)
-                        }),
+                        Some(p) => out.push(Target::ranked(
+                            p,
+                            &t.model,
+                            &entry.name,
+                            t.weight,
+                            t.priority,
+                        )),
                         None => problems.push(format!(
                             "{what}: {field}[{i}]: Provider {:?} does not exist",
                             t.provider_ref.name
@@ -356,7 +425,7 @@ impl TryFrom<&Snapshot> for Config {
             let embedding = match (mode, spec.cache.as_ref().and_then(|c| c.embedding.as_ref())) {
                 (Some(sluice_crds::route::CacheMode::Semantic), Some(e)) => {
                     match providers.get(&(entry.namespace.clone(), e.provider_ref.name.clone())) {
-                        Some(p) => Some(Target::of(p, &e.model)),
+                        Some(p) => Some(Target::of(p, &e.model, &entry.name)),
                         None => {
                             problems.push(format!(
                                 "{what}: spec.cache.embedding: Provider {:?} does not exist",
@@ -396,6 +465,7 @@ impl TryFrom<&Snapshot> for Config {
             let balancer = crate::balance::Balancer::new(targets.len(), seed);
             routes.push(Arc::new(Route {
                 name: entry.name.clone(),
+                tag: RouteTag::new(&entry.name),
                 namespace: entry.namespace.clone(),
                 model: spec.model.clone(),
                 aliases: spec.aliases.clone(),

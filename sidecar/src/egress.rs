@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -44,14 +44,32 @@ const URIS: usize = 1024;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The `Host` header hyper-util sets for `uri` when a request has none:
+/// the host, with `:port` unless the port is the scheme's default.
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default = match uri.scheme_str() {
+        Some("http") => Some(80),
+        Some("https") => Some(443),
+        _ => None,
+    };
+    match uri.port_u16() {
+        Some(port) if Some(port) != default => {
+            HeaderValue::from_str(&format!("{host}:{port}")).ok()
+        }
+        _ => HeaderValue::from_str(host).ok(),
+    }
+}
+
 /// The shared upstream client.
 pub struct Egress {
     tls: rustls::ClientConfig,
     clients: Mutex<FastMap<Duration, HttpsClient>>,
     /// Each upstream URL parsed once: parsing one (`Request::builder().uri`)
     /// cost ≈1.2 k instructions and two allocations a request; a clone of
-    /// a parsed `Uri` shares its bytes.
-    uris: Mutex<FastMap<String, Uri>>,
+    /// a parsed `Uri` shares its bytes. With it, its `Host` header, which
+    /// hyper-util would otherwise format on every request.
+    uris: Mutex<FastMap<String, (Uri, Option<HeaderValue>)>>,
     /// Requests served per mock provider, for deterministic failures.
     mock_counts: Mutex<HashMap<String, u64>>,
 }
@@ -140,21 +158,22 @@ impl Egress {
             .clone()
     }
 
-    /// `url` parsed, `None` when it does not parse.
-    fn uri(&self, url: &str) -> Option<Uri> {
+    /// `url` parsed, and its `Host` value; `None` when it does not parse.
+    fn uri(&self, url: &str) -> Option<(Uri, Option<HeaderValue>)> {
         let mut uris = match self.uris.lock() {
             Ok(u) => u,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(uri) = uris.get(url) {
-            return Some(uri.clone());
+        if let Some(parsed) = uris.get(url) {
+            return Some(parsed.clone());
         }
         let uri = Uri::try_from(url).ok()?;
+        let parsed = (uri.clone(), host_header(&uri));
         if uris.len() >= URIS {
             uris.clear();
         }
-        uris.insert(url.to_owned(), uri.clone());
-        Some(uri)
+        uris.insert(url.to_owned(), parsed.clone());
+        Some(parsed)
     }
 
     /// Sends `req` and waits for the response headers until `headers_by`.
@@ -169,13 +188,16 @@ impl Egress {
             return self.send_mock(endpoint, rest, &req.body, headers_by).await;
         }
         let builder = Request::builder().method(req.method);
-        let mut builder = match self.uri(&req.url) {
-            Some(uri) => builder.uri(uri),
+        let (mut builder, host) = match self.uri(&req.url) {
+            Some((uri, host)) => (builder.uri(uri), host),
             // Unparsable: the builder says why.
-            None => builder.uri(req.url.as_str()),
+            None => (builder.uri(req.url.as_str()), None),
         };
         if let Some(h) = builder.headers_mut() {
             *h = req.headers;
+            if let Some(host) = host {
+                h.entry(http::header::HOST).or_insert(host);
+            }
         }
         let request = builder.body(Full::new(req.body)).map_err(|e| {
             Failure::new(
@@ -337,5 +359,29 @@ impl UpstreamBody {
             buf.extend_from_slice(&chunk);
         }
         Ok(Some(Bytes::from(buf)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_is_the_one_hyper_util_would_send() {
+        for (url, host) in [
+            ("http://127.0.0.1:8080/v1", "127.0.0.1:8080"),
+            ("https://api.openai.com/v1", "api.openai.com"),
+            ("https://api.example:443/v1", "api.example"),
+            ("http://api.example:80/v1", "api.example"),
+            ("http://api.example:443/v1", "api.example:443"),
+            ("http://[::1]:9000/v1", "[::1]:9000"),
+        ] {
+            let uri = Uri::try_from(url).expect("uri");
+            assert_eq!(
+                host_header(&uri).as_ref().and_then(|h| h.to_str().ok()),
+                Some(host),
+                "{url}"
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::balance::InFlight;
 use crate::breaker::{Breaker, Outcome, Settings, Transition};
 use crate::config::Target;
+use crate::metrics::TargetLabels;
 
 /// One endpoint (provider and model).
 #[derive(Debug)]
@@ -98,7 +99,7 @@ pub struct Health {
     /// Kept apart from the endpoints so that recreating one (its provider's
     /// breaker settings changed) does not reset its counters.
     transitions: Mutex<HashMap<(String, String), Transitions>>,
-    figures: Mutex<BTreeMap<(String, String, String), Figures>>,
+    figures: Mutex<BTreeMap<TargetLabels, Figures>>,
     /// `Transitions::opened` of each endpoint as of the last report.
     reported_openings: Mutex<HashMap<(String, String), u64>>,
     fallbacks: Mutex<BTreeMap<String, FallbackRecord>>,
@@ -115,13 +116,7 @@ pub struct Health {
 }
 
 fn key(target: &Target) -> (String, String) {
-    // Not `format!`: this runs on every request.
-    let p = &target.provider;
-    let mut provider = String::with_capacity(p.namespace.len() + 1 + p.name.len());
-    provider.push_str(&p.namespace);
-    provider.push('/');
-    provider.push_str(&p.name);
-    (provider, target.model.clone())
+    target.health_key.clone()
 }
 
 impl Health {
@@ -130,13 +125,16 @@ impl Health {
     pub fn endpoint(&self, target: &Target) -> Arc<Endpoint> {
         let settings = Settings::from(&target.provider.spec.circuit_breaker);
         let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(key(target))
-            .or_insert_with(|| Arc::new(Endpoint::new(settings.clone())));
-        if entry.settings != settings {
-            *entry = Arc::new(Endpoint::new(settings));
+        // Looked up by the target's own key first: no key is built for
+        // the endpoints that exist, i.e. on every request but the first.
+        if let Some(e) = map.get(&target.health_key)
+            && e.settings == settings
+        {
+            return e.clone();
         }
-        entry.clone()
+        let e = Arc::new(Endpoint::new(settings));
+        map.insert(key(target), e.clone());
+        e
     }
 
     /// The provider's own `limits.requestsPerMinute` / `tokensPerMinute`
@@ -242,14 +240,22 @@ impl Health {
         if let Some(t) = transition {
             self.changed(target, t);
         }
+        let labels = if target.labels.route == route {
+            std::borrow::Cow::Borrowed(&*target.labels)
+        } else {
+            std::borrow::Cow::Owned(TargetLabels {
+                route: route.to_owned(),
+                ..(*target.labels).clone()
+            })
+        };
         let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
-        let f = figures
-            .entry((
-                route.to_owned(),
-                target.provider.name.clone(),
-                target.model.clone(),
-            ))
-            .or_default();
+        // A key is built only for the first record of an interval.
+        if !figures.contains_key(&*labels) {
+            figures.insert(labels.clone().into_owned(), Figures::default());
+        }
+        let Some(f) = figures.get_mut(&*labels) else {
+            return;
+        };
         f.requests += 1;
         match result {
             Ok(latency) => {
@@ -298,7 +304,15 @@ impl Health {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
-        for ((route, provider, model), f) in figures.iter_mut() {
+        for (
+            TargetLabels {
+                route,
+                provider,
+                model,
+            },
+            f,
+        ) in figures.iter_mut()
+        {
             let endpoint = endpoints.iter().find(|((p, m), _)| {
                 m == model && p.rsplit('/').next().unwrap_or(p) == provider.as_str()
             });

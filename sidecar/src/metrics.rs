@@ -20,7 +20,7 @@ use crate::error::Fault;
 pub const UNKNOWN: &str = "unknown";
 
 /// Where a request went.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct TargetLabels {
     pub route: String,
     pub provider: String,

@@ -100,7 +100,7 @@ where
 
     // which route, what routing will look at, then policy on it
     let route = route::resolve(&config, parsed.model())?;
-    tracker.route = Some(route.name.clone());
+    tracker.route = Some(route.tag.clone());
     let info = match &parsed {
         Parsed::Chat(req) => route::RequestInfo::of_chat(req, headers, &route),
         Parsed::Embeddings(_) => route::RequestInfo {
@@ -205,7 +205,7 @@ fn override_target(
 ) -> Option<Target> {
     let found = config
         .provider(&route.namespace, &to.provider_ref.name)
-        .map(|p| Target::of(p, &to.model));
+        .map(|p| Target::of(p, &to.model, &route.name));
     if found.is_none() {
         tracing::warn!(route = %route.name, provider = %to.provider_ref.name, "a budget names a provider this sidecar does not have; routing as usual");
     }

@@ -35,13 +35,24 @@ fn info_enabled<T>(f: impl FnOnce() -> T) -> T {
     tracing::subscriber::with_default(subscriber, f)
 }
 
+fn labels(
+    route: &str,
+    provider: &str,
+    model: &str,
+) -> std::sync::Arc<crate::metrics::TargetLabels> {
+    std::sync::Arc::new(crate::metrics::TargetLabels {
+        route: route.into(),
+        provider: provider.into(),
+        model: model.into(),
+    })
+}
+
 fn success() -> Entry {
     Entry {
         request_id: "abc".into(),
         operation: Some("chat"),
-        route: "chat".into(),
-        provider: Some("p".into()),
-        model: Some("m".into()),
+        labels: labels("chat", "p", "m"),
+        target: true,
         attempts: Some(1),
         duration_ms: 12,
         input_tokens: Some(10),
@@ -70,6 +81,7 @@ fn a_line_has_the_json_formatter_shape_and_leaves_out_what_is_absent() {
     assert_eq!(f["message"], "request");
     assert_eq!(f["request_id"], "abc");
     assert_eq!(f["route"], "chat");
+    assert_eq!((&f["provider"], &f["model"]), (&"p".into(), &"m".into()));
     assert_eq!(f["attempts"], 1);
     assert_eq!(f["input_tokens"], 10);
     assert_eq!(f["cost_usd"], "0.0025");
@@ -82,7 +94,7 @@ fn hostile_values_are_escaped() {
     let mut buf = Vec::new();
     let e = Entry {
         request_id: r#"a"b\c"#.into(),
-        route: "r\n\u{1}".into(),
+        labels: labels("r\n\u{1}", "p", "m"),
         outcome: "error",
         ..Default::default()
     };
@@ -91,6 +103,8 @@ fn hostile_values_are_escaped() {
     let v: serde_json::Value = serde_json::from_slice(&buf).expect("json");
     assert_eq!(v["fields"]["request_id"], r#"a"b\c"#);
     assert_eq!(v["fields"]["route"], "r\n\u{1}");
+    // No target: the line names the route only.
+    assert!(v["fields"].get("provider").is_none());
 }
 
 #[test]
