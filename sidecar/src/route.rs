@@ -172,6 +172,11 @@ pub fn plan<'r>(
         .map(|(t, p)| (t, crate::tokens::scale(info.input_tokens, *p)))
         .filter(|(t, tokens)| info.fits(t, *tokens))
         .collect();
+    if let [(only, _)] = fitting[..] {
+        // Nothing to order (the common route of one target): the
+        // candidates and the strategy's bookkeeping are skipped.
+        return Planned::only(only, health);
+    }
     let endpoints: Vec<_> = fitting.iter().map(|(t, _)| health.endpoint(t)).collect();
     let now = tokio::time::Instant::now();
     let candidates: Vec<crate::balance::Candidate> = fitting
