@@ -157,6 +157,7 @@ impl Tracker {
         self.app.accountant.submit(crate::metering::UsageRecord {
             metered,
             reservations: s.reservations,
+            side_call: false,
         });
     }
 

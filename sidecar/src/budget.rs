@@ -566,6 +566,21 @@ impl Reservation {
 
     /// Replaces the reservation by the actual spend, which travels to the
     /// operator in report `report_seq` (0 standalone).
+    /// A reservation of nothing on the same budget, tenant and window,
+    /// for a call made on behalf of the request (the semantic cache's
+    /// embedding): its spend is settled through it. The call runs under
+    /// the request's admission; what it costs is counted, never refused.
+    pub fn companion(&self) -> Reservation {
+        Reservation {
+            budget: self.budget.clone(),
+            tenant: self.tenant.clone(),
+            amount: Spend::default(),
+            generation: self.generation,
+            window_start: self.window_start,
+            done: false,
+        }
+    }
+
     pub fn settle(mut self, actual: &Spend, report_seq: u64) {
         self.done = true;
         self.budget.finish(&self, Some((actual, report_seq)));

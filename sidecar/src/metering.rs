@@ -201,6 +201,10 @@ pub struct UsageRecord {
     /// The budget reservations taken for this request; settled with the
     /// metered spend.
     pub reservations: Vec<Reservation>,
+    /// A call made on behalf of a request (the semantic cache's
+    /// embedding), not a request: its tokens and cost count, a request
+    /// does not.
+    pub side_call: bool,
 }
 
 /// Counters of the accounting path, for metrics.
@@ -259,7 +263,10 @@ impl Accountant {
 }
 
 fn settle(record: UsageRecord, sink: &dyn SpendSink, stats: &AccountingStats) {
-    let spend = record.metered.spend();
+    let mut spend = record.metered.spend();
+    if record.side_call {
+        spend.requests = 0;
+    }
     if record.metered.estimated {
         stats.estimated.fetch_add(1, Ordering::Relaxed);
     }

@@ -327,7 +327,8 @@ pub async fn admit(
             }
         }
         RouteCache::Semantic { cache, embedding } => {
-            let Some(vector) = embed(app, route, embedding, req).await else {
+            let Some(vector) = embed(app, route, embedding, req, &admitted.reservations).await
+            else {
                 // No embedding, no semantic cache: call the provider.
                 admitted.cache_status = Some(Status::Bypass);
                 app.metrics.cache(&route.name, Status::Bypass);
@@ -365,12 +366,14 @@ pub async fn admit(
 }
 
 /// The prompt's embedding from the route's `cache.embedding` target, or
-/// `None` (logged) when it cannot be had.
+/// `None` (logged) when it cannot be had. What the embedding cost is
+/// charged to the budgets the request was admitted under (`reservations`).
 async fn embed(
     app: &App,
     route: &Route,
     target: &crate::config::Target,
     req: &ChatRequest,
+    reservations: &[Reservation],
 ) -> Option<Vec<f32>> {
     let ereq = crate::openai::EmbeddingsRequest {
         model: target.model.clone(),
@@ -396,7 +399,23 @@ async fn embed(
             return None;
         }
     };
-    let resp: crate::openai::EmbeddingsResponse = serde_json::from_slice(&body).ok()?;
+    let resp = serde_json::from_slice::<crate::openai::EmbeddingsResponse>(&body).ok();
+    // The provider answered, so it charged: the spend counts even when the
+    // answer is of no use to the cache.
+    if !reservations.is_empty() {
+        let pricing = target.pricing.as_ref().unwrap_or(&metering::FREE);
+        let reported = resp
+            .as_ref()
+            .and_then(|r| r.usage.as_ref())
+            .map(|u| crate::openai::Usage::new(u.prompt_tokens, 0, 0));
+        let estimate = crate::openai::Usage::new(embeddings_tokens(&ereq.input), 0, 0);
+        app.accountant.submit(metering::UsageRecord {
+            metered: metering::Metered::new(pricing, reported, estimate),
+            reservations: reservations.iter().map(Reservation::companion).collect(),
+            side_call: true,
+        });
+    }
+    let resp = resp?;
     let vector: Vec<f32> = serde_json::from_value(resp.data.first()?.embedding.clone()).ok()?;
     (!vector.is_empty()).then_some(vector)
 }

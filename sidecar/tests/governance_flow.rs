@@ -175,6 +175,7 @@ impl Gateway {
         self.accountant.submit(UsageRecord {
             metered,
             reservations: admitted.reservations,
+            side_call: false,
         });
         served(
             &cached,

@@ -17,6 +17,72 @@ fn pricing(input: &str, output: &str, cached: Option<&str>) -> Pricing {
     }
 }
 
+/// A standalone budget `team` with `limits`, and a reservation admitted
+/// on it for the worst case of a million tokens in and out at $1/$2.
+fn admitted_team(
+    limits: serde_json::Value,
+) -> (
+    Arc<crate::budget::Budget>,
+    crate::budget::Reservation,
+    Pricing,
+    jiff::Timestamp,
+) {
+    use crate::budget::{Admission, Budget};
+    let now: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().expect("ts");
+    let spec: sluice_crds::budget::BudgetSpec =
+        serde_json::from_value(serde_json::json!({"window": "month", "limits": limits}))
+            .expect("spec");
+    let b = Budget::standalone("team", spec, vec![], true, now);
+    let p = pricing("1", "2", None);
+    let worst = worst_case(&p, 1_000_000, 1_000_000);
+    let Admission::Admit { reservation, .. } = b.admit(None, &worst, now) else {
+        panic!("admit");
+    };
+    (b, reservation, p, now)
+}
+
+/// `records` through an accounting task, in order, until it has settled
+/// them all; what the sink received.
+async fn settle_all(records: Vec<UsageRecord>) -> Arc<Totals> {
+    let totals = Arc::new(Totals::default());
+    let (acct, task) = Accountant::new(totals.clone(), 16);
+    let task = tokio::spawn(task);
+    for r in records {
+        acct.submit(r);
+    }
+    drop(acct);
+    task.await.expect("task");
+    totals
+}
+
+#[tokio::test]
+async fn a_side_call_counts_its_tokens_and_cost_but_no_request() {
+    let (b, reservation, p, now) =
+        admitted_team(serde_json::json!({"costUSD": "5", "requests": 10}));
+    let totals = settle_all(vec![
+        // The embedding of the prompt, charged while the request is in flight.
+        UsageRecord {
+            metered: Metered::new(&p, Some(Usage::new(2_000_000, 0, 0)), Usage::default()),
+            reservations: vec![reservation.companion()],
+            side_call: true,
+        },
+        UsageRecord {
+            metered: Metered::new(&p, Some(Usage::new(500_000, 250_000, 0)), Usage::default()),
+            reservations: vec![reservation],
+            side_call: false,
+        },
+    ])
+    .await;
+    let u = b.usage(None, now);
+    assert_eq!(u.spent.cost_usd, money("3"), "$2 of embedding + $1 of chat");
+    assert_eq!(u.spent.tokens, 2_750_000);
+    assert_eq!(u.spent.requests, 1, "the embedding is not a request");
+    assert_eq!(u.reserved, Spend::default());
+    let snap = totals.snapshot();
+    assert_eq!(snap.len(), 1);
+    assert_eq!((snap[0].1.tokens, snap[0].1.requests), (2_750_000, 1));
+}
+
 #[test]
 fn cost_of_a_typical_call_is_exact() {
     // gpt-4o: $2.50 in, $1.25 cached, $10 out.
@@ -117,6 +183,7 @@ async fn accounting_forwards_spend_to_the_sink_and_overflows_inline() {
                 Usage::default(),
             ),
             reservations: Vec::new(),
+            side_call: false,
         });
     }
     assert_eq!(acct.stats().overflowed.load(Ordering::Relaxed), 2);
@@ -126,27 +193,13 @@ async fn accounting_forwards_spend_to_the_sink_and_overflows_inline() {
 
 #[tokio::test]
 async fn accounting_settles_reservations_and_reports_per_budget() {
-    use crate::budget::{Admission, Budget};
-    let now: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().expect("ts");
-    let spec: sluice_crds::budget::BudgetSpec = serde_json::from_value(serde_json::json!({
-        "window": "month", "limits": {"costUSD": "5"}
-    }))
-    .expect("spec");
-    let b = Budget::standalone("team", spec, vec![], true, now);
-    let p = pricing("1", "2", None);
-    let worst = worst_case(&p, 1_000_000, 1_000_000);
-    let Admission::Admit { reservation, .. } = b.admit(None, &worst, now) else {
-        panic!("admit");
-    };
-    let totals = Arc::new(Totals::default());
-    let (acct, task) = Accountant::new(totals.clone(), 16);
-    let task = tokio::spawn(task);
-    acct.submit(UsageRecord {
+    let (b, reservation, p, now) = admitted_team(serde_json::json!({"costUSD": "5"}));
+    let totals = settle_all(vec![UsageRecord {
         metered: Metered::new(&p, Some(Usage::new(500_000, 250_000, 0)), Usage::default()),
         reservations: vec![reservation],
-    });
-    drop(acct);
-    task.await.expect("task");
+        side_call: false,
+    }])
+    .await;
     let u = b.usage(None, now);
     assert_eq!(u.spent.cost_usd, money("1"));
     assert_eq!(u.reserved, Spend::default());

@@ -420,6 +420,48 @@ async fn the_semantic_cache_serves_paraphrases_but_not_opposites() {
 }
 
 #[tokio::test]
+async fn the_semantic_cache_embedding_is_charged_to_the_budget() {
+    let up = upstream().await;
+    // An embedder at a dollar a token: one prompt's embedding alone spends
+    // the $1 budget, while the chat calls cost a fraction of a cent.
+    let dear_embedder = r#"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Provider
+metadata: {name: dear-embed}
+spec:
+  type: mock
+  models: [{name: embedder, capabilities: [embeddings], pricing: {inputPerMillion: "1000000", outputPerMillion: "0"}}]"#;
+    let docs = dear_embedder.to_owned()
+        + &route(
+            "chat",
+            "  cache: {mode: semantic, embedding: {providerRef: {name: dear-embed}, model: embedder}}",
+        )
+        + &budget("b", "chat", "  limits: {costUSD: \"1\"}");
+    let sc = Sidecar::start(&yaml(&up.url(), &docs)).await;
+    let first = sc
+        .chat(deterministic("chat", "How do I enable dark mode?"))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    // Settled off the request path: the refusal may take a request more.
+    let mut refused = None;
+    for i in 0..3 {
+        let r = sc
+            .chat(deterministic(
+                "chat",
+                &format!("Question {i}: where are the logs?"),
+            ))
+            .await;
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the embeddings' cost exhausts the budget");
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+}
+
+#[tokio::test]
 async fn pii_is_redacted_before_the_provider_or_blocked_by_category() {
     let up = upstream().await;
     let docs = route("redacting", "  pii: {mode: redact}")
