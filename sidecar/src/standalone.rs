@@ -106,7 +106,7 @@ pub fn load(
                 crate::budget::Budget::standalone(
                     name_of(&b.metadata),
                     b.spec.clone(),
-                    budget_routes(&b.spec, &catalog.routes),
+                    budget_routes(&name_of(&b.metadata), &b.spec, &catalog.routes),
                     crate::budget::applies_to_pod(&b.spec, None),
                     now,
                 )
@@ -117,18 +117,24 @@ pub fn load(
     Ok(config)
 }
 
-/// The routes a budget counts: those it names and those its
-/// `routeSelector` selects by their labels.
-fn budget_routes(spec: &sluice_crds::budget::BudgetSpec, routes: &[LLMRoute]) -> Vec<String> {
+/// The routes a budget counts: those it names, those its `routeSelector`
+/// selects by their labels, and those whose `budgetRefs` name it — as the
+/// operator decides it in a cluster (`sluice_crds::semantic`).
+fn budget_routes(
+    budget: &str,
+    spec: &sluice_crds::budget::BudgetSpec,
+    routes: &[LLMRoute],
+) -> Vec<String> {
     let mut names = spec.routes.clone();
-    if let Some(sel) = &spec.route_selector {
-        for r in routes {
-            let name = name_of(&r.metadata);
-            if sluice_crds::selector::matches(sel, r.metadata.labels.as_ref())
-                && !names.contains(&name)
-            {
-                names.push(name);
-            }
+    for r in routes {
+        let name = name_of(&r.metadata);
+        let selected = spec
+            .route_selector
+            .as_ref()
+            .is_some_and(|sel| sluice_crds::selector::matches(sel, r.metadata.labels.as_ref()));
+        let refers = r.spec.budget_refs.iter().any(|b| b.name == budget);
+        if (selected || refers) && !names.contains(&name) {
+            names.push(name);
         }
     }
     names

@@ -111,6 +111,30 @@ async fn a_request_budget_rejects_with_budget_exceeded_once_spent() {
 }
 
 #[tokio::test]
+async fn a_budget_a_route_refers_to_counts_its_traffic() {
+    // The budget names no route; the route names the budget (`budgetRefs`),
+    // as examples/quickstart.yaml does.
+    let up = upstream().await;
+    let docs = route("chat", "  budgetRefs: [{name: b}]")
+        + r#"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Budget
+metadata: {name: b}
+spec:
+  window: day
+  limits: {requests: 2}"#;
+    let sc = Sidecar::start(&yaml(&up.url(), &docs)).await;
+    for i in 0..2 {
+        let r = sc.chat(ask("chat", "hi")).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = sc.chat(ask("chat", "hi")).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+}
+
+#[tokio::test]
 async fn past_the_soft_limit_answers_carry_a_warning() {
     let up = upstream().await;
     let docs = route("chat", "")
