@@ -30,21 +30,23 @@
 //! tokenised and the rest is extrapolated at the tokens-per-byte ratio of
 //! what was counted. Figures are in `benches/hot_path.rs` and the README.
 //!
-//! Memory is the price: tiktoken-rs keeps an encoder, a decoder and a
-//! sorted token table per encoding, about 46 MiB resident for
-//! `o200k_base` and 24 MiB for `cl100k_base`. So the tokenizer runs only
-//! where a decision depends on the count
+//! Memory: tiktoken-rs's encoder holds each vocabulary three times over,
+//! a heap allocation per token (≈46 MiB resident for `o200k_base`), so
+//! the vocabulary is copied out of it once into [`bpe::Counter`] (one
+//! byte buffer and a `u32` index, ≈5 MiB) and the encoder is dropped;
+//! the counts are the same (a test compares them). The tokenizer still
+//! runs only where a decision depends on the count
 //! ([`crate::config::Route::counts_tokens`]: token-range rules, `cost` /
 //! `least-busy`, `tokensPerMinute`, budgets), or when a prompt's
 //! [`upper_bound`] could reach a target's context window; `o200k_base` is
-//! built by [`warm_up`] (~0.1–0.2 s) when a configuration with a counting
+//! built by [`warm_up`] (~0.2 s) when a configuration with a counting
 //! route is loaded (else on first need), `cl100k_base` only when a cl100k
 //! model is first estimated (routing never needs it). Other requests use
 //! [`rough`].
 
 use std::sync::OnceLock;
 
-use tiktoken_rs::CoreBPE;
+mod bpe;
 
 use crate::openai::{ChatRequest, Content, ImageUrl};
 
@@ -76,16 +78,28 @@ pub enum Encoding {
     Cl100kBase,
 }
 
+/// `cl100k_base`'s split pattern (tiktoken-rs builds it inline and does
+/// not export it).
+const CL100K_PATTERN: &str = "'(?i:[sdmt]|ll|ve|re)|[^\\r\\n\\p{L}\\p{N}]?+\\p{L}++|\\p{N}{1,3}+| ?[^\\s\\p{L}\\p{N}]++[\\r\\n]*+|\\s++$|\\s*[\\r\\n]|\\s+(?!\\S)|\\s";
+
 impl Encoding {
-    /// The encoder, built on first use and kept for the process. `None`
+    /// The counter, built on first use and kept for the process. `None`
     /// only if the bundled data failed to load, which a test rules out;
     /// counting then falls back to four bytes a token.
-    fn bpe(self) -> Option<&'static CoreBPE> {
-        static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    fn counter(self) -> Option<&'static bpe::Counter> {
+        static O200K: OnceLock<Option<bpe::Counter>> = OnceLock::new();
+        static CL100K: OnceLock<Option<bpe::Counter>> = OnceLock::new();
+        // tiktoken-rs's encoder is built, copied out of and dropped.
         match self {
-            Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()),
-            Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()),
+            Encoding::O200kBase => O200K.get_or_init(|| {
+                bpe::Counter::build(
+                    || tiktoken_rs::o200k_base().ok(),
+                    tiktoken_rs::O200K_BASE_PAT_STR,
+                )
+            }),
+            Encoding::Cl100kBase => CL100K.get_or_init(|| {
+                bpe::Counter::build(|| tiktoken_rs::cl100k_base().ok(), CL100K_PATTERN)
+            }),
         }
         .as_ref()
     }
@@ -157,7 +171,7 @@ pub fn upper_bound(req: &ChatRequest) -> Option<u64> {
 /// Builds the `o200k_base` encoder now (0.1–0.2 s in a release build),
 /// so the first request does not wait for it. Safe to call more than once.
 pub fn warm_up() {
-    let _ = Encoding::O200kBase.bpe();
+    let _ = Encoding::O200kBase.counter();
 }
 
 /// How a model's tokens are counted.
@@ -301,7 +315,7 @@ pub fn text_tokens(text: &str, model: &str) -> u64 {
 
 /// Counts texts exactly up to [`EXACT_BYTES`], then extrapolates.
 struct Meter {
-    bpe: Option<&'static CoreBPE>,
+    counter: Option<&'static bpe::Counter>,
     budget: usize,
     sampled_bytes: u64,
     sampled_tokens: u64,
@@ -311,7 +325,7 @@ struct Meter {
 impl Meter {
     fn new(encoding: Encoding) -> Self {
         Self {
-            bpe: encoding.bpe(),
+            counter: encoding.counter(),
             budget: EXACT_BYTES,
             sampled_bytes: 0,
             sampled_tokens: 0,
@@ -320,7 +334,7 @@ impl Meter {
     }
 
     fn text(&mut self, text: &str) {
-        let Some(bpe) = self.bpe else {
+        let Some(counter) = self.counter else {
             self.rest_bytes += text.len() as u64;
             return;
         };
@@ -330,7 +344,7 @@ impl Meter {
         }
         let (exact, rest) = text.split_at(cut);
         if !exact.is_empty() {
-            self.sampled_tokens += bpe.encode_ordinary(exact).len() as u64;
+            self.sampled_tokens += counter.count(exact) as u64;
             self.sampled_bytes += exact.len() as u64;
             self.budget -= exact.len();
         }

@@ -46,7 +46,7 @@ fn the_cookbook_example_counts_as_the_api_bills_it() {
 #[test]
 fn the_shortcut_roles_are_one_token_each() {
     for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
-        let bpe = encoding.bpe().expect("bundled encoding loads");
+        let bpe = reference(encoding);
         for role in ["system", "user", "assistant", "tool", "developer"] {
             assert_eq!(bpe.encode_ordinary(role).len(), 1, "{role} {encoding:?}");
         }
@@ -160,7 +160,7 @@ fn tool_calls_names_and_tools_count() {
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
         ]),
     );
-    let bpe = Encoding::O200kBase.bpe().expect("encoding");
+    let bpe = reference(Encoding::O200kBase);
     let n = |s: &str| bpe.encode_ordinary(s).len() as u64;
     assert_eq!(
         chat_baseline(&calls),
@@ -175,7 +175,7 @@ fn a_huge_prompt_is_extrapolated_from_its_first_bytes() {
                      writes a short note about what it saw in the meadow. ";
     let text = paragraph.repeat((256 * 1024) / paragraph.len());
     assert!(text.len() > 7 * EXACT_BYTES);
-    let bpe = Encoding::O200kBase.bpe().expect("encoding");
+    let bpe = reference(Encoding::O200kBase);
     let exact = bpe.encode_ordinary(&text).len() as u64;
     let estimate = text_baseline(&text);
     let error = estimate.abs_diff(exact) as f64 / exact as f64;
@@ -223,4 +223,27 @@ fn the_upper_bound_is_never_below_any_model_count() {
         json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]),
     );
     assert_eq!(upper_bound(&image), None, "images need the real count");
+}
+
+/// tiktoken-rs's own encoder: the reference the counter must agree with.
+fn reference(encoding: Encoding) -> &'static tiktoken_rs::CoreBPE {
+    static O200K: std::sync::OnceLock<tiktoken_rs::CoreBPE> = std::sync::OnceLock::new();
+    static CL100K: std::sync::OnceLock<tiktoken_rs::CoreBPE> = std::sync::OnceLock::new();
+    match encoding {
+        Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k")),
+        Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k")),
+    }
+}
+
+#[test]
+fn the_counters_load_and_agree_with_tiktoken() {
+    for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
+        let counter = encoding.counter().expect("bundled encoding loads");
+        let text = "The sidecar counts tokens as tiktoken does: ünïcödé, 12345, \n\n  code();";
+        assert_eq!(
+            counter.count(text),
+            reference(encoding).encode_ordinary(text).len(),
+            "{encoding:?}"
+        );
+    }
 }

@@ -1,0 +1,354 @@
+//! Byte-pair-encoding token *counts* over one flat rank table.
+//!
+//! tiktoken-rs's `CoreBPE` keeps, per encoding, a `HashMap<Vec<u8>, Rank>`
+//! encoder, the reverse decoder and a sorted token list: about 46 MiB
+//! resident for `o200k_base`, 24 MiB for `cl100k_base`, a heap allocation
+//! per token three times over. Counting needs only "what is the rank of
+//! these bytes", so [`Counter`] copies the vocabulary out of a `CoreBPE`
+//! once — every token's bytes in one buffer, an open-addressed index of
+//! `u32`s over it, ≈5 MiB for `o200k_base` — and drops the `CoreBPE`.
+//! glibc does not give all of the dropped encoder's memory back (its
+//! ≈600,000 small blocks fragment the heap): the quickstart sidecar idles
+//! at ≈42 MiB instead of ≈58 MiB. Building the table at compile time
+//! (a build script reading the vocabulary through tiktoken-rs) would
+//! avoid the encoder at run time altogether.
+//!
+//! The counting is tiktoken's own: the encoding's split pattern, then for
+//! each piece one token if the piece is in the vocabulary, else the
+//! byte-pair merges (lowest rank first, leftmost on ties). A test checks
+//! it against `CoreBPE::encode_ordinary` on fixed and random texts.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+
+use tiktoken_rs::CoreBPE;
+
+/// Ranks are tried up to here when copying a vocabulary out of `CoreBPE`
+/// (o200k_base's highest is 200,018; cl100k_base's 100,276).
+const MAX_RANK: u32 = 1 << 18;
+
+/// Pieces at least this long merge with a heap instead of rescanning
+/// (tiktoken switches at the same length).
+const LARGE_PIECE: usize = 100;
+
+/// An encoding's split pattern and vocabulary, for counting.
+pub struct Counter {
+    split: fancy_regex::Regex,
+    ranks: Ranks,
+}
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counter")
+            .field("tokens", &self.ranks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Counter {
+    /// Copies the ordinary (non-special) vocabulary out of the tiktoken-rs
+    /// encoder `core` builds, whose split pattern is `pattern`; the encoder
+    /// is dropped before this returns. The long-lived parts (the pattern,
+    /// the rank table) are allocated before the encoder, so that its
+    /// allocations, freed last, are the ones the heap can give back.
+    /// `None` if the pattern does not compile or the encoder cannot be
+    /// built.
+    pub fn build(core: impl FnOnce() -> Option<CoreBPE>, pattern: &str) -> Option<Self> {
+        let split = fancy_regex::Regex::new(pattern).ok()?;
+        let mut ranks = Ranks::with_room(MAX_RANK as usize);
+        {
+            let bpe = core()?;
+            let special: Vec<Vec<u8>> = bpe
+                .special_tokens()
+                .into_iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
+            for rank in 0..MAX_RANK {
+                if let Ok(bytes) = bpe.decode_bytes(&[rank])
+                    && !special.contains(&bytes)
+                {
+                    ranks.insert(rank, &bytes);
+                }
+            }
+        }
+        ranks.shrink();
+        (ranks.len() > 0).then_some(Self { split, ranks })
+    }
+
+    /// Tokens in `text`, as `CoreBPE::encode_ordinary(text).len()`.
+    pub fn count(&self, text: &str) -> usize {
+        let mut n = 0;
+        let mut at = 0;
+        for piece in self.split.find_iter(text) {
+            let Ok(piece) = piece else {
+                // The pattern's backtracking limit: the rest at four bytes
+                // a token rather than nothing.
+                return n + (text.len() - at).div_ceil(4);
+            };
+            at = piece.end();
+            n += self.piece(piece.as_str().as_bytes());
+        }
+        n
+    }
+
+    fn piece(&self, piece: &[u8]) -> usize {
+        if piece.len() <= 1 || self.ranks.get(piece).is_some() {
+            return piece.len().min(1);
+        }
+        if piece.len() < LARGE_PIECE {
+            self.merge_small(piece)
+        } else {
+            self.merge_large(piece)
+        }
+    }
+
+    /// The rank of `piece[from..to]`, `u32::MAX` when it is no token.
+    fn rank(&self, piece: &[u8], from: usize, to: usize) -> u32 {
+        self.ranks.get(&piece[from..to]).unwrap_or(u32::MAX)
+    }
+
+    /// tiktoken's `_byte_pair_merge`: parts `(start, rank of merging it
+    /// with the next)`, merging the lowest rank (leftmost on ties) until
+    /// nothing merges; the count is the parts left.
+    fn merge_small(&self, piece: &[u8]) -> usize {
+        let mut parts: Vec<(usize, u32)> = (0..piece.len() - 1)
+            .map(|i| (i, self.rank(piece, i, i + 2)))
+            .collect();
+        parts.push((piece.len() - 1, u32::MAX));
+        parts.push((piece.len(), u32::MAX));
+        while let Some((i, _)) = parts[..parts.len() - 1]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.1 != u32::MAX)
+            .min_by_key(|(i, p)| (p.1, *i))
+        {
+            let after_merge = |parts: &[(usize, u32)], j: usize| {
+                if j + 3 < parts.len() {
+                    self.rank(piece, parts[j].0, parts[j + 3].0)
+                } else {
+                    u32::MAX
+                }
+            };
+            if i > 0 {
+                parts[i - 1].1 = after_merge(&parts, i - 1);
+            }
+            parts[i].1 = after_merge(&parts, i);
+            parts.remove(i + 1);
+        }
+        parts.len() - 1
+    }
+
+    /// The same merges in O(n log n): parts as a linked list, candidate
+    /// merges in a min-heap by (rank, start), stale entries skipped.
+    fn merge_large(&self, piece: &[u8]) -> usize {
+        let n = piece.len();
+        // Part i starts at byte i; next[i] is the start of the part after
+        // it (n: the end), prev[i] the one before (usize::MAX: none).
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        // The rank of merging part i with the part after it.
+        let pair = |next: &[usize], i: usize| -> u32 {
+            let j = next[i];
+            if j >= n {
+                return u32::MAX;
+            }
+            self.rank(piece, i, next[j])
+        };
+        let mut ranks: Vec<u32> = (0..n).map(|i| pair(&next, i)).collect();
+        let mut heap: BinaryHeap<Reverse<(u32, usize)>> = ranks
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r != u32::MAX)
+            .map(|(i, r)| Reverse((*r, i)))
+            .collect();
+        let mut parts = n;
+        while let Some(Reverse((rank, i))) = heap.pop() {
+            if !alive[i] || ranks[i] != rank {
+                continue;
+            }
+            // Part i swallows the part after it.
+            let gone = next[i];
+            alive[gone] = false;
+            next[i] = next[gone];
+            if next[i] < n {
+                prev[next[i]] = i;
+            }
+            parts -= 1;
+            ranks[i] = pair(&next, i);
+            if ranks[i] != u32::MAX {
+                heap.push(Reverse((ranks[i], i)));
+            }
+            let p = prev[i];
+            if p != usize::MAX {
+                ranks[p] = pair(&next, p);
+                if ranks[p] != u32::MAX {
+                    heap.push(Reverse((ranks[p], p)));
+                }
+            }
+        }
+        parts
+    }
+}
+
+/// A vocabulary: token bytes to rank, without a heap allocation per token.
+struct Ranks {
+    /// Every token's bytes, back to back.
+    bytes: Vec<u8>,
+    /// Per entry: where its bytes start and end in `bytes`, and its rank.
+    entries: Vec<(u32, u32, u32)>,
+    /// Open addressing over `entries`: index + 1, 0 for an empty slot;
+    /// a power of two at least twice the entries.
+    slots: Vec<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Ranks {
+    /// An empty table with index room for `tokens` entries.
+    fn with_room(tokens: usize) -> Self {
+        Self {
+            // o200k_base's tokens are ≈1.3 MB of bytes: one growth at most.
+            bytes: Vec::with_capacity(1 << 21),
+            entries: Vec::with_capacity(tokens),
+            slots: vec![0; (tokens * 2).next_power_of_two()],
+            hasher: foldhash::fast::FixedState::with_seed(0x51ce),
+        }
+    }
+
+    fn insert(&mut self, rank: u32, bytes: &[u8]) {
+        if self.entries.len() * 2 >= self.slots.len() {
+            return; // full: never with `with_room(MAX_RANK)`
+        }
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(bytes);
+        let entry = (start, self.bytes.len() as u32, rank);
+        let mask = self.slots.len() - 1;
+        let mut slot = self.hasher.hash_one(bytes) as usize & mask;
+        while self.slots[slot] != 0 {
+            slot = (slot + 1) & mask;
+        }
+        self.entries.push(entry);
+        self.slots[slot] = self.entries.len() as u32;
+    }
+
+    /// Gives back the unused capacity of the byte and entry buffers.
+    fn shrink(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.entries.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let mut slot = self.hasher.hash_one(key) as usize & mask;
+        loop {
+            let e = self.slots[slot];
+            if e == 0 {
+                return None;
+            }
+            let (start, end, rank) = self.entries[e as usize - 1];
+            if &self.bytes[start as usize..end as usize] == key {
+                return Some(rank);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn o200k() -> &'static (CoreBPE, Counter) {
+        static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
+        BOTH.get_or_init(|| {
+            let bpe = tiktoken_rs::o200k_base().expect("o200k");
+            let counter = Counter::build(
+                || tiktoken_rs::o200k_base().ok(),
+                tiktoken_rs::O200K_BASE_PAT_STR,
+            )
+            .expect("counter");
+            (bpe, counter)
+        })
+    }
+
+    fn cl100k() -> &'static (CoreBPE, Counter) {
+        static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
+        BOTH.get_or_init(|| {
+            let bpe = tiktoken_rs::cl100k_base().expect("cl100k");
+            let counter = Counter::build(
+                || tiktoken_rs::cl100k_base().ok(),
+                crate::tokens::CL100K_PATTERN,
+            )
+            .expect("counter");
+            (bpe, counter)
+        })
+    }
+
+    const TEXTS: &[&str] = &[
+        "",
+        "hi",
+        "Hello, world! How are you doing today?",
+        "  leading and trailing spaces   ",
+        "tabs\tand\nnewlines\r\n\r\nand more\n\n\n",
+        "numbers 1234567 3.14159 -42 1e10",
+        "Ünïcödé: こんにちは世界 🌍🚀 Здравствуйте مرحبا",
+        "fn main() { let x: Vec<u32> = (0..10).collect(); println!(\"{x:?}\"); }",
+        "<|endoftext|> is not special in ordinary text",
+        "don't won't I'm you're we've they'll she'd",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "https://example.com/path?query=1&other=2#fragment",
+    ];
+
+    #[test]
+    fn counts_are_tiktokens_on_fixed_texts() {
+        for (bpe, counter) in [o200k(), cl100k()] {
+            for text in TEXTS {
+                assert_eq!(
+                    counter.count(text),
+                    bpe.encode_ordinary(text).len(),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn long_pieces_merge_as_tiktoken_does() {
+        // One piece of hundreds of bytes takes the heap path.
+        let long = [
+            " ".repeat(700),
+            "=".repeat(333),
+            "ab".repeat(260),
+            "🌍".repeat(90),
+            "x".repeat(1000),
+            "%$#@!".repeat(60),
+        ];
+        for (bpe, counter) in [o200k(), cl100k()] {
+            for text in &long {
+                assert_eq!(counter.count(text), bpe.encode_ordinary(text).len());
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn counts_are_tiktokens_on_random_text(text in "\\PC{0,200}") {
+            let (bpe, counter) = o200k();
+            prop_assert_eq!(counter.count(&text), bpe.encode_ordinary(&text).len());
+        }
+
+        #[test]
+        fn counts_are_tiktokens_on_random_ascii(text in "[ -~\\t\\n]{0,400}") {
+            for (bpe, counter) in [o200k(), cl100k()] {
+                prop_assert_eq!(counter.count(&text), bpe.encode_ordinary(&text).len());
+            }
+        }
+    }
+}
