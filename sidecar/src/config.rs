@@ -593,8 +593,8 @@ impl ConfigHandle {
         if let Some(previous) = &previous {
             config.adopt(previous);
         }
-        // Build the tokenizer before the first request needs it (0.1–0.2 s),
-        // and only if one will: it costs ~46 MiB resident. Once is enough:
+        // Load the tokenizer before the first request needs it (≈9 ms),
+        // and only if one will: it costs ≈5 MiB resident. Once is enough:
         // a cluster sidecar gets a new configuration every few seconds.
         if config.counts_tokens()
             && !previous.is_some_and(|p| p.counts_tokens())

@@ -32,21 +32,21 @@
 //!
 //! Memory: tiktoken-rs's encoder holds each vocabulary three times over,
 //! a heap allocation per token (≈46 MiB resident for `o200k_base`), so
-//! the vocabulary is copied out of it once into [`bpe::Counter`] (one
-//! byte buffer and a `u32` index, ≈5 MiB) and the encoder is dropped;
-//! the counts are the same (a test compares them). The tokenizer still
+//! the build script writes the vocabularies out of it and [`bpe::Counter`]
+//! loads them into one byte buffer and a `u32` index each (≈5 MiB); the
+//! counts are the same (a test compares them). The tokenizer still
 //! runs only where a decision depends on the count
 //! ([`crate::config::Route::counts_tokens`]: token-range rules, `cost` /
 //! `least-busy`, `tokensPerMinute`, budgets), or when a prompt's
 //! [`upper_bound`] could reach a target's context window; `o200k_base` is
-//! built by [`warm_up`] (~0.2 s) when a configuration with a counting
+//! loaded by [`warm_up`] when a configuration with a counting
 //! route is loaded (else on first need), `cl100k_base` only when a cl100k
 //! model is first estimated (routing never needs it). Other requests use
 //! [`rough`].
 
 use std::sync::OnceLock;
 
-mod bpe;
+pub mod bpe;
 
 use crate::openai::{ChatRequest, Content, ImageUrl};
 
@@ -89,17 +89,13 @@ impl Encoding {
     fn counter(self) -> Option<&'static bpe::Counter> {
         static O200K: OnceLock<Option<bpe::Counter>> = OnceLock::new();
         static CL100K: OnceLock<Option<bpe::Counter>> = OnceLock::new();
-        // tiktoken-rs's encoder is built, copied out of and dropped.
         match self {
             Encoding::O200kBase => O200K.get_or_init(|| {
-                bpe::Counter::build(
-                    || tiktoken_rs::o200k_base().ok(),
-                    tiktoken_rs::O200K_BASE_PAT_STR,
-                )
+                bpe::Counter::load(bpe::O200K_BASE, tiktoken_rs::O200K_BASE_PAT_STR)
             }),
-            Encoding::Cl100kBase => CL100K.get_or_init(|| {
-                bpe::Counter::build(|| tiktoken_rs::cl100k_base().ok(), CL100K_PATTERN)
-            }),
+            Encoding::Cl100kBase => {
+                CL100K.get_or_init(|| bpe::Counter::load(bpe::CL100K_BASE, CL100K_PATTERN))
+            }
         }
         .as_ref()
     }
@@ -168,7 +164,7 @@ pub fn upper_bound(req: &ChatRequest) -> Option<u64> {
     Some(scale(n + bytes, 125))
 }
 
-/// Builds the `o200k_base` encoder now (0.1–0.2 s in a release build),
+/// Loads the `o200k_base` vocabulary now (≈9 ms in a release build),
 /// so the first request does not wait for it. Safe to call more than once.
 pub fn warm_up() {
     let _ = Encoding::O200kBase.counter();

@@ -3,15 +3,11 @@
 //! tiktoken-rs's `CoreBPE` keeps, per encoding, a `HashMap<Vec<u8>, Rank>`
 //! encoder, the reverse decoder and a sorted token list: about 46 MiB
 //! resident for `o200k_base`, 24 MiB for `cl100k_base`, a heap allocation
-//! per token three times over. Counting needs only "what is the rank of
-//! these bytes", so [`Counter`] copies the vocabulary out of a `CoreBPE`
-//! once — every token's bytes in one buffer, an open-addressed index of
-//! `u32`s over it, ≈5 MiB for `o200k_base` — and drops the `CoreBPE`.
-//! glibc does not give all of the dropped encoder's memory back (its
-//! ≈600,000 small blocks fragment the heap): the quickstart sidecar idles
-//! at ≈42 MiB instead of ≈58 MiB. Building the table at compile time
-//! (a build script reading the vocabulary through tiktoken-rs) would
-//! avoid the encoder at run time altogether.
+//! per token three times over (and ≈30 MiB of fragmented heap left behind
+//! when one is dropped). Counting needs only "what is the rank of these
+//! bytes", so the build script (`build.rs`) writes each vocabulary out of
+//! tiktoken-rs once, and [`Counter`] loads it into one byte buffer and an
+//! open-addressed `u32` index (≈5 MiB for `o200k_base`).
 //!
 //! The counting is tiktoken's own: the encoding's split pattern, then for
 //! each piece one token if the piece is in the vocabulary, else the
@@ -22,11 +18,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
 
-use tiktoken_rs::CoreBPE;
-
-/// Ranks are tried up to here when copying a vocabulary out of `CoreBPE`
-/// (o200k_base's highest is 200,018; cl100k_base's 100,276).
-const MAX_RANK: u32 = 1 << 18;
+/// The vocabularies `build.rs` wrote: per token, its rank (`u32` LE),
+/// its length (`u16` LE) and its bytes.
+pub const O200K_BASE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/o200k_base.ranks"));
+pub const CL100K_BASE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k_base.ranks"));
 
 /// Pieces at least this long merge with a heap instead of rescanning
 /// (tiktoken switches at the same length).
@@ -47,33 +42,26 @@ impl std::fmt::Debug for Counter {
 }
 
 impl Counter {
-    /// Copies the ordinary (non-special) vocabulary out of the tiktoken-rs
-    /// encoder `core` builds, whose split pattern is `pattern`; the encoder
-    /// is dropped before this returns. The long-lived parts (the pattern,
-    /// the rank table) are allocated before the encoder, so that its
-    /// allocations, freed last, are the ones the heap can give back.
-    /// `None` if the pattern does not compile or the encoder cannot be
-    /// built.
-    pub fn build(core: impl FnOnce() -> Option<CoreBPE>, pattern: &str) -> Option<Self> {
+    /// The counter of the vocabulary `ranks` (as `build.rs` writes it)
+    /// split by `pattern`. `None` if the pattern does not compile or the
+    /// vocabulary is empty or cut short.
+    pub fn load(ranks: &[u8], pattern: &str) -> Option<Self> {
         let split = fancy_regex::Regex::new(pattern).ok()?;
-        let mut ranks = Ranks::with_room(MAX_RANK as usize);
-        {
-            let bpe = core()?;
-            let special: Vec<Vec<u8>> = bpe
-                .special_tokens()
-                .into_iter()
-                .map(|s| s.as_bytes().to_vec())
-                .collect();
-            for rank in 0..MAX_RANK {
-                if let Ok(bytes) = bpe.decode_bytes(&[rank])
-                    && !special.contains(&bytes)
-                {
-                    ranks.insert(rank, &bytes);
-                }
-            }
+        // Two passes over the records, so that the table is sized once.
+        let (mut count, mut total) = (0, 0);
+        for record in Records(ranks) {
+            let (_, bytes) = record?;
+            count += 1;
+            total += bytes.len();
         }
-        ranks.shrink();
-        (ranks.len() > 0).then_some(Self { split, ranks })
+        let mut table = Ranks::with_room(count, total);
+        for (rank, bytes) in Records(ranks).flatten() {
+            table.insert(rank, bytes);
+        }
+        (count > 0).then_some(Self {
+            split,
+            ranks: table,
+        })
     }
 
     /// Tokens in `text`, as `CoreBPE::encode_ordinary(text).len()`.
@@ -204,12 +192,41 @@ struct Ranks {
     hasher: foldhash::fast::FixedState,
 }
 
+/// The records of a vocabulary file; `None` for a record cut short.
+struct Records<'a>(&'a [u8]);
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Option<(u32, &'a [u8])>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let record = (|| {
+            let (rank, after) = self.0.split_first_chunk::<4>()?;
+            let (len, after) = after.split_first_chunk::<2>()?;
+            let len = usize::from(u16::from_le_bytes(*len));
+            let bytes = after.get(..len)?;
+            Some((u32::from_le_bytes(*rank), bytes, &after[len..]))
+        })();
+        match record {
+            Some((rank, bytes, rest)) => {
+                self.0 = rest;
+                Some(Some((rank, bytes)))
+            }
+            None => {
+                self.0 = &[];
+                Some(None)
+            }
+        }
+    }
+}
+
 impl Ranks {
-    /// An empty table with index room for `tokens` entries.
-    fn with_room(tokens: usize) -> Self {
+    /// An empty table for `tokens` tokens of `bytes` bytes in all.
+    fn with_room(tokens: usize, bytes: usize) -> Self {
         Self {
-            // o200k_base's tokens are ≈1.3 MB of bytes: one growth at most.
-            bytes: Vec::with_capacity(1 << 21),
+            bytes: Vec::with_capacity(bytes),
             entries: Vec::with_capacity(tokens),
             slots: vec![0; (tokens * 2).next_power_of_two()],
             hasher: foldhash::fast::FixedState::with_seed(0x51ce),
@@ -217,9 +234,6 @@ impl Ranks {
     }
 
     fn insert(&mut self, rank: u32, bytes: &[u8]) {
-        if self.entries.len() * 2 >= self.slots.len() {
-            return; // full: never with `with_room(MAX_RANK)`
-        }
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(bytes);
         let entry = (start, self.bytes.len() as u32, rank);
@@ -230,12 +244,6 @@ impl Ranks {
         }
         self.entries.push(entry);
         self.slots[slot] = self.entries.len() as u32;
-    }
-
-    /// Gives back the unused capacity of the byte and entry buffers.
-    fn shrink(&mut self) {
-        self.bytes.shrink_to_fit();
-        self.entries.shrink_to_fit();
     }
 
     fn len(&self) -> usize {
@@ -263,16 +271,14 @@ impl Ranks {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use tiktoken_rs::CoreBPE;
 
     fn o200k() -> &'static (CoreBPE, Counter) {
         static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
         BOTH.get_or_init(|| {
             let bpe = tiktoken_rs::o200k_base().expect("o200k");
-            let counter = Counter::build(
-                || tiktoken_rs::o200k_base().ok(),
-                tiktoken_rs::O200K_BASE_PAT_STR,
-            )
-            .expect("counter");
+            let counter =
+                Counter::load(O200K_BASE, tiktoken_rs::O200K_BASE_PAT_STR).expect("counter");
             (bpe, counter)
         })
     }
@@ -281,11 +287,8 @@ mod tests {
         static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
         BOTH.get_or_init(|| {
             let bpe = tiktoken_rs::cl100k_base().expect("cl100k");
-            let counter = Counter::build(
-                || tiktoken_rs::cl100k_base().ok(),
-                crate::tokens::CL100K_PATTERN,
-            )
-            .expect("counter");
+            let counter =
+                Counter::load(CL100K_BASE, crate::tokens::CL100K_PATTERN).expect("counter");
             (bpe, counter)
         })
     }
@@ -316,6 +319,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_vocabulary_cut_short_is_refused() {
+        let pattern = tiktoken_rs::O200K_BASE_PAT_STR;
+        assert!(Counter::load(&O200K_BASE[..O200K_BASE.len() - 1], pattern).is_none());
+        assert!(Counter::load(&[], pattern).is_none());
+        assert!(Counter::load(O200K_BASE, "(unclosed").is_none());
     }
 
     #[test]
