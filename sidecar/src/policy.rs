@@ -381,6 +381,7 @@ async fn embed(
         extra: serde_json::Map::new(),
     };
     let call = crate::attempt::Call::Embeddings { req: &ereq };
+    let started = Instant::now();
     let outcome = crate::attempt::run(
         &app.egress,
         &app.health,
@@ -400,24 +401,50 @@ async fn embed(
         }
     };
     let resp = serde_json::from_slice::<crate::openai::EmbeddingsResponse>(&body).ok();
-    // The provider answered, so it charged: the spend counts even when the
-    // answer is of no use to the cache.
+    meter_embedding(app, target, &ereq, resp.as_ref(), reservations, started);
+    let resp = resp?;
+    let vector: Vec<f32> = serde_json::from_value(resp.data.first()?.embedding.clone()).ok()?;
+    (!vector.is_empty()).then_some(vector)
+}
+
+/// Meters the semantic cache's embedding call: the provider answered, so
+/// it charged, whether or not the vector is of use. Its duration, tokens
+/// and cost go to the metrics under the embedding target (the route's
+/// name, the embedder's provider and model); its spend is charged to the
+/// budgets the request was admitted under (`reservations`), not as a
+/// request.
+fn meter_embedding(
+    app: &App,
+    target: &crate::config::Target,
+    req: &crate::openai::EmbeddingsRequest,
+    resp: Option<&crate::openai::EmbeddingsResponse>,
+    reservations: &[Reservation],
+    started: Instant,
+) {
+    let pricing = target.pricing.as_ref().unwrap_or(&metering::FREE);
+    let reported = resp
+        .and_then(|r| r.usage.as_ref())
+        .map(|u| crate::openai::Usage::new(u.prompt_tokens, 0, 0));
+    let estimate = crate::openai::Usage::new(embeddings_tokens(&req.input), 0, 0);
+    let metered = metering::Metered::new(pricing, reported, estimate);
+    let m = &app.metrics;
+    m.operation(
+        "embeddings",
+        &target.labels,
+        started.elapsed().as_secs_f64(),
+    );
+    m.tokens(&target.labels, metered.usage.prompt_tokens, 0);
+    if target.pricing.is_some() {
+        use rust_decimal::prelude::ToPrimitive;
+        m.cost(&target.labels, metered.cost.get().to_f64().unwrap_or(0.0));
+    }
     if !reservations.is_empty() {
-        let pricing = target.pricing.as_ref().unwrap_or(&metering::FREE);
-        let reported = resp
-            .as_ref()
-            .and_then(|r| r.usage.as_ref())
-            .map(|u| crate::openai::Usage::new(u.prompt_tokens, 0, 0));
-        let estimate = crate::openai::Usage::new(embeddings_tokens(&ereq.input), 0, 0);
         app.accountant.submit(metering::UsageRecord {
-            metered: metering::Metered::new(pricing, reported, estimate),
+            metered,
             reservations: reservations.iter().map(Reservation::companion).collect(),
             side_call: true,
         });
     }
-    let resp = resp?;
-    let vector: Vec<f32> = serde_json::from_value(resp.data.first()?.embedding.clone()).ok()?;
-    (!vector.is_empty()).then_some(vector)
 }
 
 /// Completion tokens reserved when the request does not cap them: the

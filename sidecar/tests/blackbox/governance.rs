@@ -483,6 +483,17 @@ spec:
     }
     let r = refused.expect("the embeddings' cost exhausts the budget");
     assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    // The metrics show the embedding calls under the embedder.
+    let metrics = sc.get(&sc.admin_url("/metrics")).await.text();
+    let embedder = |name: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with(name)
+                && l.contains("provider=\"dear-embed\"")
+                && l.contains("model=\"embedder\"")
+        })
+    };
+    assert!(embedder("gen_ai_client_token_usage_sum"), "{metrics}");
+    assert!(embedder("sluice_cost_usd_total"), "{metrics}");
 }
 
 #[tokio::test]
