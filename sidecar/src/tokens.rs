@@ -101,6 +101,18 @@ impl Encoding {
     }
 }
 
+/// tiktoken-rs's own encoder: the reference the counter must agree with
+/// (tests only; the sidecar never builds it).
+#[cfg(test)]
+fn reference(encoding: Encoding) -> &'static tiktoken_rs::CoreBPE {
+    static O200K: OnceLock<tiktoken_rs::CoreBPE> = OnceLock::new();
+    static CL100K: OnceLock<tiktoken_rs::CoreBPE> = OnceLock::new();
+    match encoding {
+        Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k")),
+        Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k")),
+    }
+}
+
 /// A rough prompt count without the tokenizer — four bytes of text a
 /// token, OpenAI's framing per message, 765 per image — for routes where
 /// no decision depends on the count (only metrics and the access log see

@@ -273,25 +273,17 @@ mod tests {
     use proptest::prelude::*;
     use tiktoken_rs::CoreBPE;
 
-    fn o200k() -> &'static (CoreBPE, Counter) {
-        static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
-        BOTH.get_or_init(|| {
-            let bpe = tiktoken_rs::o200k_base().expect("o200k");
-            let counter =
-                Counter::load(O200K_BASE, tiktoken_rs::O200K_BASE_PAT_STR).expect("counter");
-            (bpe, counter)
-        })
+    use crate::tokens::{Encoding, reference};
+
+    /// The counter as the sidecar loads it, and tiktoken-rs's encoder.
+    fn both(encoding: Encoding) -> (&'static CoreBPE, &'static Counter) {
+        (
+            reference(encoding),
+            encoding.counter().expect("bundled vocabulary loads"),
+        )
     }
 
-    fn cl100k() -> &'static (CoreBPE, Counter) {
-        static BOTH: std::sync::OnceLock<(CoreBPE, Counter)> = std::sync::OnceLock::new();
-        BOTH.get_or_init(|| {
-            let bpe = tiktoken_rs::cl100k_base().expect("cl100k");
-            let counter =
-                Counter::load(CL100K_BASE, crate::tokens::CL100K_PATTERN).expect("counter");
-            (bpe, counter)
-        })
-    }
+    const BOTH: [Encoding; 2] = [Encoding::O200kBase, Encoding::Cl100kBase];
 
     const TEXTS: &[&str] = &[
         "",
@@ -306,11 +298,12 @@ mod tests {
         "don't won't I'm you're we've they'll she'd",
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         "https://example.com/path?query=1&other=2#fragment",
+        "The sidecar counts tokens as tiktoken does: ünïcödé, 12345, \n\n  code();",
     ];
 
     #[test]
     fn counts_are_tiktokens_on_fixed_texts() {
-        for (bpe, counter) in [o200k(), cl100k()] {
+        for (bpe, counter) in BOTH.map(both) {
             for text in TEXTS {
                 assert_eq!(
                     counter.count(text),
@@ -340,7 +333,7 @@ mod tests {
             "x".repeat(1000),
             "%$#@!".repeat(60),
         ];
-        for (bpe, counter) in [o200k(), cl100k()] {
+        for (bpe, counter) in BOTH.map(both) {
             for text in &long {
                 assert_eq!(counter.count(text), bpe.encode_ordinary(text).len());
             }
@@ -351,13 +344,13 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
         fn counts_are_tiktokens_on_random_text(text in "\\PC{0,200}") {
-            let (bpe, counter) = o200k();
+            let (bpe, counter) = both(Encoding::O200kBase);
             prop_assert_eq!(counter.count(&text), bpe.encode_ordinary(&text).len());
         }
 
         #[test]
         fn counts_are_tiktokens_on_random_ascii(text in "[ -~\\t\\n]{0,400}") {
-            for (bpe, counter) in [o200k(), cl100k()] {
+            for (bpe, counter) in BOTH.map(both) {
                 prop_assert_eq!(counter.count(&text), bpe.encode_ordinary(&text).len());
             }
         }

@@ -224,26 +224,3 @@ fn the_upper_bound_is_never_below_any_model_count() {
     );
     assert_eq!(upper_bound(&image), None, "images need the real count");
 }
-
-/// tiktoken-rs's own encoder: the reference the counter must agree with.
-fn reference(encoding: Encoding) -> &'static tiktoken_rs::CoreBPE {
-    static O200K: std::sync::OnceLock<tiktoken_rs::CoreBPE> = std::sync::OnceLock::new();
-    static CL100K: std::sync::OnceLock<tiktoken_rs::CoreBPE> = std::sync::OnceLock::new();
-    match encoding {
-        Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k")),
-        Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k")),
-    }
-}
-
-#[test]
-fn the_counters_load_and_agree_with_tiktoken() {
-    for encoding in [Encoding::O200kBase, Encoding::Cl100kBase] {
-        let counter = encoding.counter().expect("bundled encoding loads");
-        let text = "The sidecar counts tokens as tiktoken does: ünïcödé, 12345, \n\n  code();";
-        assert_eq!(
-            counter.count(text),
-            reference(encoding).encode_ordinary(text).len(),
-            "{encoding:?}"
-        );
-    }
-}
