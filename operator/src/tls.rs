@@ -58,7 +58,10 @@ pub fn subject_names(services: &[&str], namespace: &str) -> Vec<String> {
         })
         .collect();
     names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
-    names.dedup();
+    // One Service named twice (both flags the same) gives its names once:
+    // `dedup` alone only drops neighbours.
+    let mut seen = std::collections::BTreeSet::new();
+    names.retain(|n| seen.insert(n.clone()));
     names
 }
 
@@ -260,6 +263,16 @@ impl ServingCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_name_is_listed_once() {
+        let one = subject_names(&["sluice-operator"], "ns");
+        assert_eq!(
+            subject_names(&["sluice-operator", "sluice-operator"], "ns"),
+            one
+        );
+        assert_eq!(one.len(), 6);
+    }
 
     #[test]
     fn generated_identity_round_trips_through_secret_data() {
