@@ -105,19 +105,21 @@ impl Counter {
             .collect();
         parts.push((piece.len() - 1, u32::MAX));
         parts.push((piece.len(), u32::MAX));
+        // The rank of part j merged with the next once part j + 1 (still
+        // in the list) has merged into j.
+        let after_merge = |parts: &[(usize, u32)], j: usize| {
+            if j + 3 < parts.len() {
+                self.rank(piece, parts[j].0, parts[j + 3].0)
+            } else {
+                u32::MAX
+            }
+        };
         while let Some((i, _)) = parts[..parts.len() - 1]
             .iter()
             .enumerate()
             .filter(|(_, p)| p.1 != u32::MAX)
             .min_by_key(|(i, p)| (p.1, *i))
         {
-            let after_merge = |parts: &[(usize, u32)], j: usize| {
-                if j + 3 < parts.len() {
-                    self.rank(piece, parts[j].0, parts[j + 3].0)
-                } else {
-                    u32::MAX
-                }
-            };
             if i > 0 {
                 parts[i - 1].1 = after_merge(&parts, i - 1);
             }
@@ -135,7 +137,6 @@ impl Counter {
         // it (n: the end), prev[i] the one before (usize::MAX: none).
         let mut next: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
-        let mut alive = vec![true; n];
         // The rank of merging part i with the part after it.
         let pair = |next: &[usize], i: usize| -> u32 {
             let j = next[i];
@@ -144,6 +145,9 @@ impl Counter {
             }
             self.rank(piece, i, next[j])
         };
+        // Per part, the rank of its merge with the next; `u32::MAX` for
+        // none, and for a part swallowed by the one before it, so that its
+        // heap entries read as stale.
         let mut ranks: Vec<u32> = (0..n).map(|i| pair(&next, i)).collect();
         let mut heap: BinaryHeap<Reverse<(u32, usize)>> = ranks
             .iter()
@@ -153,12 +157,12 @@ impl Counter {
             .collect();
         let mut parts = n;
         while let Some(Reverse((rank, i))) = heap.pop() {
-            if !alive[i] || ranks[i] != rank {
+            if ranks[i] != rank {
                 continue;
             }
             // Part i swallows the part after it.
             let gone = next[i];
-            alive[gone] = false;
+            ranks[gone] = u32::MAX;
             next[i] = next[gone];
             if next[i] < n {
                 prev[next[i]] = i;
