@@ -149,7 +149,7 @@ impl Health {
             tokens_per_minute: limits.tokens_per_minute,
         };
         let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(target).0;
+        let k = target.health_key.0.clone();
         let entry = map.entry(k).or_insert_with(|| {
             (
                 wanted.clone(),
