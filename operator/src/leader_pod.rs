@@ -84,10 +84,14 @@ impl LeaderPod {
     /// Sets or removes the label on our own pod. `Ok(false)` when there is
     /// no such pod (not running in one).
     pub async fn mark(&self, leading: bool) -> Result<bool, Error> {
-        let params = PatchParams::default();
+        self.label(&self.name, leading).await
+    }
+
+    /// Sets or removes the label on `pod`; `Ok(false)` when it is gone.
+    async fn label(&self, pod: &str, leading: bool) -> Result<bool, Error> {
         match self
             .api
-            .patch(&self.name, &params, &Patch::Merge(patch(leading)))
+            .patch(pod, &PatchParams::default(), &Patch::Merge(patch(leading)))
             .await
         {
             Ok(_) => Ok(true),
@@ -111,17 +115,9 @@ impl LeaderPod {
             let Some(name) = pod.metadata.name.filter(|n| *n != self.name) else {
                 continue;
             };
-            match self
-                .api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(patch(false)))
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(pod = %name, "took the leader label off a former leader's pod");
-                    stripped += 1;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+            if self.label(&name, false).await? {
+                tracing::info!(pod = %name, "took the leader label off a former leader's pod");
+                stripped += 1;
             }
         }
         Ok(stripped)
