@@ -6,4 +6,5 @@
 pub mod emulator;
 pub mod kubectl;
 pub mod mock;
+pub mod ports;
 pub mod tools;

@@ -28,13 +28,10 @@ pub struct Rig {
     pub client: kube::Client,
 }
 
-/// A free loopback port (released before use: racy in principle, fine on
-/// a test machine).
+/// A free loopback port (`sluice_tests::ports`: outside the range
+/// outgoing connections take theirs from).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    sluice_tests::ports::free_port().port()
 }
 
 /// The real `sluice-operator` binary running as a child process against

@@ -202,10 +202,9 @@ async fn readyz(admin: SocketAddr) -> bool {
 }
 
 /// A free loopback port (for the sidecar, which does not report the port it
-/// bound). Racy in principle; nothing else on loopback churns ports here.
+/// bound): `sluice_tests::ports`, outside the range outgoing connections use.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    Ok(sluice_tests::ports::free_port())
 }
 
 /// utime + stime of the whole process (all threads, live and dead), in clock

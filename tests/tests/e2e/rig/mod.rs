@@ -21,7 +21,6 @@ pub mod service;
 pub mod sidecar;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,13 +81,7 @@ where
     }
 }
 
-/// A free loopback port. Racy in principle (it is released before the
-/// child binds it); nothing on this host churns ports fast enough to matter.
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
+pub use sluice_tests::ports::free_port;
 
 /// `GET url` → (status, body), or None when nothing answers in 5 s.
 pub async fn http_get(url: &str) -> Option<(u16, String)> {
