@@ -1,8 +1,8 @@
 //! Egress: the one place that talks to providers.
 //!
-//! A pooled hyper client over rustls (webpki roots plus an optional extra
-//! CA bundle), HTTP/1.1 and HTTP/2 (ALPN), with a connect timeout per
-//! provider (one pool per distinct connect timeout). The caller bounds the
+//! hyper connections over rustls (webpki roots plus an optional extra CA
+//! bundle), HTTP/1.1 and HTTP/2 (ALPN), pooled per origin ([`pool`]), with
+//! a connect timeout per provider covering TCP and TLS. The caller bounds the
 //! time to response headers; [`UpstreamBody::next`] bounds the time between
 //! chunks and the total deadline. `mock://` requests are answered in-process
 //! by [`crate::provider::mock::respond`], through the same types, so the
@@ -14,20 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sluice_crds::FailureClass;
 use tokio::time::{Instant, timeout_at};
 
 use crate::provider::mock::{self, MockReply};
 use crate::provider::{Endpoint, Failure, UpstreamRequest};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+mod pool;
+
+use pool::{Connector, Destination, Lease, Origin, SendError, source_chain};
 
 /// Why the egress client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -44,32 +42,13 @@ const URIS: usize = 1024;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The `Host` header hyper-util sets for `uri` when a request has none:
-/// the host, with `:port` unless the port is the scheme's default.
-fn host_header(uri: &Uri) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    let default = match uri.scheme_str() {
-        Some("http") => Some(80),
-        Some("https") => Some(443),
-        _ => None,
-    };
-    match uri.port_u16() {
-        Some(port) if Some(port) != default => {
-            HeaderValue::from_str(&format!("{host}:{port}")).ok()
-        }
-        _ => HeaderValue::from_str(host).ok(),
-    }
-}
-
 /// The shared upstream client.
 pub struct Egress {
-    tls: rustls::ClientConfig,
-    clients: Mutex<FastMap<Duration, HttpsClient>>,
-    /// Each upstream URL parsed once: parsing one (`Request::builder().uri`)
-    /// cost ≈1.2 k instructions and two allocations a request; a clone of
-    /// a parsed `Uri` shares its bytes. With it, its `Host` header, which
-    /// hyper-util would otherwise format on every request.
-    uris: Mutex<FastMap<String, (Uri, Option<HeaderValue>)>>,
+    connector: Connector,
+    /// Each upstream URL parsed once (parsing one cost ≈1.2 k instructions
+    /// and two allocations a request), with its `Host` header and its
+    /// origin's connections.
+    destinations: Mutex<Destinations>,
     /// Requests served per mock provider, for deterministic failures.
     mock_counts: Mutex<HashMap<String, u64>>,
 }
@@ -87,9 +66,17 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
+/// The destinations known so far, and the origins they share.
+#[derive(Default)]
+struct Destinations {
+    by_url: FastMap<String, Arc<Destination>>,
+    origins: FastMap<String, Arc<Origin>>,
+}
+
 /// A response body being read.
 pub enum UpstreamBody {
-    Http(Incoming),
+    /// With the HTTP/1 connection, given back at the body's end.
+    Http(Incoming, Option<Lease>),
     Mock {
         chunks: VecDeque<Bytes>,
         gap: Duration,
@@ -126,54 +113,31 @@ impl Egress {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(Self {
-            tls,
-            clients: Mutex::default(),
-            uris: Mutex::default(),
+            connector: Connector::new(tls),
+            destinations: Mutex::default(),
             mock_counts: Mutex::new(HashMap::new()),
         })
     }
 
-    fn client(&self, connect_timeout: Duration) -> HttpsClient {
-        let mut clients = match self.clients.lock() {
-            Ok(c) => c,
+    /// Where `url` goes; `None` when it is not an absolute URL.
+    fn destination(&self, url: &str) -> Option<Arc<Destination>> {
+        let mut known = match self.destinations.lock() {
+            Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(connect_timeout));
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(self.tls.clone())
-                    .https_or_http()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .build(https)
-            })
-            .clone()
-    }
-
-    /// `url` parsed, and its `Host` value; `None` when it does not parse.
-    fn uri(&self, url: &str) -> Option<(Uri, Option<HeaderValue>)> {
-        let mut uris = match self.uris.lock() {
-            Ok(u) => u,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(parsed) = uris.get(url) {
-            return Some(parsed.clone());
+        if let Some(dest) = known.by_url.get(url) {
+            return Some(dest.clone());
         }
         let uri = Uri::try_from(url).ok()?;
-        let parsed = (uri.clone(), host_header(&uri));
-        if uris.len() >= URIS {
-            uris.clear();
+        let origin_key = format!("{}://{}", uri.scheme_str()?, uri.authority()?);
+        if known.by_url.len() >= URIS {
+            // Only reloads add URLs; their idle connections go with them.
+            *known = Destinations::default();
         }
-        uris.insert(url.to_owned(), parsed.clone());
-        Some(parsed)
+        let origin = known.origins.entry(origin_key).or_default().clone();
+        let dest = Arc::new(Destination::new(uri, origin));
+        known.by_url.insert(url.to_owned(), dest.clone());
+        Some(dest)
     }
 
     /// Sends `req` and waits for the response headers until `headers_by`.
@@ -187,51 +151,35 @@ impl Egress {
         if let Some(rest) = req.url.strip_prefix(mock::SCHEME) {
             return self.send_mock(endpoint, rest, &req.body, headers_by).await;
         }
-        let builder = Request::builder().method(req.method);
-        let (mut builder, host) = match self.uri(&req.url) {
-            Some((uri, host)) => (builder.uri(uri), host),
-            // Unparsable: the builder says why.
-            None => (builder.uri(req.url.as_str()), None),
-        };
-        if let Some(h) = builder.headers_mut() {
-            *h = req.headers;
-            if let Some(host) = host {
-                h.entry(http::header::HOST).or_insert(host);
-            }
-        }
-        let request = builder.body(Full::new(req.body)).map_err(|e| {
-            Failure::new(
+        let Some(dest) = self.destination(&req.url) else {
+            return Err(Failure::new(
                 FailureClass::BadRequest,
-                format!("cannot build upstream request: {e}"),
-            )
-        })?;
-        let client = self.client(connect_timeout);
-        match timeout_at(headers_by, client.request(request)).await {
+                format!("cannot build upstream request: invalid URL {:?}", req.url),
+            ));
+        };
+        let mut request = Request::new(Full::new(req.body));
+        *request.method_mut() = req.method;
+        *request.headers_mut() = req.headers;
+        let send = self.connector.send(&dest, request, connect_timeout);
+        match timeout_at(headers_by, send).await {
             Err(_) => Err(Failure::new(
                 FailureClass::TimeoutHeaders,
                 "no response headers in time",
             )),
-            Ok(Err(e)) if e.is_connect() => Err(Failure::new(
+            Ok(Err(SendError::Connect(reason))) => Err(Failure::new(
                 FailureClass::Connect,
-                format!(
-                    "cannot connect to {}: {}",
-                    endpoint.provider,
-                    source_chain(&e)
-                ),
+                format!("cannot connect to {}: {reason}", endpoint.provider),
             )),
-            Ok(Err(e)) => Err(Failure::new(
+            Ok(Err(SendError::Reset(reason))) => Err(Failure::new(
                 FailureClass::Reset,
-                format!(
-                    "connection closed before response headers: {}",
-                    source_chain(&e)
-                ),
+                format!("connection closed before response headers: {reason}"),
             )),
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, lease))) => {
                 let (parts, body) = resp.into_parts();
                 Ok(UpstreamResponse {
                     status: parts.status,
                     headers: parts.headers,
-                    body: UpstreamBody::Http(body),
+                    body: UpstreamBody::Http(body, lease),
                 })
             }
         }
@@ -280,17 +228,6 @@ impl Egress {
     }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
-}
-
 impl UpstreamBody {
     /// The next chunk of data, `None` at the end. `idle` bounds the wait
     /// for this chunk, `deadline` the whole call; `idle_class` says what a
@@ -319,10 +256,15 @@ impl UpstreamBody {
                 }
                 chunks.pop_front().map(Ok)
             }
-            UpstreamBody::Http(body) => loop {
+            UpstreamBody::Http(body, lease) => loop {
                 match timeout_at(by, body.frame()).await {
                     Err(_) => return Some(Err(stalled())),
-                    Ok(None) => return None,
+                    Ok(None) => {
+                        if let Some(lease) = lease.take() {
+                            lease.give_back();
+                        }
+                        return None;
+                    }
                     Ok(Some(Err(e))) => {
                         return Some(Err(Failure::new(
                             FailureClass::StreamInterrupted,
@@ -350,38 +292,25 @@ impl UpstreamBody {
         idle: Duration,
         deadline: Instant,
     ) -> Result<Option<Bytes>, Failure> {
+        // A body that arrives in one chunk (most) is kept as it came.
+        let mut first: Option<Bytes> = None;
         let mut buf = Vec::new();
         while let Some(chunk) = self.next(idle, deadline, FailureClass::TimeoutIdle).await {
             let chunk = chunk?;
-            if buf.len() + chunk.len() > max {
+            let held = first.as_ref().map_or(0, Bytes::len);
+            if held + buf.len() + chunk.len() > max {
                 return Ok(None);
             }
-            buf.extend_from_slice(&chunk);
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                held => {
+                    if let Some(held) = held {
+                        buf.extend_from_slice(&held);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
         }
-        Ok(Some(Bytes::from(buf)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_is_the_one_hyper_util_would_send() {
-        for (url, host) in [
-            ("http://127.0.0.1:8080/v1", "127.0.0.1:8080"),
-            ("https://api.openai.com/v1", "api.openai.com"),
-            ("https://api.example:443/v1", "api.example"),
-            ("http://api.example:80/v1", "api.example"),
-            ("http://api.example:443/v1", "api.example:443"),
-            ("http://[::1]:9000/v1", "[::1]:9000"),
-        ] {
-            let uri = Uri::try_from(url).expect("uri");
-            assert_eq!(
-                host_header(&uri).as_ref().and_then(|h| h.to_str().ok()),
-                Some(host),
-                "{url}"
-            );
-        }
+        Ok(Some(first.unwrap_or_else(|| Bytes::from(buf))))
     }
 }

@@ -47,6 +47,25 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Load on one address only, for profiling a gateway (`perf`, `/proc`):
+    /// closed loop, or open loop with `--rate`; prints rate and latency.
+    Drive {
+        /// Where to send `POST /v1/chat/completions` (model `bench`).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+        /// Closed-loop connections (ignored with `--rate`).
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Open loop at this many req/s instead of the closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stream requests (open loop only): latency to the first byte.
+        #[arg(long)]
+        stream: bool,
+    },
     /// The bare pass-through proxy (a child of `run`).
     Proxy {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -113,6 +132,13 @@ fn main() -> ExitCode {
             threads,
         ),
         Some(Command::Guard { command }) => loadbench::net::guard(&command),
+        Some(Command::Drive {
+            target,
+            secs,
+            connections,
+            rate,
+            stream,
+        }) => drive(target, secs, connections, rate, stream),
         Some(Command::Proxy { listen, upstream }) => loadbench::proxy::run(listen, upstream),
         Some(Command::Run(flags)) => bench(flags),
         None => bench(cli.run),
@@ -166,6 +192,46 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
     if let Some(out) = &flags.out {
         std::fs::write(out, &report)?;
     }
+    Ok(())
+}
+
+fn drive(
+    target: SocketAddr,
+    secs: f64,
+    connections: usize,
+    rate: Option<f64>,
+    stream: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        secs > 0.0 && rate.is_none_or(|r| r > 0.0),
+        "--secs and --rate must be positive"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let round = runtime.block_on(async {
+        let path = loadbench::load::Path::new("target", target, None)?;
+        let _ = loadbench::load::closed_loop(&path, 4, 0.5).await;
+        anyhow::Ok(match rate {
+            Some(rate) => loadbench::load::open_loop(&path, rate, secs, stream).await,
+            None => loadbench::load::closed_loop(&path, connections.max(1), secs).await,
+        })
+    })?;
+    let mut latencies = round.latencies;
+    latencies.sort_unstable();
+    let q = |p| {
+        loadbench::report::quantile_us(&latencies, p)
+            .map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"))
+    };
+    println!(
+        "{} ok, {} errors, {:.0} req/s, p50 {} µs, p99 {} µs",
+        round.completed,
+        round.errors,
+        round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
+        q(0.5),
+        q(0.99),
+    );
     Ok(())
 }
 
