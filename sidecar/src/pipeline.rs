@@ -462,6 +462,7 @@ async fn pump(
                     }
                     let _ = tx.send(done).await;
                     tracker.succeed(usage);
+                    c.body.release();
                     return;
                 }
             }

@@ -137,6 +137,31 @@ async fn stream_asks_for_usage_and_passes_chunks_through() {
 }
 
 #[tokio::test]
+async fn answers_and_streams_reuse_one_upstream_connection() {
+    let (primary, backup) = mocks().await;
+    let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "2s")).await;
+    for i in 0..6 {
+        let mut body = ask("solo", "hi");
+        body["stream"] = json!(i % 2 == 1);
+        let resp = sc.chat(body).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        if i % 2 == 1 {
+            let (text, done, errors) = stream_text(&resp.text());
+            assert!(!text.is_empty() && done && errors.is_empty());
+        }
+        // A stream's connection is given back once its end has been read,
+        // which may follow the client's last byte by a moment.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(primary.request_count(), 6);
+    assert_eq!(
+        primary.connections(),
+        1,
+        "every request after the first went over the same connection"
+    );
+}
+
+#[tokio::test]
 async fn pre_commit_failures_fall_back_invisibly() {
     let (primary, backup) = mocks().await;
     let sc = Sidecar::start(&yaml(&primary.url(), &backup.url(), "300ms")).await;

@@ -131,6 +131,12 @@ impl MockHandle {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Connections the mock accepted: how a test sees whether a client
+    /// reuses its connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
     /// Model calls the client abandoned before the mock finished answering:
     /// it closed the connection or reset the stream while the mock waited
     /// (latency, hang) or was sending the body (paced, stalled, streamed).

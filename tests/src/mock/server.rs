@@ -55,6 +55,8 @@ pub(crate) struct Shared {
     seq: AtomicU64,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) aborted: AtomicUsize,
+    /// Connections accepted (TCP, before any TLS handshake).
+    pub(crate) connections: AtomicUsize,
     started: Instant,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
@@ -158,6 +160,7 @@ pub(crate) async fn start(
         seq: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         aborted: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
         started: Instant::now(),
         shutdown: shutdown_rx.clone(),
     });
@@ -190,6 +193,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::SeqCst);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
