@@ -539,5 +539,65 @@ mod agree {
             let new = read_chat_body(Bytes::from(body)).map(|a| a.usage);
             prop_assert_eq!(old, new);
         }
+
+        /// And on documents one edit away from well-formed ones — a byte
+        /// replaced by one that matters to JSON, removed, or the end cut
+        /// off — which the hand-written scan must refuse exactly when the
+        /// parse does, or agree with it.
+        #[test]
+        fn damaged_chunks(v in chunk(), edits in proptest::collection::vec(edit(), 1..3)) {
+            let data = damage(serde_json::to_vec(&v).expect("json"), &edits);
+            prop_assert_eq!(fast(&data), full(&data));
+        }
+
+        #[test]
+        fn damaged_answers(v in response(), edits in proptest::collection::vec(edit(), 1..3)) {
+            let body = damage(serde_json::to_vec(&v).expect("json"), &edits);
+            let old = parse_chat_body(&body).map(|r| r.usage);
+            let new = read_chat_body(Bytes::from(body)).map(|a| a.usage);
+            prop_assert_eq!(old, new);
+        }
+    }
+
+    /// One edit: where (a fraction of the length), and what.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Replace(f64, u8),
+        Remove(f64),
+        Cut(f64),
+    }
+
+    fn edit() -> BoxedStrategy<Edit> {
+        let byte = prop::sample::select(b"{}[]\":,\\ 0-.eEtnuf\x01\xc3x".to_vec());
+        prop_oneof![
+            4 => (0.0..1.0f64, byte).prop_map(|(at, b)| Edit::Replace(at, b)),
+            2 => (0.0..1.0f64).prop_map(Edit::Remove),
+            1 => (0.0..1.0f64).prop_map(Edit::Cut),
+        ]
+        .boxed()
+    }
+
+    fn damage(mut data: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+        for e in edits {
+            if data.is_empty() {
+                break;
+            }
+            let at = |f: f64| ((data.len() as f64 * f) as usize).min(data.len() - 1);
+            match *e {
+                Edit::Replace(f, b) => {
+                    let i = at(f);
+                    data[i] = b;
+                }
+                Edit::Remove(f) => {
+                    let i = at(f);
+                    data.remove(i);
+                }
+                Edit::Cut(f) => {
+                    let i = at(f);
+                    data.truncate(i);
+                }
+            }
+        }
+        data
     }
 }
