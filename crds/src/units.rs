@@ -191,6 +191,10 @@ impl Money {
 
     /// The price of `tokens` at `per_million` dollars per million tokens.
     pub fn per_million(per_million: Money, tokens: u64) -> Money {
+        // Most calls have no cached tokens: skip the decimal arithmetic.
+        if tokens == 0 {
+            return Money::ZERO;
+        }
         let cost = per_million.0 * Decimal::from(tokens) / Decimal::from(1_000_000u32);
         Money(cost.round_dp(Self::SCALE).normalize())
     }

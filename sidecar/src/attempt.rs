@@ -444,9 +444,16 @@ async fn try_target(
             Err(Failure::new(FailureClass::Malformed, detail).with_status(status.as_u16()))
         }
         Call::Chat { stream: true, .. } => {
+            // Translated streams need a chunk id; pass-through keeps the
+            // provider's own.
+            let id = if passes_through(endpoint.kind) {
+                String::new()
+            } else {
+                format!("chatcmpl-{}", crate::request_id::generate())
+            };
             let ctx = StreamContext {
                 model: target.model.clone(),
-                id: format!("chatcmpl-{}", crate::request_id::generate()),
+                id,
                 created: unix_now(),
                 max_line: bounds.max_line,
             };

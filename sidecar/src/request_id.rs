@@ -29,13 +29,16 @@ pub fn generate() -> String {
     // `format!("{a:016x}{b:016x}")` without the formatting machinery: this
     // runs for every request without an id.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for word in [a, b] {
-        for shift in (0..16).rev() {
-            id.push(char::from(HEX[((word >> (shift * 4)) & 0xf) as usize]));
-        }
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        let word = if i < 16 { a } else { b };
+        let shift = 4 * (15 - (i % 16));
+        *digit = HEX[((word >> shift) & 0xf) as usize];
     }
-    id
+    // Hex digits are ASCII: the check cannot fail.
+    std::str::from_utf8(&id)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// splitmix64's finaliser.

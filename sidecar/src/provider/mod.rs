@@ -200,7 +200,8 @@ impl PassChunk {
 pub struct StreamContext {
     /// The model to put in chunks: the upstream model.
     pub model: String,
-    /// `chatcmpl-…` id to use when the provider gives none.
+    /// `chatcmpl-…` id to use when the provider gives none (empty for
+    /// pass-through adapters, which keep the provider's chunks as they are).
     pub id: String,
     /// Unix seconds.
     pub created: u64,
