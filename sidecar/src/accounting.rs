@@ -26,7 +26,6 @@ use crate::metrics::{self, TargetLabels};
 use crate::openai::Usage;
 use crate::pipeline::Operation;
 use crate::provider::Failure;
-use rust_decimal::prelude::ToPrimitive;
 use sluice_crds::Money;
 
 /// What `usage` cost at the target model's pricing, if it has one (see
@@ -181,7 +180,7 @@ impl Tracker {
             &labels,
             self.started.elapsed().as_secs_f64(),
             usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
-            cost.map(|c| c.get().to_f64().unwrap_or(0.0)),
+            cost.map(sluice_crds::Money::as_f64),
         );
         let ms = self.started.elapsed().as_millis() as u64;
         self.app.access_log.record(access_log::Entry {

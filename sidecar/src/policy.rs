@@ -435,8 +435,7 @@ fn meter_embedding(
     );
     m.tokens(&target.labels, metered.usage.prompt_tokens, 0);
     if target.pricing.is_some() {
-        use rust_decimal::prelude::ToPrimitive;
-        m.cost(&target.labels, metered.cost.get().to_f64().unwrap_or(0.0));
+        m.cost(&target.labels, metered.cost.as_f64());
     }
     if !reservations.is_empty() {
         app.accountant.submit(metering::UsageRecord {
