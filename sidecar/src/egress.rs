@@ -66,9 +66,6 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
-/// How long [`UpstreamBody::release`] waits for the end of a body.
-const DRAIN_FOR: Duration = Duration::from_secs(2);
-
 /// How much of a body [`UpstreamBody::release`] reads past its last event.
 const DRAIN_BYTES: usize = 64 << 10;
 
@@ -293,41 +290,19 @@ impl UpstreamBody {
     /// Done with a body whose last event has been read (a stream's
     /// `[DONE]`): reads what is left of it, so that its HTTP/1 connection
     /// goes back to the pool instead of being closed — at once when the
-    /// end has already arrived (the usual case: the terminating chunk comes
-    /// with the last event), else in a task that waits at most
-    /// [`DRAIN_FOR`] for at most [`DRAIN_BYTES`].
+    /// end has already arrived, else parked with its origin until it has
+    /// ([`pool::Lease::park`]: within two seconds, at most
+    /// [`DRAIN_BYTES`]).
     pub fn release(self) {
         let UpstreamBody::Http(mut body, Some(lease)) = self else {
             return;
         };
         let mut left = DRAIN_BYTES;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        loop {
-            match http_body::Body::poll_frame(std::pin::Pin::new(&mut body), &mut cx) {
-                std::task::Poll::Ready(None) => return lease.give_back(),
-                std::task::Poll::Ready(Some(Ok(frame))) => {
-                    let n = frame.data_ref().map_or(0, Bytes::len);
-                    match left.checked_sub(n) {
-                        Some(l) => left = l,
-                        None => return,
-                    }
-                }
-                std::task::Poll::Ready(Some(Err(_))) => return,
-                std::task::Poll::Pending => break,
-            }
+        match pool::read_what_is_here(&mut body, &mut left) {
+            Some(true) => lease.give_back(),
+            Some(false) => lease.park(body, left),
+            None => {}
         }
-        tokio::spawn(async move {
-            let drained = tokio::time::timeout(DRAIN_FOR, async {
-                while let Some(frame) = body.frame().await {
-                    let n = frame.ok()?.data_ref().map_or(0, Bytes::len);
-                    left = left.checked_sub(n)?;
-                }
-                Some(())
-            });
-            if let Ok(Some(())) = drained.await {
-                lease.give_back();
-            }
-        });
     }
 
     /// Reads the rest of the body, up to `max` bytes. `Ok(None)` when it is

@@ -280,6 +280,9 @@ mod tests {
         );
         let e = err(br#"{"model":"chat","messages":[{"role":"user","content":5}]}"#);
         assert_eq!(e.param.as_deref(), Some("messages[0].content"));
+        // A bad content part is named down to the part.
+        let e = err(br#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":7}]}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].text"));
         let e = err(br#"{"messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(e.param.as_deref(), Some("model"));
         let e = err(br#"{"model":"chat","messages":[]}"#);

@@ -104,6 +104,86 @@ struct Idle {
     /// Oldest first; taken from the end.
     h1: Vec<(http1::SendRequest<Body>, Instant)>,
     h2: Option<http2::SendRequest<Body>>,
+    /// Connections whose caller is done but whose response has not quite
+    /// ended (a stream's terminating chunk, a moment behind its last
+    /// event); see [`Lease::park`].
+    draining: Vec<Draining>,
+}
+
+/// A connection parked until the rest of its response has been read.
+struct Draining {
+    /// `None` once the body has ended.
+    body: Option<Incoming>,
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+    /// Bytes of body it may still read before it is given up.
+    left: usize,
+}
+
+impl std::fmt::Debug for Draining {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Draining")
+            .field("ended", &self.body.is_none())
+            .field("left", &self.left)
+            .finish()
+    }
+}
+
+/// How long a parked connection may take to finish its response.
+pub const DRAIN_FOR: Duration = Duration::from_secs(2);
+
+/// What is left of a body, read without waiting: `Some(true)` at its end,
+/// `Some(false)` when more is to come, `None` when it failed or passed
+/// `left` bytes.
+pub fn read_what_is_here(body: &mut Incoming, left: &mut usize) -> Option<bool> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        match http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), &mut cx) {
+            std::task::Poll::Ready(None) => return Some(true),
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Bytes::len);
+                *left = left.checked_sub(n)?;
+            }
+            std::task::Poll::Ready(Some(Err(_))) => return None,
+            std::task::Poll::Pending => return Some(false),
+        }
+    }
+}
+
+impl Idle {
+    /// Moves parked connections whose responses have ended to the idle
+    /// list; drops those that failed, overran or took too long.
+    fn settle(&mut self, now: Instant) {
+        if self.draining.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while let Some(d) = self.draining.get_mut(i) {
+            let usable = if now.duration_since(d.since) >= DRAIN_FOR || d.sender.is_closed() {
+                Some(false)
+            } else {
+                match d.body.as_mut().map(|b| read_what_is_here(b, &mut d.left)) {
+                    Some(None) => Some(false),
+                    Some(Some(false)) => None,
+                    Some(Some(true)) | None => {
+                        d.body = None;
+                        d.sender.is_ready().then_some(true)
+                    }
+                }
+            };
+            match usable {
+                // Still on its way: looked at again next time.
+                None => i += 1,
+                Some(false) => {
+                    self.draining.swap_remove(i);
+                }
+                Some(true) => {
+                    let d = self.draining.swap_remove(i);
+                    self.h1.push((d.sender, now));
+                }
+            }
+        }
+    }
 }
 
 enum Conn {
@@ -129,6 +209,7 @@ impl Origin {
             idle.h2 = None;
         }
         let now = Instant::now();
+        idle.settle(now);
         while let Some((sender, since)) = idle.h1.pop() {
             if sender.is_ready() && now.duration_since(since) < IDLE_FOR {
                 return Some(Conn::H1(sender));
@@ -153,6 +234,15 @@ impl Origin {
             idle.h1.remove(0);
         }
         idle.h1.push((sender, now));
+        idle.settle(now);
+    }
+
+    fn park(&self, draining: Draining) {
+        let mut idle = self.idle();
+        if idle.draining.len() >= MAX_IDLE {
+            idle.draining.remove(0);
+        }
+        idle.draining.push(draining);
     }
 
     fn put_h2(&self, sender: http2::SendRequest<Body>) {
@@ -191,6 +281,22 @@ impl Lease {
                 }
             });
         }
+    }
+}
+
+impl Lease {
+    /// Leaves the connection with its origin until the rest of `body` —
+    /// at most `left` bytes, within [`DRAIN_FOR`] — has arrived: the next
+    /// request to the origin finds it reusable then, and no task waits
+    /// for it meanwhile. For a caller done with a response before its end.
+    pub fn park(self, body: Incoming, left: usize) {
+        let Lease { origin, sender } = self;
+        origin.park(Draining {
+            body: Some(body),
+            sender,
+            since: Instant::now(),
+            left,
+        });
     }
 }
 

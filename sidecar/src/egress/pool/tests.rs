@@ -252,3 +252,34 @@ fn origin_form_is_the_path_and_query() {
         assert_eq!(destination(url).origin_form.to_string(), target, "{url}");
     }
 }
+
+/// Sends one request and parks its connection without reading the body.
+async fn call_and_park(c: &Connector, dest: &Destination, left: usize) {
+    let (resp, lease) = c
+        .send(dest, post(), Duration::from_secs(2))
+        .await
+        .expect("answer");
+    lease.expect("leased").park(resp.into_body(), left);
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_reused_once_its_response_has_ended() {
+    let up = Upstream::start(None).await;
+    let (c, dest) = (connector(), destination(&up.url));
+    call_and_park(&c, &dest, 1024).await;
+    // Let the body arrive: the next request finds the response ended.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call(&c, &dest).await.expect("answer");
+    assert_eq!(up.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_parked_connection_with_more_to_read_than_allowed_is_closed() {
+    let up = Upstream::start(None).await;
+    let (c, dest) = (connector(), destination(&up.url));
+    // The body is two bytes; one may be read.
+    call_and_park(&c, &dest, 1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call(&c, &dest).await.expect("answer");
+    assert_eq!(up.accepted(), 2);
+}
