@@ -249,12 +249,13 @@ impl Health {
             })
         };
         let mut figures = self.figures.lock().unwrap_or_else(|p| p.into_inner());
-        // A key is built only for the first record of an interval.
-        if !figures.contains_key(&*labels) {
-            figures.insert(labels.clone().into_owned(), Figures::default());
-        }
-        let Some(f) = figures.get_mut(&*labels) else {
-            return;
+        // One lookup when the interval already has the key (all records
+        // but its first); a key is built only for the first.
+        let f = match figures.get_mut(&*labels) {
+            Some(f) => f,
+            None => figures
+                .entry(labels.into_owned())
+                .or_insert_with(Figures::default),
         };
         f.requests += 1;
         match result {
