@@ -4,7 +4,8 @@
 //!
 //! The request path only moves an [`Entry`] into a bounded channel
 //! (`try_send`: it never blocks and never waits for the writer). A
-//! background thread wakes every [`FLUSH_EVERY`], drains the channel,
+//! background thread wakes every [`FLUSH_EVERY`] under traffic (less often
+//! when idle, down to [`IDLE_SLEEP`]), drains the channel,
 //! formats every entry into one buffer and writes it to stderr in one
 //! `write`, so that neither formatting nor a syscall per request is paid
 //! while a client waits. When the channel is full (the writer is stuck on
@@ -30,14 +31,21 @@ use sluice_crds::Money;
 use crate::metrics::TargetLabels;
 
 /// Entries waiting to be written, at most; beyond it they are dropped.
-/// 2,048 is 80,000 requests a second at [`FLUSH_EVERY`]; the channel's
-/// slots are allocated up front (≈80 KB).
-pub const CAPACITY: usize = 2048;
-/// How often the writer wakes to drain the channel. Short, so that few
-/// entries are alive at once under load (each holds a few small heap
-/// strings, and a large backlog raises the heap's high-water mark, hence
-/// the idle RSS after load); long enough that an idle sidecar barely wakes.
+/// 8,192 is 320,000 requests a second at [`FLUSH_EVERY`], and 32,000 a
+/// second arriving while the writer is at its longest idle sleep; the
+/// channel reserves its slots up front (≈256 KB of address space, resident
+/// only as far as a burst has filled it).
+pub const CAPACITY: usize = 8192;
+/// How often the writer wakes to drain the channel while there is traffic.
+/// Short, so that few entries are alive at once under load (each holds a
+/// few small heap strings, and a large backlog raises the heap's
+/// high-water mark, hence the idle RSS after load).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(25);
+/// The longest the writer sleeps: each wake that finds nothing doubles the
+/// sleep up to this, so an idle sidecar (most of a cluster's) wakes four
+/// times a second instead of forty, and traffic brings it back to
+/// [`FLUSH_EVERY`] at the next wake.
+pub const IDLE_SLEEP: Duration = Duration::from_millis(250);
 /// The `target` the lines carry (the module that used to log them).
 const TARGET: &str = "sluice_sidecar::accounting";
 
@@ -164,7 +172,7 @@ impl AccessLog {
     pub fn flush(&self, timeout: Duration) {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = mpsc::channel();
-        // A full channel: the writer drains it within FLUSH_EVERY.
+        // A full channel: the writer drains it within IDLE_SLEEP.
         let deadline = std::time::Instant::now() + timeout;
         let mut msg = Msg::Flush(done);
         loop {
@@ -194,9 +202,10 @@ impl AccessLog {
 /// it, so a burst does not leave a large buffer behind (idle RSS).
 const WRITE_AT: usize = 32 << 10;
 
-/// The writer thread: wakes every [`FLUSH_EVERY`] (senders never wake it,
-/// so a request costs no thread wake-up), drains, formats, writes in
-/// [`WRITE_AT`]-sized batches. Ends when every sender is gone, after
+/// The writer thread: wakes every [`FLUSH_EVERY`] while there are entries,
+/// less often down to [`IDLE_SLEEP`] while there are none (senders never
+/// wake it, so a request costs no thread wake-up), drains, formats, writes
+/// in [`WRITE_AT`]-sized batches. Ends when every sender is gone, after
 /// writing what was left.
 fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
     let mut buf = Vec::with_capacity(WRITE_AT + 1024);
@@ -209,12 +218,15 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
             buf.clear();
         }
     };
+    let mut sleep = FLUSH_EVERY;
     loop {
-        std::thread::sleep(FLUSH_EVERY);
+        std::thread::sleep(sleep);
+        let mut found = false;
         let mut acks = Vec::new();
         let ended = loop {
             match rx.try_recv() {
                 Ok(Msg::Entry(at, e)) => {
+                    found = true;
                     format_line(&mut buf, &mut clock, at, &e);
                     if buf.len() >= WRITE_AT {
                         write(&mut buf);
@@ -226,12 +238,23 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
             }
         };
         write(&mut buf);
+        sleep = next_sleep(sleep, found);
         for ack in acks {
             let _ = ack.send(());
         }
         if ended {
             return;
         }
+    }
+}
+
+/// The writer's next sleep: [`FLUSH_EVERY`] after a wake that found
+/// entries, else twice the last, up to [`IDLE_SLEEP`].
+fn next_sleep(slept: Duration, found: bool) -> Duration {
+    if found {
+        FLUSH_EVERY
+    } else {
+        (slept * 2).min(IDLE_SLEEP)
     }
 }
 

@@ -177,3 +177,15 @@ fn numbers_are_written_whole() {
         );
     }
 }
+
+#[test]
+fn an_idle_writer_sleeps_longer_and_traffic_brings_it_back() {
+    let mut sleep = FLUSH_EVERY;
+    let mut sleeps = Vec::new();
+    for _ in 0..6 {
+        sleep = next_sleep(sleep, false);
+        sleeps.push(sleep.as_millis());
+    }
+    assert_eq!(sleeps, [50, 100, 200, 250, 250, 250]);
+    assert_eq!(next_sleep(IDLE_SLEEP, true), FLUSH_EVERY);
+}
