@@ -253,9 +253,7 @@ impl Health {
         // but its first); a key is built only for the first.
         let f = match figures.get_mut(&*labels) {
             Some(f) => f,
-            None => figures
-                .entry(labels.into_owned())
-                .or_insert_with(Figures::default),
+            None => figures.entry(labels.into_owned()).or_default(),
         };
         f.requests += 1;
         match result {
