@@ -68,7 +68,9 @@ pub struct UpstreamRequest {
 impl UpstreamRequest {
     /// A JSON `POST` with `content-type` set and the endpoint's static headers.
     pub fn json_post(endpoint: &Endpoint, url: String, body: Bytes) -> Self {
-        let mut headers = HeaderMap::new();
+        // Room for the type, the credential and the static headers, plus
+        // the propagated ones (request id, traceparent).
+        let mut headers = HeaderMap::with_capacity(4 + endpoint.headers.len());
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

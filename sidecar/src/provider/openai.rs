@@ -110,12 +110,21 @@ impl Adapter for OpenAi {
 fn with_bearer(endpoint: &Endpoint, url: String, body: Bytes) -> UpstreamRequest {
     let mut req = UpstreamRequest::json_post(endpoint, url, body);
     if let Some(key) = &endpoint.credential
-        && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        && let Ok(mut v) = bearer(key.expose())
     {
         v.set_sensitive(true);
         req.headers.insert(http::header::AUTHORIZATION, v);
     }
     req
+}
+
+/// `Bearer <key>` as a header value, without the formatting machinery
+/// (this runs for every request).
+pub fn bearer(key: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut v = Vec::with_capacity(7 + key.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(key.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(v))
 }
 
 /// The embeddings body with the upstream model.
@@ -179,12 +188,7 @@ pub fn passthrough_body(
     let (Some(span), Some(open)) = (find_top_level_string(raw, b"model"), first_brace(raw)) else {
         return reserialize(req, upstream_model, stream);
     };
-    let model_json = serde_json::to_vec(upstream_model).map_err(|e| {
-        Failure::new(
-            FailureClass::BadRequest,
-            format!("cannot encode model: {e}"),
-        )
-    })?;
+    let model_json = json_string(upstream_model)?;
     const USAGE: &[u8] = b"\"stream_options\":{\"include_usage\":true},";
     let mut out = Vec::with_capacity(raw.len() + model_json.len() + USAGE.len());
     out.extend_from_slice(&raw[..=open]);
@@ -195,6 +199,24 @@ pub fn passthrough_body(
     out.extend_from_slice(&model_json);
     out.extend_from_slice(&raw[span.1..]);
     Ok(Bytes::from(out))
+}
+
+/// `s` as a JSON string: quoted as it is when nothing in it needs an
+/// escape (model names), else through serde_json.
+fn json_string(s: &str) -> Result<Vec<u8>, Failure> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        let mut out = Vec::with_capacity(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return Ok(out);
+    }
+    serde_json::to_vec(s).map_err(|e| {
+        Failure::new(
+            FailureClass::BadRequest,
+            format!("cannot encode model: {e}"),
+        )
+    })
 }
 
 fn first_brace(raw: &[u8]) -> Option<usize> {
