@@ -249,10 +249,13 @@ impl Origin {
         self.idle().h2 = Some(sender);
     }
 
-    /// Idle HTTP/1 connections and whether an HTTP/2 one is held (tests).
+    /// Idle HTTP/1 connections (parked ones that have become usable
+    /// included, as the next request would find them) and whether an
+    /// HTTP/2 one is held (tests).
     #[cfg(test)]
     pub fn idle_counts(&self) -> (usize, bool) {
-        let idle = self.idle();
+        let mut idle = self.idle();
+        idle.settle(Instant::now());
         (idle.h1.len(), idle.h2.is_some())
     }
 }
@@ -266,25 +269,24 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Returns the connection to its origin's idle list, at once when it
+    /// Returns the connection to its origin's idle list: at once when it
     /// already waits for its next request (the usual case: hyper's
     /// connection task asks for it as soon as it has delivered the body's
-    /// end), else when it does.
+    /// end), else parked until it does (no task waits for it).
     pub fn give_back(self) {
-        let Lease { origin, mut sender } = self;
+        let Lease { origin, sender } = self;
         if sender.is_ready() {
             origin.put_h1(sender);
         } else if !sender.is_closed() {
-            tokio::spawn(async move {
-                if poll_fn(|cx| sender.poll_ready(cx)).await.is_ok() {
-                    origin.put_h1(sender);
-                }
+            origin.park(Draining {
+                body: None,
+                sender,
+                since: Instant::now(),
+                left: 0,
             });
         }
     }
-}
 
-impl Lease {
     /// Leaves the connection with its origin until the rest of `body` —
     /// at most `left` bytes, within [`DRAIN_FOR`] — has arrived: the next
     /// request to the origin finds it reusable then, and no task waits
