@@ -288,20 +288,12 @@ impl UpstreamBody {
     }
 
     /// Done with a body whose last event has been read (a stream's
-    /// `[DONE]`): reads what is left of it, so that its HTTP/1 connection
-    /// goes back to the pool instead of being closed — at once when the
-    /// end has already arrived, else parked with its origin until it has
-    /// ([`pool::Lease::park`]: within two seconds, at most
-    /// [`DRAIN_BYTES`]).
+    /// `[DONE]`): its HTTP/1 connection goes back to the pool once the rest
+    /// of the body has arrived ([`pool::Lease::park`]: within two seconds,
+    /// at most [`DRAIN_BYTES`]) instead of being closed.
     pub fn release(self) {
-        let UpstreamBody::Http(mut body, Some(lease)) = self else {
-            return;
-        };
-        let mut left = DRAIN_BYTES;
-        match pool::read_what_is_here(&mut body, &mut left) {
-            Some(true) => lease.give_back(),
-            Some(false) => lease.park(body, left),
-            None => {}
+        if let UpstreamBody::Http(body, Some(lease)) = self {
+            lease.park(body, DRAIN_BYTES);
         }
     }
 
@@ -313,25 +305,61 @@ impl UpstreamBody {
         idle: Duration,
         deadline: Instant,
     ) -> Result<Option<Bytes>, Failure> {
-        // A body that arrives in one chunk (most) is kept as it came.
+        // A body that arrives in one chunk (most) is kept as it came,
+        // without a copy; a second chunk starts a buffer.
         let mut first: Option<Bytes> = None;
-        let mut buf = Vec::new();
+        let mut joined = Vec::new();
+        let mut len = 0;
         while let Some(chunk) = self.next(idle, deadline, FailureClass::TimeoutIdle).await {
             let chunk = chunk?;
-            let held = first.as_ref().map_or(0, Bytes::len);
-            if held + buf.len() + chunk.len() > max {
+            len += chunk.len();
+            if len > max {
                 return Ok(None);
             }
-            match first.take() {
-                None if buf.is_empty() => first = Some(chunk),
-                held => {
-                    if let Some(held) = held {
-                        buf.extend_from_slice(&held);
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
+            if first.is_none() && joined.is_empty() {
+                first = Some(chunk);
+                continue;
             }
+            if let Some(first) = first.take() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&chunk);
         }
-        Ok(Some(first.unwrap_or_else(|| Bytes::from(buf))))
+        Ok(Some(first.unwrap_or_else(|| Bytes::from(joined))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(chunks: &[&'static [u8]]) -> UpstreamBody {
+        UpstreamBody::Mock {
+            chunks: chunks.iter().map(|c| Bytes::from_static(c)).collect(),
+            gap: Duration::ZERO,
+        }
+    }
+
+    async fn collect(chunks: &[&'static [u8]], max: usize) -> Option<Bytes> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        body(chunks)
+            .collect(max, Duration::from_secs(1), deadline)
+            .await
+            .expect("no failure")
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_kept_as_it_came() {
+        static ONE: &[u8] = b"{\"id\":1}";
+        let got = collect(&[ONE], 64).await.expect("fits");
+        assert_eq!(got.as_ptr(), ONE.as_ptr(), "not copied");
+    }
+
+    #[tokio::test]
+    async fn chunks_are_joined_in_order_up_to_the_cap() {
+        let parts: &[&'static [u8]] = &[b"ab", b"cd", b"ef"];
+        assert_eq!(collect(parts, 6).await.as_deref(), Some(&b"abcdef"[..]));
+        assert_eq!(collect(parts, 5).await, None, "one byte over the cap");
+        assert_eq!(collect(&[], 5).await.as_deref(), Some(&b""[..]));
     }
 }

@@ -110,9 +110,10 @@ struct Idle {
     draining: Vec<Draining>,
 }
 
-/// A connection parked until the rest of its response has been read.
+/// A connection on its way back to the idle list: until the rest of its
+/// response has been read and it asks for its next request.
 struct Draining {
-    /// `None` once the body has ended.
+    /// What is left of the response; `None` once it has ended.
     body: Option<Incoming>,
     sender: http1::SendRequest<Body>,
     since: Instant,
@@ -135,7 +136,7 @@ pub const DRAIN_FOR: Duration = Duration::from_secs(2);
 /// What is left of a body, read without waiting: `Some(true)` at its end,
 /// `Some(false)` when more is to come, `None` when it failed or passed
 /// `left` bytes.
-pub fn read_what_is_here(body: &mut Incoming, left: &mut usize) -> Option<bool> {
+fn read_what_is_here(body: &mut Incoming, left: &mut usize) -> Option<bool> {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     loop {
         match http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), &mut cx) {
@@ -179,10 +180,28 @@ impl Idle {
                 }
                 Some(true) => {
                     let d = self.draining.swap_remove(i);
-                    self.h1.push((d.sender, now));
+                    self.push_h1(d.sender, now);
                 }
             }
         }
+    }
+
+    /// Adds a ready connection to the idle list, dropping the stale ones
+    /// and the oldest past [`MAX_IDLE`].
+    fn push_h1(&mut self, sender: http1::SendRequest<Body>, now: Instant) {
+        // Taken newest first, so the stale ones gather at the front.
+        if self
+            .h1
+            .first()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_FOR)
+        {
+            self.h1
+                .retain(|(s, since)| now.duration_since(*since) < IDLE_FOR && !s.is_closed());
+        }
+        if self.h1.len() >= MAX_IDLE {
+            self.h1.remove(0);
+        }
+        self.h1.push((sender, now));
     }
 }
 
@@ -218,31 +237,18 @@ impl Origin {
         None
     }
 
-    fn put_h1(&self, sender: http1::SendRequest<Body>) {
-        let now = Instant::now();
-        let mut idle = self.idle();
-        // Taken newest first, so the stale ones gather at the front.
-        if idle
-            .h1
-            .first()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_FOR)
-        {
-            idle.h1
-                .retain(|(s, since)| now.duration_since(*since) < IDLE_FOR && !s.is_closed());
-        }
-        if idle.h1.len() >= MAX_IDLE {
-            idle.h1.remove(0);
-        }
-        idle.h1.push((sender, now));
-        idle.settle(now);
-    }
-
-    fn park(&self, draining: Draining) {
+    /// Takes a connection back: into the idle list at once if its
+    /// response has ended and it waits for its next request (the usual
+    /// case), else parked until it does — looked at again whenever the
+    /// origin is next used; no task waits for it.
+    fn check_in(&self, back: Draining) {
+        let now = back.since;
         let mut idle = self.idle();
         if idle.draining.len() >= MAX_IDLE {
             idle.draining.remove(0);
         }
-        idle.draining.push(draining);
+        idle.draining.push(back);
+        idle.settle(now);
     }
 
     fn put_h2(&self, sender: http2::SendRequest<Body>) {
@@ -269,32 +275,24 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Returns the connection to its origin's idle list: at once when it
-    /// already waits for its next request (the usual case: hyper's
-    /// connection task asks for it as soon as it has delivered the body's
-    /// end), else parked until it does (no task waits for it).
+    /// Returns the connection, whose response has been read to its end,
+    /// to its origin's idle list (see [`Origin::check_in`]).
     pub fn give_back(self) {
-        let Lease { origin, sender } = self;
-        if sender.is_ready() {
-            origin.put_h1(sender);
-        } else if !sender.is_closed() {
-            origin.park(Draining {
-                body: None,
-                sender,
-                since: Instant::now(),
-                left: 0,
-            });
-        }
+        self.check_in(None, 0);
     }
 
-    /// Leaves the connection with its origin until the rest of `body` —
-    /// at most `left` bytes, within [`DRAIN_FOR`] — has arrived: the next
-    /// request to the origin finds it reusable then, and no task waits
-    /// for it meanwhile. For a caller done with a response before its end.
+    /// Returns the connection once the rest of `body` — at most `left`
+    /// bytes, within [`DRAIN_FOR`] — has arrived. For a caller done with a
+    /// response before its end (a stream's terminating chunk may follow
+    /// its last event by a moment).
     pub fn park(self, body: Incoming, left: usize) {
+        self.check_in(Some(body), left);
+    }
+
+    fn check_in(self, body: Option<Incoming>, left: usize) {
         let Lease { origin, sender } = self;
-        origin.park(Draining {
-            body: Some(body),
+        origin.check_in(Draining {
+            body,
             sender,
             since: Instant::now(),
             left,
