@@ -22,6 +22,10 @@
 
 use crate::openai::{PromptTokensDetails, Usage};
 
+mod cursor;
+
+use cursor::Cur;
+
 /// What a stream chunk says, as far as the gateway cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkFacts {
@@ -73,257 +77,6 @@ pub fn response(json: &[u8]) -> Option<ResponseFacts> {
 /// levels in all; the shapes above add fewer than ten).
 const SKIP_DEPTH: u32 = 100;
 
-/// A JSON string as written: its bytes between the quotes, and whether
-/// they hold escapes (then they differ from the decoded text).
-#[derive(Clone, Copy)]
-struct Str<'a> {
-    raw: &'a [u8],
-    escaped: bool,
-}
-
-/// A cursor over one JSON document. Every method returns `None` on
-/// anything JSON's grammar or the expected shape does not allow.
-struct Cur<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> Cur<'a> {
-    /// The document is checked as UTF-8 once, as serde_json's `from_str`
-    /// requires; strings are then only checked for escapes and control
-    /// characters.
-    fn new(json: &'a [u8]) -> Option<Self> {
-        std::str::from_utf8(json).ok()?;
-        Some(Self { b: json, i: 0 })
-    }
-
-    fn byte(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    /// The next byte after whitespace, not consumed.
-    #[inline]
-    fn peek(&mut self) -> Option<u8> {
-        match self.byte()? {
-            b' ' | b'\n' | b'\t' | b'\r' => {}
-            b => return Some(b),
-        }
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.byte() {
-            self.i += 1;
-        }
-        self.byte()
-    }
-
-    fn eat(&mut self, c: u8) -> Option<()> {
-        (self.peek()? == c).then(|| self.i += 1)
-    }
-
-    /// Only whitespace is left.
-    fn end(&mut self) -> Option<()> {
-        self.peek().is_none().then_some(())
-    }
-
-    fn string(&mut self) -> Option<Str<'a>> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let mut escaped = false;
-        loop {
-            self.i += special(self.b.get(self.i..)?)?;
-            match self.byte()? {
-                b'"' => {
-                    let raw = self.b.get(start..self.i)?;
-                    self.i += 1;
-                    return Some(Str { raw, escaped });
-                }
-                b'\\' => {
-                    escaped = true;
-                    self.i += 1;
-                    match self.byte()? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                        b'u' => {
-                            let hex = self.b.get(self.i + 1..self.i + 5)?;
-                            let hex = std::str::from_utf8(hex).ok()?;
-                            let unit = u16::from_str_radix(hex, 16).ok()?;
-                            // Surrogate pairs are left to the full parse.
-                            if (0xD800..=0xDFFF).contains(&unit) || hex.starts_with('+') {
-                                return None;
-                            }
-                            self.i += 5;
-                        }
-                        _ => return None,
-                    }
-                }
-                // A control character: JSON wants it escaped.
-                _ => return None,
-            }
-        }
-    }
-
-    /// `null` (consumed: `true`) or something else (left: `false`).
-    fn null(&mut self) -> Option<bool> {
-        if self.peek()? != b'n' {
-            return Some(false);
-        }
-        self.literal(b"null")?;
-        Some(true)
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.peek()?;
-        let end = self.i + word.len();
-        (self.b.get(self.i..end)? == word).then(|| self.i = end)
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while let Some(b'0'..=b'9') = self.byte() {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    /// A number, checked against JSON's grammar; its text.
-    fn number(&mut self) -> Option<&'a [u8]> {
-        self.peek()?;
-        let start = self.i;
-        if self.byte() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.byte()? {
-            b'0' => self.i += 1,
-            b'1'..=b'9' => {
-                self.digits();
-            }
-            _ => return None,
-        }
-        if self.byte() == Some(b'.') {
-            self.i += 1;
-            (self.digits() > 0).then_some(())?;
-        }
-        if let Some(b'e' | b'E') = self.byte() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.byte() {
-                self.i += 1;
-            }
-            (self.digits() > 0).then_some(())?;
-        }
-        self.b.get(start..self.i)
-    }
-
-    /// A non-negative integer, written without fraction or exponent, that
-    /// fits `u64` (what serde_json gives a `u64` field).
-    fn uint(&mut self) -> Option<u64> {
-        let mut v: u64 = 0;
-        for &d in self.number()? {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-        }
-        Some(v)
-    }
-
-    fn u32(&mut self) -> Option<()> {
-        u32::try_from(self.uint()?).ok().map(drop)
-    }
-
-    /// `null` or a string: `None` for null.
-    fn opt_string(&mut self) -> Option<Option<Str<'a>>> {
-        if self.null()? {
-            return Some(None);
-        }
-        self.string().map(Some)
-    }
-
-    /// Any value, at most `depth` containers deep.
-    fn skip(&mut self, depth: u32) -> Option<()> {
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' => self.object(|c, _| c.skip(depth.checked_sub(1)?)),
-            b'[' => self.array(|c| c.skip(depth.checked_sub(1)?)),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => self.number().map(drop),
-        }
-    }
-
-    /// An object: `field` reads each value, given its key. Keys written
-    /// with escapes are refused (the full parse would decode them).
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-        self.eat(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            let key = self.string()?;
-            if key.escaped {
-                return None;
-            }
-            self.eat(b':')?;
-            field(self, key.raw)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// An array: `item` reads each element.
-    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.eat(b'[')?;
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            item(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b']' => {
-                    self.i += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
-    }
-}
-
-/// Where the first byte a string scan must stop at is in `s` — a quote, a
-/// backslash or a control character — `None` when there is none. Eight
-/// bytes at a time (SWAR): each lane is flagged when it equals `"` or
-/// `\\`, or is below 0x20; a borrow may flag lanes above a flagged one,
-/// never below, so the lowest flag is exact.
-fn special(s: &[u8]) -> Option<usize> {
-    const LO: u64 = u64::from_le_bytes([1; 8]);
-    const HI: u64 = LO << 7;
-    let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
-    let mut words = s.chunks_exact(8);
-    let mut at = 0;
-    for w in words.by_ref() {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(w);
-        let v = u64::from_le_bytes(bytes);
-        let found = zero(v ^ (LO * u64::from(b'"')))
-            | zero(v ^ (LO * u64::from(b'\\')))
-            | (v.wrapping_sub(LO * 0x20) & !v & HI);
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    let tail = words.remainder();
-    tail.iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-        .map(|i| at + i)
-}
-
 /// The fields of one object seen so far, one bit each: serde refuses a
 /// struct field given twice, so the scan does too.
 #[derive(Default)]
@@ -334,9 +87,43 @@ impl Seen {
         (self.0 & bit == 0).then(|| self.0 |= bit)
     }
 
+    /// `read`s the field `bit` names, refusing it the second time.
+    fn once<T>(&mut self, bit: u32, read: impl FnOnce() -> Option<T>) -> Option<T> {
+        self.first(bit)?;
+        read()
+    }
+
     fn all(&self, bits: u32) -> Option<()> {
         (self.0 & bits == bits).then_some(())
     }
+}
+
+/// How a field of a [`strings`] object may be written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// Present, and a string.
+    Required,
+    /// Absent, `null` or a string.
+    Nullable,
+}
+
+/// An object whose named fields are strings (other keys skipped): each at
+/// most once, the required ones present. Function calls and image URLs.
+fn strings(c: &mut Cur<'_>, fields: &[(&[u8], Text)]) -> Option<()> {
+    let mut seen = Seen::default();
+    c.object(
+        |c, key| match fields.iter().zip(0..).find(|((name, _), _)| *name == key) {
+            Some(((_, Text::Required), i)) => seen.once(1 << i, || c.string().map(drop)),
+            Some(((_, Text::Nullable), i)) => seen.once(1 << i, || c.opt_string().map(drop)),
+            None => c.skip(SKIP_DEPTH),
+        },
+    )?;
+    let required = fields
+        .iter()
+        .zip(0..)
+        .filter(|((_, text), _)| *text == Text::Required)
+        .fold(0, |bits, (_, i)| bits | 1 << i);
+    seen.all(required)
 }
 
 // ---- the top level, shared by both shapes ----
@@ -468,10 +255,7 @@ fn chunk_choice(c: &mut Cur<'_>) -> Option<bool> {
     let mut seen = Seen::default();
     let mut token = false;
     c.object(|c, key| match key {
-        b"index" => {
-            seen.first(INDEX)?;
-            c.u32()
-        }
+        b"index" => seen.once(INDEX, || c.u32()),
         b"delta" => {
             seen.first(DELTA)?;
             token |= delta(c)?;
@@ -482,10 +266,7 @@ fn chunk_choice(c: &mut Cur<'_>) -> Option<bool> {
             token |= c.opt_string()?.is_some();
             Some(())
         }
-        b"logprobs" => {
-            seen.first(LOGPROBS)?;
-            c.skip(SKIP_DEPTH)
-        }
+        b"logprobs" => seen.once(LOGPROBS, || c.skip(SKIP_DEPTH)),
         _ => c.skip(SKIP_DEPTH),
     })?;
     seen.all(INDEX | DELTA)?;
@@ -536,35 +317,18 @@ fn tool_call_delta(c: &mut Cur<'_>) -> Option<()> {
     const FUNCTION: u32 = 8;
     let mut seen = Seen::default();
     c.object(|c, key| match key {
-        b"index" => {
-            seen.first(INDEX)?;
-            c.u32()
-        }
-        b"id" => {
-            seen.first(ID)?;
-            c.opt_string().map(drop)
-        }
-        b"type" => {
-            seen.first(TYPE)?;
-            c.opt_string().map(drop)
-        }
+        b"index" => seen.once(INDEX, || c.u32()),
+        b"id" => seen.once(ID, || c.opt_string().map(drop)),
+        b"type" => seen.once(TYPE, || c.opt_string().map(drop)),
         b"function" => {
             seen.first(FUNCTION)?;
             if c.null()? {
                 return Some(());
             }
-            let mut inner = Seen::default();
-            c.object(|c, key| match key {
-                b"name" => {
-                    inner.first(1)?;
-                    c.opt_string().map(drop)
-                }
-                b"arguments" => {
-                    inner.first(2)?;
-                    c.opt_string().map(drop)
-                }
-                _ => c.skip(SKIP_DEPTH),
-            })
+            strings(
+                c,
+                &[(b"name", Text::Nullable), (b"arguments", Text::Nullable)],
+            )
         }
         _ => c.skip(SKIP_DEPTH),
     })?;
@@ -583,14 +347,8 @@ fn choice(c: &mut Cur<'_>) -> Option<bool> {
     let mut seen = Seen::default();
     let mut filtered = false;
     c.object(|c, key| match key {
-        b"index" => {
-            seen.first(INDEX)?;
-            c.u32()
-        }
-        b"message" => {
-            seen.first(MESSAGE)?;
-            message(c)
-        }
+        b"index" => seen.once(INDEX, || c.u32()),
+        b"message" => seen.once(MESSAGE, || message(c)),
         b"finish_reason" => {
             seen.first(FINISH)?;
             if let Some(s) = c.opt_string()? {
@@ -600,10 +358,7 @@ fn choice(c: &mut Cur<'_>) -> Option<bool> {
             }
             Some(())
         }
-        b"logprobs" => {
-            seen.first(LOGPROBS)?;
-            c.skip(SKIP_DEPTH)
-        }
+        b"logprobs" => seen.once(LOGPROBS, || c.skip(SKIP_DEPTH)),
         _ => c.skip(SKIP_DEPTH),
     })?;
     seen.all(INDEX | MESSAGE)?;
@@ -619,10 +374,7 @@ fn message(c: &mut Cur<'_>) -> Option<()> {
     const REFUSAL: u32 = 32;
     let mut seen = Seen::default();
     c.object(|c, key| match key {
-        b"role" => {
-            seen.first(ROLE)?;
-            c.string().map(drop)
-        }
+        b"role" => seen.once(ROLE, || c.string().map(drop)),
         b"content" => {
             seen.first(CONTENT)?;
             match c.peek()? {
@@ -631,10 +383,7 @@ fn message(c: &mut Cur<'_>) -> Option<()> {
                 _ => c.string().map(drop),
             }
         }
-        b"name" => {
-            seen.first(NAME)?;
-            c.opt_string().map(drop)
-        }
+        b"name" => seen.once(NAME, || c.opt_string().map(drop)),
         b"tool_calls" => {
             seen.first(TOOL_CALLS)?;
             if c.null()? {
@@ -642,14 +391,8 @@ fn message(c: &mut Cur<'_>) -> Option<()> {
             }
             c.array(tool_call)
         }
-        b"tool_call_id" => {
-            seen.first(TOOL_CALL_ID)?;
-            c.opt_string().map(drop)
-        }
-        b"refusal" => {
-            seen.first(REFUSAL)?;
-            c.opt_string().map(drop)
-        }
+        b"tool_call_id" => seen.once(TOOL_CALL_ID, || c.opt_string().map(drop)),
+        b"refusal" => seen.once(REFUSAL, || c.opt_string().map(drop)),
         _ => c.skip(SKIP_DEPTH),
     })?;
     seen.all(ROLE)
@@ -661,32 +404,14 @@ fn content_part(c: &mut Cur<'_>) -> Option<()> {
     const IMAGE_URL: u32 = 4;
     let mut seen = Seen::default();
     c.object(|c, key| match key {
-        b"type" => {
-            seen.first(TYPE)?;
-            c.string().map(drop)
-        }
-        b"text" => {
-            seen.first(TEXT)?;
-            c.opt_string().map(drop)
-        }
+        b"type" => seen.once(TYPE, || c.string().map(drop)),
+        b"text" => seen.once(TEXT, || c.opt_string().map(drop)),
         b"image_url" => {
             seen.first(IMAGE_URL)?;
             if c.null()? {
                 return Some(());
             }
-            let mut inner = Seen::default();
-            c.object(|c, key| match key {
-                b"url" => {
-                    inner.first(1)?;
-                    c.string().map(drop)
-                }
-                b"detail" => {
-                    inner.first(2)?;
-                    c.opt_string().map(drop)
-                }
-                _ => c.skip(SKIP_DEPTH),
-            })?;
-            inner.all(1)
+            strings(c, &[(b"url", Text::Required), (b"detail", Text::Nullable)])
         }
         _ => c.skip(SKIP_DEPTH),
     })?;
@@ -699,29 +424,14 @@ fn tool_call(c: &mut Cur<'_>) -> Option<()> {
     const FUNCTION: u32 = 4;
     let mut seen = Seen::default();
     c.object(|c, key| match key {
-        b"id" => {
-            seen.first(ID)?;
-            c.string().map(drop)
-        }
-        b"type" => {
-            seen.first(TYPE)?;
-            c.string().map(drop)
-        }
+        b"id" => seen.once(ID, || c.string().map(drop)),
+        b"type" => seen.once(TYPE, || c.string().map(drop)),
         b"function" => {
             seen.first(FUNCTION)?;
-            let mut inner = Seen::default();
-            c.object(|c, key| match key {
-                b"name" => {
-                    inner.first(1)?;
-                    c.string().map(drop)
-                }
-                b"arguments" => {
-                    inner.first(2)?;
-                    c.string().map(drop)
-                }
-                _ => c.skip(SKIP_DEPTH),
-            })?;
-            inner.all(1 | 2)
+            strings(
+                c,
+                &[(b"name", Text::Required), (b"arguments", Text::Required)],
+            )
         }
         _ => c.skip(SKIP_DEPTH),
     })?;

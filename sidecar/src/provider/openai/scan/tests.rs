@@ -1,3 +1,4 @@
+use super::cursor::special;
 use super::*;
 
 const CHUNK: &str = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#;
@@ -168,4 +169,52 @@ proptest::proptest! {
         let naive = bytes.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
         proptest::prop_assert_eq!(special(&bytes), naive);
     }
+}
+
+#[test]
+fn string_objects_need_their_required_fields_once() {
+    let with = |content: &str| ANSWER.replace(r#""content":"Hello""#, content);
+    for (content, ok) in [
+        (
+            r#""content":[{"type":"image_url","image_url":{"url":"u","detail":null}}]"#,
+            true,
+        ),
+        (
+            r#""content":[{"type":"image_url","image_url":{"detail":"low"}}]"#,
+            false,
+        ),
+        (
+            r#""content":[{"type":"image_url","image_url":{"url":"u","url":"v"}}]"#,
+            false,
+        ),
+        (
+            r#""content":[{"type":"image_url","image_url":{"url":null}}]"#,
+            false,
+        ),
+        (
+            r#""tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}","x":1}}]"#,
+            true,
+        ),
+        (
+            r#""tool_calls":[{"id":"t","type":"function","function":{"name":"f"}}]"#,
+            false,
+        ),
+    ] {
+        assert_eq!(
+            response(with(content).as_bytes()).is_some(),
+            ok,
+            "{content}"
+        );
+    }
+    let delta = |function: &str| {
+        chunk_with(
+            &format!(
+                r#"{{"index":0,"delta":{{"tool_calls":[{{"index":0,"function":{function}}}]}}}}"#
+            ),
+            "",
+        )
+    };
+    assert!(chunk(delta("null").as_bytes()).is_some());
+    assert!(chunk(delta(r#"{"name":null}"#).as_bytes()).is_some());
+    assert!(chunk(delta(r#"{"arguments":1}"#).as_bytes()).is_none());
 }
