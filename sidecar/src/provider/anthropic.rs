@@ -23,7 +23,7 @@ use sluice_crds::common::FailureClass;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::wire::{self, failure, safe_message};
+use super::wire::{self, ToolChoice, bad_request, failure, safe_message};
 use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
 use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
 
@@ -188,10 +188,6 @@ pub fn to_messages_request(
     Ok(out)
 }
 
-fn bad_request(message: impl Into<String>) -> Failure {
-    failure(FailureClass::BadRequest, None, message)
-}
-
 /// Anthropic wants strictly alternating turns: a turn of the same role as
 /// the previous one is merged into it (tool results after tool results,
 /// a user message after tool results).
@@ -292,22 +288,12 @@ fn tool_result(m: &Message) -> Block {
 /// `auto` → auto, `required` → any, `none` → none, a named function →
 /// tool; `parallel_tool_calls: false` → `disable_parallel_tool_use`.
 fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, Failure> {
-    let mut choice = match &req.tool_choice {
-        None => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Some(json!({"type": "auto"})),
-            "required" => Some(json!({"type": "any"})),
-            "none" => Some(json!({"type": "none"})),
-            other => return Err(bad_request(format!("unknown tool_choice {other:?}"))),
-        },
-        Some(v) => {
-            let name = v
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request("tool_choice object without function.name"))?;
-            Some(json!({"type": "tool", "name": name}))
-        }
-    };
+    let mut choice = wire::tool_choice(req.tool_choice.as_ref())?.map(|c| match c {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    });
     if req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
         if c.get("type").and_then(Value::as_str) != Some("none") {

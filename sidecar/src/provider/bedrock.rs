@@ -31,7 +31,7 @@ use sluice_crds::common::FailureClass;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::wire::{self, failure, safe_message};
+use super::wire::{self, ToolChoice, bad_request, failure, safe_message};
 use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
 use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
 

@@ -33,7 +33,7 @@ use sluice_crds::common::FailureClass;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::wire::{self, failure, safe_message};
+use super::wire::{self, ToolChoice, bad_request, failure, safe_message};
 use super::{Adapter, Endpoint, Failure, StreamContext, StreamDecoder, UpstreamRequest};
 use crate::openai::{ChatRequest, ChatResponse, Choice, Content, FunctionCall, Message, ToolCall};
 
@@ -139,10 +139,6 @@ pub fn build_chat(
         out.headers.insert("x-goog-api-key", value);
     }
     Ok(out)
-}
-
-fn bad_request(message: impl Into<String>) -> Failure {
-    failure(FailureClass::BadRequest, None, message)
 }
 
 // ----------------------------------------------------------------- response

@@ -24,6 +24,42 @@ pub fn failure(class: FailureClass, status: Option<u16>, message: impl Into<Stri
     }
 }
 
+/// A request the provider's API cannot express: refused before the call.
+pub fn bad_request(message: impl Into<String>) -> Failure {
+    failure(FailureClass::BadRequest, None, message)
+}
+
+/// What an OpenAI `tool_choice` asks for, read once for every
+/// translating adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolChoice<'a> {
+    Auto,
+    Required,
+    None,
+    /// `{"type":"function","function":{"name":…}}`.
+    Function(&'a str),
+}
+
+/// `tool_choice` read: `None` when absent, a 400 for an unknown string
+/// or an object without `function.name`.
+pub fn tool_choice(choice: Option<&Value>) -> Result<Option<ToolChoice<'_>>, Failure> {
+    let choice = match choice {
+        None => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            "none" => ToolChoice::None,
+            other => return Err(bad_request(format!("unknown tool_choice {other:?}"))),
+        },
+        Some(v) => ToolChoice::Function(
+            v.pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request("tool_choice object without function.name"))?,
+        ),
+    };
+    Ok(Some(choice))
+}
+
 /// A provider's error message made fit for logs: control characters
 /// dropped, quoted values longer than [`MAX_QUOTED`] characters replaced
 /// (providers sometimes echo an offending value, which may be prompt
@@ -235,6 +271,33 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_choice_is_read_once_for_every_adapter() {
+        let named = json!({"type": "function", "function": {"name": "get_weather"}});
+        for (v, want) in [
+            (json!("auto"), ToolChoice::Auto),
+            (json!("required"), ToolChoice::Required),
+            (json!("none"), ToolChoice::None),
+            (named, ToolChoice::Function("get_weather")),
+        ] {
+            assert_eq!(tool_choice(Some(&v)).ok().flatten(), Some(want), "{v}");
+        }
+        assert_eq!(tool_choice(None).ok().flatten(), None);
+        for (v, message) in [
+            (json!("sometimes"), "unknown tool_choice \"sometimes\""),
+            (
+                json!({"type": "function"}),
+                "tool_choice object without function.name",
+            ),
+        ] {
+            let f = tool_choice(Some(&v)).expect_err("refused");
+            assert_eq!(
+                (f.class, f.message.as_str()),
+                (FailureClass::BadRequest, message)
+            );
+        }
+    }
 
     #[test]
     fn google_durations() {

@@ -4,10 +4,6 @@
 
 use super::*;
 
-fn bad_request(message: impl Into<String>) -> Failure {
-    failure(FailureClass::BadRequest, None, message)
-}
-
 /// OpenAI chat request → Converse request.
 pub fn to_converse_request(req: &ChatRequest) -> Result<ConverseRequest, Failure> {
     if req.n.is_some_and(|n| n > 1) {
@@ -151,30 +147,21 @@ fn tool_config(
     tools: &[crate::openai::Tool],
     messages: &[BedrockMessage],
 ) -> Result<Option<Value>, Failure> {
-    let choice = match &req.tool_choice {
+    let choice = match wire::tool_choice(req.tool_choice.as_ref())? {
         None => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Some(json!({"auto": {}})),
-            "required" => Some(json!({"any": {}})),
-            "none" => {
-                let history = messages
-                    .iter()
-                    .flat_map(|m| &m.content)
-                    .any(|b| b.tool_use.is_some() || b.tool_result.is_some());
-                if !history {
-                    return Ok(None);
-                }
-                Some(json!({"auto": {}}))
+        Some(ToolChoice::Auto) => Some(json!({"auto": {}})),
+        Some(ToolChoice::Required) => Some(json!({"any": {}})),
+        Some(ToolChoice::None) => {
+            let history = messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .any(|b| b.tool_use.is_some() || b.tool_result.is_some());
+            if !history {
+                return Ok(None);
             }
-            other => return Err(bad_request(format!("unknown tool_choice {other:?}"))),
-        },
-        Some(v) => {
-            let name = v
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request("tool_choice object without function.name"))?;
-            Some(json!({"tool": {"name": name}}))
+            Some(json!({"auto": {}}))
         }
+        Some(ToolChoice::Function(name)) => Some(json!({"tool": {"name": name}})),
     };
     let specs: Vec<Value> = tools
         .iter()

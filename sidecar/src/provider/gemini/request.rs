@@ -228,19 +228,12 @@ fn function_response(m: &Message, all: &[Message]) -> Result<Part, Failure> {
 /// `auto` → AUTO, `required` → ANY, `none` → NONE, a named function → ANY
 /// restricted to it.
 fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, Failure> {
-    let config = match choice {
+    let config = match wire::tool_choice(choice)? {
         None => return Ok(None),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({"mode": "AUTO"}),
-            "required" => json!({"mode": "ANY"}),
-            "none" => json!({"mode": "NONE"}),
-            other => return Err(bad_request(format!("unknown tool_choice {other:?}"))),
-        },
-        Some(v) => {
-            let name = v
-                .pointer("/function/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad_request("tool_choice object without function.name"))?;
+        Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
+        Some(ToolChoice::Required) => json!({"mode": "ANY"}),
+        Some(ToolChoice::None) => json!({"mode": "NONE"}),
+        Some(ToolChoice::Function(name)) => {
             json!({"mode": "ANY", "allowedFunctionNames": [name]})
         }
     };
