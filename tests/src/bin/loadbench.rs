@@ -173,13 +173,7 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
         opts.round_secs > 0.0 && opts.stream_rate > 0.0 && opts.rates.iter().all(|r| *r > 0.0),
         "--round-secs, --rates and --stream-rate must be positive"
     );
-    // The load generator's own runtime: one worker, so that it takes at most
-    // one core's share from the processes it measures.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(async {
+    let report = load_generator()?.block_on(async {
         tokio::select! {
             r = tokio::time::timeout(Duration::from_secs(flags.max_secs), loadbench::run(opts)) => {
                 r.map_err(|_| anyhow::anyhow!("gave up after --max-secs {}", flags.max_secs))?
@@ -195,6 +189,15 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The load generator's own runtime: one worker, so that it takes at most
+/// one core's share from the processes it measures.
+fn load_generator() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 fn drive(
     target: SocketAddr,
     secs: f64,
@@ -206,11 +209,7 @@ fn drive(
         secs > 0.0 && rate.is_none_or(|r| r > 0.0),
         "--secs and --rate must be positive"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let round = runtime.block_on(async {
+    let round = load_generator()?.block_on(async {
         let path = loadbench::load::Path::new("target", target, None)?;
         let _ = loadbench::load::closed_loop(&path, 4, 0.5).await;
         anyhow::Ok(match rate {
