@@ -347,14 +347,7 @@ fn key(buf: &mut Vec<u8>, key: &str) {
 
 fn string(buf: &mut Vec<u8>, k: &str, value: &str) {
     key(buf, k);
-    // Ids, route, provider and model names need no escaping: copied as
-    // they are. Anything else goes through serde_json, which escapes
-    // quotes, backslashes and control characters.
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        buf.push(b'"');
-        buf.extend_from_slice(value.as_bytes());
-        buf.push(b'"');
-    } else if serde_json::to_writer(&mut *buf, value).is_err() {
+    if crate::json::push_string(buf, value).is_err() {
         buf.extend_from_slice(b"\"\"");
     }
 }

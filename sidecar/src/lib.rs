@@ -27,6 +27,7 @@ pub mod framing;
 pub mod health;
 pub mod idempotency;
 pub mod ingress;
+pub mod json;
 pub mod messages;
 pub mod metering;
 pub mod metrics;

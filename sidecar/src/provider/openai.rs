@@ -201,22 +201,16 @@ pub fn passthrough_body(
     Ok(Bytes::from(out))
 }
 
-/// `s` as a JSON string: quoted as it is when nothing in it needs an
-/// escape (model names), else through serde_json.
+/// `s` as a JSON string.
 fn json_string(s: &str) -> Result<Vec<u8>, Failure> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        let mut out = Vec::with_capacity(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-        return Ok(out);
-    }
-    serde_json::to_vec(s).map_err(|e| {
+    let mut out = Vec::new();
+    crate::json::push_string(&mut out, s).map_err(|e| {
         Failure::new(
             FailureClass::BadRequest,
             format!("cannot encode model: {e}"),
         )
-    })
+    })?;
+    Ok(out)
 }
 
 fn first_brace(raw: &[u8]) -> Option<usize> {
