@@ -202,7 +202,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("sidecar.yaml");
     std::fs::write(&config, sidecar_yaml(upstream_addr))?;
-    let (listen, admin) = (net::free_port()?, net::free_port()?);
+    let (listen, admin) = (
+        sluice_tests::ports::free_port(),
+        sluice_tests::ports::free_port(),
+    );
     let sidecar = Proc::sidecar(&opts.sidecar_bin, &config, listen, admin, &opts.sidecar_log)
         .await
         .context("starting the sidecar")?;

@@ -201,12 +201,6 @@ async fn readyz(admin: SocketAddr) -> bool {
     buf.starts_with(b"HTTP/1.1 200")
 }
 
-/// A free loopback port (for the sidecar, which does not report the port it
-/// bound): `sluice_tests::ports`, outside the range outgoing connections use.
-pub fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(sluice_tests::ports::free_port())
-}
-
 /// utime + stime of the whole process (all threads, live and dead), in clock
 /// ticks, from `/proc/<pid>/stat`.
 pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
