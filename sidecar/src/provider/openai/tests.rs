@@ -603,24 +603,6 @@ mod agree {
 }
 
 #[test]
-fn model_names_are_quoted_as_serde_json_would() {
-    for name in [
-        "gpt-4o-mini",
-        "",
-        "a\"b",
-        "back\\slash",
-        "tab\there",
-        "é/ü:1",
-    ] {
-        assert_eq!(
-            json_string(name).expect("encodes"),
-            serde_json::to_vec(name).expect("json"),
-            "{name:?}"
-        );
-    }
-}
-
-#[test]
 fn the_bearer_value_is_the_key_after_bearer_and_refuses_newlines() {
     assert_eq!(
         bearer("sk-1").expect("valid").to_str().ok(),
