@@ -11,11 +11,6 @@ use sluice_sidecar::attempt::Bounds;
 use sluice_sidecar::ingress::Limits;
 use sluice_sidecar::{run, standalone};
 
-/// mimalloc instead of glibc's malloc: see `sidecar/README.md`
-/// ("Memory allocator") for what it saves per request and what it costs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Sluice sidecar: an OpenAI-compatible LLM gateway on 127.0.0.1.
 #[derive(Parser, Debug)]
 #[command(name = "sluice-sidecar", version)]
