@@ -322,7 +322,8 @@ pub fn format_line(buf: &mut Vec<u8>, clock: &mut Clock, at: SystemTime, e: &Ent
         number(buf, "output_tokens", n);
     }
     if let Some(c) = e.cost_usd {
-        string(buf, "cost_usd", &c.to_string());
+        let mut digits = [0u8; 64];
+        string(buf, "cost_usd", c.write_digits(&mut digits));
     }
     if let Some(s) = e.status {
         number(buf, "status", u64::from(s));
