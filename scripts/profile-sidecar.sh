@@ -8,7 +8,8 @@
 #
 # Binaries from $CARGO_TARGET_DIR/release (default target/release): build
 # them with
-#   cargo build --release -p sluice-tests --bin loadbench -p sluice-sidecar --bin sluice-sidecar
+#   cargo build --release -p sluice-tests --bin loadbench
+#   cargo build --release -p sluice-sidecar --bin sluice-sidecar   # on its own (symbol order)
 # Output files go to $OUT (default /tmp/sluice-profile).
 set -euo pipefail
 what=${1:-sidecar}
