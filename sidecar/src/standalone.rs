@@ -38,6 +38,14 @@ pub fn load(
         tracing::warn!(kind = w.kind, name = %w.name, field = %w.field, reason = w.reason.as_str(), message = %w.message, "configuration warning");
     }
     let catalog = loaded.catalog;
+    // A file with nothing in it is what a reader sees halfway through an
+    // in-place rewrite (truncated, not yet filled) more often than a wish
+    // to route nothing; serving nothing would answer every request 404.
+    if catalog.providers.is_empty() && catalog.routes.is_empty() && catalog.budgets.is_empty() {
+        return Err(vec![
+            "the file holds no Provider, LLMRoute or Budget".to_owned(),
+        ]);
+    }
     let mut problems = Vec::new();
     let namespace = |ns: Option<String>| ns.unwrap_or_else(|| "default".to_owned());
     let mut providers = Vec::new();
@@ -173,6 +181,9 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// How long a changed file must stay the same before it is loaded.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
 /// Re-reads `path` every `interval` and puts a changed, valid file in force,
 /// resolving credentials with `env`. `loaded` is the content already in
 /// force, so an edit made before the first look is not missed. Runs until
@@ -204,6 +215,14 @@ pub async fn watch<E>(
         };
         if last.as_deref() == Some(&now[..]) {
             continue;
+        }
+        // An editor or `echo >` rewriting the file in place can be read
+        // halfway (the first documents only): a change is taken once it
+        // reads the same twice, [`SETTLE`] apart; else at a later tick.
+        tokio::time::sleep(SETTLE).await;
+        match tokio::fs::read(&path).await {
+            Ok(again) if again == now => {}
+            _ => continue,
         }
         let result = load_bytes(&admission, &now, &env);
         last = Some(now);
@@ -280,5 +299,19 @@ spec:
             .replace("model: chat", "model: 7");
         let err = load(&Admission::new(), &bad, &|_| Some("k".into())).expect_err("refused");
         assert!(err.iter().any(|e| e.contains("spec.type")), "{err:?}");
+    }
+
+    /// What a reader sees between the truncation and the write of an
+    /// in-place rewrite is refused, not served as "no routes".
+    #[test]
+    fn a_file_with_no_resources_is_refused() {
+        for empty in ["", "\n", "# nothing yet\n", "---\n---\n"] {
+            let err = load(&Admission::new(), empty, &|_| None).expect_err("refused");
+            assert_eq!(
+                err,
+                ["the file holds no Provider, LLMRoute or Budget"],
+                "{empty:?}"
+            );
+        }
     }
 }

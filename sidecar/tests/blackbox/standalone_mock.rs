@@ -192,6 +192,11 @@ async fn reload_applies_good_edits_and_keeps_serving_through_bad_ones() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sc.chat(ask("extra", "hi")).await.status, 200);
     assert_eq!(sc.chat(ask("resilient", "hi")).await.status, 200);
+    // An emptied file (an in-place rewrite, seen between truncation and
+    // write) is refused too: the routes keep serving.
+    std::fs::write(&sc.path, "").expect("write");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sc.chat(ask("extra", "hi")).await.status, 200);
     let ready = sc.get(&sc.admin_url("/readyz")).await;
     assert_eq!(ready.status, 200);
 }
