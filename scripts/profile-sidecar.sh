@@ -8,8 +8,7 @@
 #
 # Binaries from $CARGO_TARGET_DIR/release (default target/release): build
 # them with
-#   cargo build --release -p sluice-tests --bin loadbench
-#   cargo build --release -p sluice-sidecar --bin sluice-sidecar   # on its own (symbol order)
+#   cargo build --release -p sluice-tests --bin loadbench -p sluice-sidecar --bin sluice-sidecar
 # Output files go to $OUT (default /tmp/sluice-profile).
 set -euo pipefail
 what=${1:-sidecar}
@@ -36,7 +35,8 @@ upstream=$(sed -n 's/^listening //p' "$out/upstream.out")
 
 port=$((20000 + RANDOM % 20000))
 case $tool in
-  # DUMP_INSTR=yes: costs per instruction address (scripts/symbol-order.sh).
+  # DUMP_INSTR=yes: costs per instruction address (which code lines and
+  # pages a request runs: tests/LOADBENCH.md, "Low rates").
   callgrind) vg=(valgrind --tool=callgrind --callgrind-out-file="$out/$what.callgrind.%p" --dump-instr="${DUMP_INSTR:-no}") ;;
   dhat) vg=(valgrind --tool=dhat --dhat-out-file="$out/$what.dhat.json") ;;
   *) echo "tool: callgrind or dhat" >&2; exit 2 ;;
