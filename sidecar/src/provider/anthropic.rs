@@ -220,11 +220,7 @@ fn user_blocks(m: &Message) -> Result<Vec<Block>, Failure> {
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(Block::text(p.text.clone().unwrap_or_default())),
                 "image_url" => {
-                    let url = p
-                        .image_url
-                        .as_ref()
-                        .map(|i| i.url.as_str())
-                        .ok_or_else(|| bad_request("image_url part without a url"))?;
+                    let url = wire::image_url(p)?;
                     Ok(Block {
                         kind: "image".into(),
                         source: Some(image_source(url)?),

@@ -10,7 +10,7 @@ use sluice_crds::common::FailureClass;
 
 use super::retry_hint::{self, MAX_HINT};
 use super::{Failure, StreamContext, StreamEvent};
-use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, Delta, Usage};
+use crate::openai::{ChatChunk, ChatRequest, ChunkChoice, ContentPart, Delta, Usage};
 
 /// Longest provider message carried into a [`Failure`].
 const MAX_MESSAGE: usize = 200;
@@ -27,6 +27,14 @@ pub fn failure(class: FailureClass, status: Option<u16>, message: impl Into<Stri
 /// A request the provider's API cannot express: refused before the call.
 pub fn bad_request(message: impl Into<String>) -> Failure {
     failure(FailureClass::BadRequest, None, message)
+}
+
+/// The URL of an `image_url` content part; a part without one is refused.
+pub fn image_url(part: &ContentPart) -> Result<&str, Failure> {
+    part.image_url
+        .as_ref()
+        .map(|i| i.url.as_str())
+        .ok_or_else(|| bad_request("image_url part without a url"))
 }
 
 /// What an OpenAI `tool_choice` asks for, read once for every

@@ -112,11 +112,7 @@ fn user_parts(m: &Message) -> Result<Vec<Part>, Failure> {
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(text_part(p.text.clone().unwrap_or_default())),
                 "image_url" => {
-                    let url = p
-                        .image_url
-                        .as_ref()
-                        .map(|i| i.url.as_str())
-                        .ok_or_else(|| bad_request("image_url part without a url"))?;
+                    let url = wire::image_url(p)?;
                     Ok(image_part(url))
                 }
                 other => Err(bad_request(format!(
