@@ -268,7 +268,8 @@ impl FromStr for Money {
 impl fmt::Display for Money {
     /// Always at least cents ("2.5" reads "2.50"), no trailing zeros past
     /// them. Written from the integer mantissa: it runs for every access
-    /// log line, and `Decimal`'s own formatting cost four times as much.
+    /// log line, where `Decimal`'s own formatting cost ≈0.7 k instructions
+    /// (callgrind) and a `String`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut buf = [0u8; 64];
         f.write_str(self.write_digits(&mut buf))

@@ -3,8 +3,11 @@
 //! would, credentials read from the environment (`credentials.env`), turned
 //! into a [`Snapshot`] and from there into the runtime [`Config`].
 //!
-//! The file is re-read every second; a changed file that does not load is
-//! logged with every reason and the last good configuration keeps serving.
+//! The file is re-read every second; a change is taken once it reads the
+//! same twice, 50 ms apart (an in-place rewrite can be read halfway). A
+//! changed file that does not load — one with no resources at all among
+//! them — is logged with every reason and the last good configuration
+//! keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,7 +185,7 @@ pub fn process_env(name: &str) -> Option<String> {
 }
 
 /// How long a changed file must stay the same before it is loaded.
-pub const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_millis(50);
 
 /// Re-reads `path` every `interval` and puts a changed, valid file in force,
 /// resolving credentials with `env`. `loaded` is the content already in
