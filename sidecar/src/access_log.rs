@@ -4,24 +4,32 @@
 //!
 //! The request path only moves an [`Entry`] into a bounded channel
 //! (`try_send`: it never blocks and never waits for the writer). A
-//! background thread wakes every [`FLUSH_EVERY`] under traffic (less often
-//! when idle, down to [`IDLE_SLEEP`]), drains the channel,
-//! formats every entry into one buffer and writes it to stderr in one
-//! `write`, so that neither formatting nor a syscall per request is paid
-//! while a client waits. When the channel is full (the writer is stuck on
-//! a slow stderr) entries are dropped and counted in
+//! background thread wakes on a timer, drains the channel, formats every
+//! entry into one buffer and writes it to stderr in one `write`, so that
+//! neither formatting nor a syscall per request is paid while a client
+//! waits. The timer follows the traffic (`Pace::next_sleep`): about
+//! [`BATCH`] lines a wake, between [`FLUSH_EVERY`] under heavy load and
+//! [`IDLE_SLEEP`] at low rates and idle, so a line is written about
+//! [`IDLE_SLEEP`] after its request ended at the latest. A sender that finds the
+//! channel a quarter full wakes the writer at once (a burst after a quiet
+//! spell). When the channel is full (the writer is stuck on a slow
+//! stderr) entries are dropped and counted in
 //! `sluice_access_log_dropped_total`, instead of slowing requests down.
 //!
 //! Why: formatting the line through `tracing-subscriber`'s JSON formatter
 //! on the request path cost ≈25 k instructions and ≈40 allocations per
 //! request (callgrind, `tests/LOADBENCH.md`), a sixth of the sidecar's
-//! cost. The lines keep the shape the JSON formatter gave them
-//! (`timestamp`, `level`, `fields`, `target`), so log pipelines need no
-//! change; they are written only when `RUST_LOG` enables `info` for
-//! `sluice_sidecar::accounting`, as before.
+//! cost. Why the timer follows the traffic: a wake every 25 ms at
+//! 200 req/s cost ≈12 µs of CPU a request (`/proc/<pid>/task/*/schedstat`),
+//! each wake on an idle core dearer than the five lines it wrote. The lines
+//! keep the shape the JSON formatter gave them (`timestamp`, `level`,
+//! `fields`, `target`), so log pipelines need no change; they are written
+//! only when `RUST_LOG` enables `info` for `sluice_sidecar::accounting`, as
+//! before.
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime};
 
@@ -36,16 +44,18 @@ use crate::metrics::TargetLabels;
 /// channel reserves its slots up front (≈256 KB of address space, resident
 /// only as far as a burst has filled it).
 pub const CAPACITY: usize = 8192;
-/// How often the writer wakes to drain the channel while there is traffic.
-/// Short, so that few entries are alive at once under load (each holds a
-/// few small heap strings, and a large backlog raises the heap's
-/// high-water mark, hence the idle RSS after load).
+/// The shortest the writer sleeps, under heavy traffic. Short, so that
+/// few entries are alive at once under load (each holds a few small heap
+/// strings, and a large backlog raises the heap's high-water mark, hence
+/// the idle RSS after load).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(25);
-/// The longest the writer sleeps: each wake that finds nothing doubles the
-/// sleep up to this, so an idle sidecar (most of a cluster's) wakes four
-/// times a second instead of forty, and traffic brings it back to
-/// [`FLUSH_EVERY`] at the next wake.
+/// The longest the writer sleeps: at low rates and when idle (most of a
+/// cluster's sidecars), four wakes a second instead of forty.
 pub const IDLE_SLEEP: Duration = Duration::from_millis(250);
+/// Lines the writer aims to find at each wake: it sleeps as long as the
+/// last interval's rate takes to queue this many, within
+/// [`FLUSH_EVERY`]..=[`IDLE_SLEEP`].
+pub const BATCH: u32 = 256;
 /// The `target` the lines carry (the module that used to log them).
 const TARGET: &str = "sluice_sidecar::accounting";
 
@@ -107,6 +117,12 @@ enum Msg {
 /// The request path's handle on the access log.
 pub struct AccessLog {
     tx: Option<SyncSender<Msg>>,
+    /// The writer thread, to wake it early.
+    writer: Option<std::thread::Thread>,
+    /// Entries sent and not yet taken by the writer.
+    queued: Arc<AtomicUsize>,
+    /// `queued` at which a sender wakes the writer.
+    wake_at: usize,
     dropped: Counter,
 }
 
@@ -134,12 +150,27 @@ impl AccessLog {
         W: Write,
         F: FnMut() -> W + Send + 'static,
     {
+        Self::paced(dropped, capacity, Pace::default(), writer)
+    }
+
+    /// Like [`AccessLog::with_writer`], sleeping within `pace` (tests).
+    fn paced<W, F>(dropped: Counter, capacity: usize, pace: Pace, writer: F) -> Self
+    where
+        W: Write,
+        F: FnMut() -> W + Send + 'static,
+    {
         let (tx, rx) = mpsc::sync_channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
         let started = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, writer));
+            .spawn(move || write_loop(rx, &taken, pace, writer));
+        let writer = started.as_ref().ok().map(|h| h.thread().clone());
         Self {
             tx: started.ok().map(|_| tx),
+            writer,
+            queued,
+            wake_at: (capacity / 4).max(1),
             dropped,
         }
     }
@@ -148,6 +179,9 @@ impl AccessLog {
     pub fn disabled() -> Self {
         Self {
             tx: None,
+            writer: None,
+            queued: Arc::new(AtomicUsize::new(0)),
+            wake_at: usize::MAX,
             dropped: Counter::default(),
         }
     }
@@ -159,11 +193,25 @@ impl AccessLog {
             return;
         }
         let Some(tx) = &self.tx else { return };
+        // Counted before it is sent, so the writer never takes more than
+        // was counted.
+        let before = self.queued.fetch_add(1, Ordering::Relaxed);
         match tx.try_send(Msg::Entry(SystemTime::now(), Box::new(entry))) {
-            Ok(()) => {}
+            Ok(()) => {
+                if before + 1 == self.wake_at {
+                    self.wake();
+                }
+            }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
                 self.dropped.inc();
             }
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(writer) = &self.writer {
+            writer.unpark();
         }
     }
 
@@ -172,7 +220,7 @@ impl AccessLog {
     pub fn flush(&self, timeout: Duration) {
         let Some(tx) = &self.tx else { return };
         let (done, wait) = mpsc::channel();
-        // A full channel: the writer drains it within IDLE_SLEEP.
+        // A full channel: the sender that filled it woke the writer.
         let deadline = std::time::Instant::now() + timeout;
         let mut msg = Msg::Flush(done);
         loop {
@@ -188,6 +236,7 @@ impl AccessLog {
                 }
             }
         }
+        self.wake();
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let _ = wait.recv_timeout(left);
     }
@@ -202,12 +251,17 @@ impl AccessLog {
 /// it, so a burst does not leave a large buffer behind (idle RSS).
 const WRITE_AT: usize = 32 << 10;
 
-/// The writer thread: wakes every [`FLUSH_EVERY`] while there are entries,
-/// less often down to [`IDLE_SLEEP`] while there are none (senders never
-/// wake it, so a request costs no thread wake-up), drains, formats, writes
-/// in [`WRITE_AT`]-sized batches. Ends when every sender is gone, after
-/// writing what was left.
-fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
+/// The writer thread: sleeps as [`Pace::next_sleep`] says (a sender or
+/// [`AccessLog::flush`] may wake it early; senders never wake it on
+/// every request, so a request costs no thread wake-up), drains, formats,
+/// writes in [`WRITE_AT`]-sized batches. Ends when every sender is gone,
+/// after writing what was left.
+fn write_loop<W: Write>(
+    rx: Receiver<Msg>,
+    queued: &AtomicUsize,
+    pace: Pace,
+    mut writer: impl FnMut() -> W,
+) {
     let mut buf = Vec::with_capacity(WRITE_AT + 1024);
     let mut clock = Clock::default();
     // A log that cannot be written is not a reason to fail requests.
@@ -218,15 +272,18 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
             buf.clear();
         }
     };
-    let mut sleep = FLUSH_EVERY;
+    let mut sleep = pace.shortest;
     loop {
-        std::thread::sleep(sleep);
-        let mut found = false;
+        let slept_from = std::time::Instant::now();
+        std::thread::park_timeout(sleep);
+        let slept = slept_from.elapsed();
+        let mut found = 0u32;
         let mut acks = Vec::new();
         let ended = loop {
             match rx.try_recv() {
                 Ok(Msg::Entry(at, e)) => {
-                    found = true;
+                    found = found.saturating_add(1);
+                    queued.fetch_sub(1, Ordering::Relaxed);
                     format_line(&mut buf, &mut clock, at, &e);
                     if buf.len() >= WRITE_AT {
                         write(&mut buf);
@@ -238,7 +295,7 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
             }
         };
         write(&mut buf);
-        sleep = next_sleep(sleep, found);
+        sleep = pace.next_sleep(slept, found);
         for ack in acks {
             let _ = ack.send(());
         }
@@ -248,13 +305,31 @@ fn write_loop<W: Write>(rx: Receiver<Msg>, mut writer: impl FnMut() -> W) {
     }
 }
 
-/// The writer's next sleep: [`FLUSH_EVERY`] after a wake that found
-/// entries, else twice the last, up to [`IDLE_SLEEP`].
-fn next_sleep(slept: Duration, found: bool) -> Duration {
-    if found {
-        FLUSH_EVERY
-    } else {
-        (slept * 2).min(IDLE_SLEEP)
+/// How long the writer sleeps between drains.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    shortest: Duration,
+    longest: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            shortest: FLUSH_EVERY,
+            longest: IDLE_SLEEP,
+        }
+    }
+}
+
+impl Pace {
+    /// The next sleep, having found `found` lines after sleeping `slept`:
+    /// as long as that rate takes to queue [`BATCH`] lines, within
+    /// `shortest..=longest`; `longest` when it found none.
+    fn next_sleep(self, slept: Duration, found: u32) -> Duration {
+        if found == 0 {
+            return self.longest;
+        }
+        (slept * BATCH / found).clamp(self.shortest, self.longest)
     }
 }
 

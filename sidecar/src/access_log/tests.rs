@@ -143,8 +143,9 @@ fn a_full_channel_drops_and_counts_instead_of_blocking() {
             log.record(success());
         }
     });
-    // Room for 4 and a writer that drains only every FLUSH_EVERY: a
-    // sender that waited for room would drop nothing.
+    // Room for 4, and fifty sent in a tight loop, faster than a woken
+    // writer formats lines: a sender that waited for room would drop
+    // nothing.
     assert!(log.dropped() > 0, "dropped {}", log.dropped());
     log.flush(Duration::from_secs(5));
     assert_eq!(out.lines().len() as u64 + log.dropped(), 50);
@@ -179,13 +180,58 @@ fn numbers_are_written_whole() {
 }
 
 #[test]
-fn an_idle_writer_sleeps_longer_and_traffic_brings_it_back() {
-    let mut sleep = FLUSH_EVERY;
-    let mut sleeps = Vec::new();
-    for _ in 0..6 {
-        sleep = next_sleep(sleep, false);
-        sleeps.push(sleep.as_millis());
+fn the_writer_sleeps_as_long_as_it_takes_to_queue_a_batch() {
+    let pace = Pace::default();
+    let ms = Duration::from_millis;
+    // Idle, and 200 req/s (5 lines in 25 ms): the longest sleep.
+    assert_eq!(pace.next_sleep(ms(25), 0), IDLE_SLEEP);
+    assert_eq!(pace.next_sleep(ms(25), 5), IDLE_SLEEP);
+    // 2,560 req/s: a batch takes 100 ms.
+    assert_eq!(pace.next_sleep(ms(250), 640), ms(100));
+    // 50,000 req/s: the shortest sleep, whatever the batch.
+    assert_eq!(pace.next_sleep(ms(25), 1250), FLUSH_EVERY);
+    assert_eq!(pace.next_sleep(ms(250), 12_500), FLUSH_EVERY);
+}
+
+/// A writer that would sleep an hour, so only a wake-up gets lines out.
+fn sleepy(capacity: usize, out: &Shared) -> AccessLog {
+    let w = out.clone();
+    let hour = Duration::from_secs(3600);
+    let pace = Pace {
+        shortest: hour,
+        longest: hour,
+    };
+    AccessLog::paced(Counter::default(), capacity, pace, move || w.clone())
+}
+
+fn wait_for_lines(out: &Shared, n: usize) -> usize {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while out.lines().len() < n && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(sleeps, [50, 100, 200, 250, 250, 250]);
-    assert_eq!(next_sleep(IDLE_SLEEP, true), FLUSH_EVERY);
+    out.lines().len()
+}
+
+#[test]
+fn a_channel_a_quarter_full_wakes_the_writer() {
+    let out = Shared::default();
+    let log = sleepy(64, &out);
+    info_enabled(|| {
+        for _ in 0..15 {
+            log.record(success());
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(out.lines().is_empty(), "15 of 64 queued: no wake yet");
+    info_enabled(|| log.record(success()));
+    assert_eq!(wait_for_lines(&out, 16), 16);
+}
+
+#[test]
+fn flush_wakes_a_sleeping_writer() {
+    let out = Shared::default();
+    let log = sleepy(64, &out);
+    info_enabled(|| log.record(success()));
+    log.flush(Duration::from_secs(10));
+    assert_eq!(out.lines().len(), 1);
 }
