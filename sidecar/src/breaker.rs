@@ -22,6 +22,10 @@ use sluice_crds::provider::CircuitBreakerSpec;
 use sluice_crds::report::BreakerState;
 use tokio::time::Instant;
 
+use window::{Window, p95};
+
+mod window;
+
 /// The breaker's settings, resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -85,48 +89,12 @@ pub enum Transition {
 /// latencies are hundreds of milliseconds, where the factor decides.
 const DRIFT_MIN: Duration = Duration::from_millis(50);
 
-/// Sub-windows the rolling window is cut into.
-const SLOTS: usize = 10;
-/// Latency histogram buckets: bucket `i` holds latencies below `BASE·1.25^i` ms.
-const BUCKETS: usize = 56;
-
-#[derive(Clone, Debug)]
-struct Slot {
-    start: Option<Instant>,
-    calls: u32,
-    failures: u32,
-    latencies: [u32; BUCKETS],
-}
-
-impl Default for Slot {
-    fn default() -> Self {
-        Self {
-            start: None,
-            calls: 0,
-            failures: 0,
-            latencies: [0; BUCKETS],
-        }
-    }
-}
-
-fn bucket_of(latency: Duration) -> usize {
-    let ms = latency.as_secs_f64() * 1000.0;
-    if ms <= 1.0 {
-        return 0;
-    }
-    ((ms.ln() / 1.25f64.ln()).ceil() as usize).min(BUCKETS - 1)
-}
-
-fn bucket_upper(i: usize) -> Duration {
-    Duration::from_secs_f64(1.25f64.powi(i as i32) / 1000.0)
-}
-
 #[derive(Debug)]
 struct Inner {
     state: State,
     consecutive: u32,
     trips_in_a_row: u32,
-    slots: Vec<Slot>,
+    window: Window,
     /// Rolling baseline of healthy p95s, for drift.
     baseline: Option<Duration>,
     last_failure: Option<Instant>,
@@ -153,6 +121,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(settings: Settings) -> Self {
+        let window = Window::new(settings.window);
         Self {
             settings,
             gate: AtomicU8::new(CLOSED),
@@ -160,7 +129,7 @@ impl Breaker {
                 state: State::Closed,
                 consecutive: 0,
                 trips_in_a_row: 0,
-                slots: vec![Slot::default(); SLOTS],
+                window,
                 baseline: None,
                 last_failure: None,
             }),
@@ -225,9 +194,8 @@ impl Breaker {
     /// The p95 latency (time to first token for streams) over the rolling
     /// window, for the `latency` strategy; `None` before any success.
     pub fn p95(&self, now: Instant) -> Option<Duration> {
-        let inner = self.lock();
-        let (_, _, hist) = totals(&inner.slots, now, self.settings.window);
-        p95(&hist)
+        let mut inner = self.lock();
+        p95(inner.window.totals(now).2)
     }
 
     /// When an open breaker will let a probe through.
@@ -258,12 +226,13 @@ impl Breaker {
     /// Records how a call ended; returns a state change, if any.
     pub fn record(&self, now: Instant, outcome: Outcome) -> Option<Transition> {
         let mut inner = self.lock();
-        let slot = current_slot(&mut inner.slots, now, self.settings.window);
-        slot.calls += 1;
-        match outcome {
-            Outcome::Success { latency } => slot.latencies[bucket_of(latency)] += 1,
-            Outcome::Failure => slot.failures += 1,
-        }
+        inner.window.record(
+            now,
+            match outcome {
+                Outcome::Success { latency } => Some(latency),
+                Outcome::Failure => None,
+            },
+        );
         match (inner.state, outcome) {
             (
                 State::HalfOpen {
@@ -305,7 +274,7 @@ impl Breaker {
     }
 
     fn check_window(&self, inner: &mut Inner, now: Instant) -> Option<Transition> {
-        let (calls, failures, hist) = totals(&inner.slots, now, self.settings.window);
+        let (calls, failures, hist) = inner.window.totals(now);
         if calls < self.settings.min_requests {
             return None;
         }
@@ -314,7 +283,10 @@ impl Breaker {
         {
             return Some(self.open(inner, now, Trip::ErrorRate));
         }
-        let p95 = p95(&hist)?;
+        if self.settings.latency_p95.is_none() && self.settings.latency_drift_factor.is_none() {
+            return None;
+        }
+        let p95 = p95(hist)?;
         if self.settings.latency_p95.is_some_and(|limit| p95 > limit) {
             return Some(self.open(inner, now, Trip::LatencyP95));
         }
@@ -346,9 +318,7 @@ impl Breaker {
         };
         inner.consecutive = 0;
         // Start the next closed period from a clean window.
-        for s in &mut inner.slots {
-            *s = Slot::default();
-        }
+        inner.window.clear();
         self.gate.store(OPEN, Ordering::Release);
         Transition::Opened { reason, open_for }
     }
@@ -359,63 +329,6 @@ impl Breaker {
         inner.consecutive = 0;
         self.gate.store(CLOSED, Ordering::Release);
     }
-}
-
-/// The slot for `now`, recycling one that fell out of the window.
-fn current_slot(slots: &mut [Slot], now: Instant, window: Duration) -> &mut Slot {
-    let width = window / SLOTS as u32;
-    let idx = slots
-        .iter()
-        .position(|s| s.start.is_some_and(|st| now >= st && now < st + width));
-    match idx {
-        Some(i) => &mut slots[i],
-        None => {
-            // Reuse the oldest (or an empty) slot.
-            let i = slots
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.start)
-                .map_or(0, |(i, _)| i);
-            slots[i] = Slot {
-                start: Some(now),
-                ..Slot::default()
-            };
-            &mut slots[i]
-        }
-    }
-}
-
-fn totals(slots: &[Slot], now: Instant, window: Duration) -> (u32, u32, [u32; BUCKETS]) {
-    let mut hist = [0u32; BUCKETS];
-    let (mut calls, mut failures) = (0, 0);
-    for s in slots.iter().filter(|s| {
-        s.start
-            .is_some_and(|st| now.saturating_duration_since(st) < window)
-    }) {
-        calls += s.calls;
-        failures += s.failures;
-        for (h, v) in hist.iter_mut().zip(s.latencies.iter()) {
-            *h += v;
-        }
-    }
-    (calls, failures, hist)
-}
-
-/// The p95 of a latency histogram (upper bound of its bucket).
-fn p95(hist: &[u32; BUCKETS]) -> Option<Duration> {
-    let n: u32 = hist.iter().sum();
-    if n == 0 {
-        return None;
-    }
-    let rank = (u64::from(n) * 95).div_ceil(100);
-    let mut seen = 0u64;
-    for (i, c) in hist.iter().enumerate() {
-        seen += u64::from(*c);
-        if seen >= rank {
-            return Some(bucket_upper(i));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
