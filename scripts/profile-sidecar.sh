@@ -43,27 +43,7 @@ case $tool in
 esac
 case $what in
   sidecar)
-    cat >"$out/sidecar.yaml" <<YAML
-apiVersion: sluice.dev/v1alpha1
-kind: Provider
-metadata: {name: bench-upstream}
-spec:
-  type: openai-compatible
-  endpoint: http://$upstream/v1
-  models:
-    - name: bench-model
-      contextWindow: 128000
-      pricing: {inputPerMillion: "0.15", outputPerMillion: "0.60"}
----
-apiVersion: sluice.dev/v1alpha1
-kind: LLMRoute
-metadata: {name: bench}
-spec:
-  model: bench
-  targets:
-    - providerRef: {name: bench-upstream}
-      model: bench-model
-YAML
+    sed "s|UPSTREAM|$upstream|" "$here/bench-route.yaml" >"$out/sidecar.yaml"
     RUST_LOG=info "${vg[@]}" "$bin/sluice-sidecar" --config "$out/sidecar.yaml" \
       --listen 127.0.0.1:$port --admin 127.0.0.1:$((port + 1)) 2>"$out/$what.stderr" &
     ;;

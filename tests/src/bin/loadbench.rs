@@ -50,7 +50,7 @@ enum Command {
     /// Load on one address only, for profiling a gateway (`perf`, `/proc`):
     /// closed loop, or open loop with `--rate`; prints rate and latency.
     Drive {
-        /// Where to send `POST /v1/chat/completions` (model `bench`).
+        /// Where to send `POST /v1/chat/completions`.
         #[arg(long)]
         target: SocketAddr,
         /// Seconds of load.
@@ -65,6 +65,9 @@ enum Command {
         /// Stream requests (open loop only): latency to the first byte.
         #[arg(long)]
         stream: bool,
+        /// The model asked for (a route of the gateway).
+        #[arg(long, default_value = "bench")]
+        model: String,
     },
     /// The bare pass-through proxy (a child of `run`).
     Proxy {
@@ -138,7 +141,8 @@ fn main() -> ExitCode {
             connections,
             rate,
             stream,
-        }) => drive(target, secs, connections, rate, stream),
+            model,
+        }) => drive(target, secs, connections, rate, stream, &model),
         Some(Command::Proxy { listen, upstream }) => loadbench::proxy::run(listen, upstream),
         Some(Command::Run(flags)) => bench(flags),
         None => bench(cli.run),
@@ -204,13 +208,14 @@ fn drive(
     connections: usize,
     rate: Option<f64>,
     stream: bool,
+    model: &str,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         secs > 0.0 && rate.is_none_or(|r| r > 0.0),
         "--secs and --rate must be positive"
     );
     let round = load_generator()?.block_on(async {
-        let path = loadbench::load::Path::new("target", target, None)?;
+        let path = loadbench::load::Path::new("target", target, None)?.for_model(model)?;
         let _ = loadbench::load::closed_loop(&path, 4, 0.5).await;
         anyhow::Ok(match rate {
             Some(rate) => loadbench::load::open_loop(&path, rate, secs, stream).await,

@@ -32,6 +32,9 @@ pub struct Path {
     pub uri: Uri,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub gateway_pid: Option<u32>,
+    /// The bodies sent: [`CHAT`] and [`STREAM`] unless [`Path::for_model`].
+    chat: Bytes,
+    stream: Bytes,
 }
 
 impl Path {
@@ -50,11 +53,25 @@ impl Path {
             uri: format!("http://{base}/v1/chat/completions").parse()?,
             client,
             gateway_pid,
+            chat: Bytes::from_static(CHAT.as_bytes()),
+            stream: Bytes::from_static(STREAM.as_bytes()),
         })
     }
 
-    fn request(&self, body: &'static str) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+    /// The same requests, asking for `model` instead of `bench`.
+    pub fn for_model(mut self, model: &str) -> anyhow::Result<Path> {
+        let with_model = |body: &str| -> anyhow::Result<Bytes> {
+            let mut v: serde_json::Value = serde_json::from_str(body)?;
+            v["model"] = model.into();
+            Ok(serde_json::to_vec(&v)?.into())
+        };
+        self.chat = with_model(CHAT)?;
+        self.stream = with_model(STREAM)?;
+        Ok(self)
+    }
+
+    fn request(&self, body: Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = self.uri.clone();
         req.headers_mut().insert(
@@ -66,7 +83,7 @@ impl Path {
 
     /// Sends one request and reads it to the end. Returns the time from
     /// `from` to the first body byte and to the end, or `None` on any error.
-    pub async fn call(&self, body: &'static str, from: Instant) -> Option<(Duration, Duration)> {
+    pub async fn call(&self, body: Bytes, from: Instant) -> Option<(Duration, Duration)> {
         let work = async {
             let resp = self.client.request(self.request(body)).await.ok()?;
             if !resp.status().is_success() {
@@ -132,7 +149,11 @@ impl Round {
 /// instant (finer than tokio's millisecond timer); each request then runs as
 /// a task on the generator's runtime.
 pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round {
-    let body = if stream { STREAM } else { CHAT };
+    let body = if stream {
+        path.stream.clone()
+    } else {
+        path.chat.clone()
+    };
     let total = (rate * secs).round().max(1.0) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -150,6 +171,7 @@ pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round
                 }
                 let path = path.clone();
                 let tx = tx.clone();
+                let body = body.clone();
                 handle.spawn(async move {
                     let _ = tx.send(path.call(body, due).await);
                 });
@@ -188,7 +210,7 @@ pub async fn closed_loop(path: &Path, connections: usize, secs: f64) -> Round {
         let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                match path.call(CHAT, Instant::now()).await {
+                match path.call(path.chat.clone(), Instant::now()).await {
                     Some(_) => ok.fetch_add(1, Ordering::Relaxed),
                     None => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -234,7 +256,11 @@ pub async fn hold_streams(path: &Path, pid: u32, n: usize) -> anyhow::Result<Hel
         tasks.push(tokio::spawn(async move {
             let first_byte = async {
                 let _permit = gate.acquire().await.ok()?;
-                let resp = path.client.request(path.request(HOLD)).await.ok()?;
+                let resp = path
+                    .client
+                    .request(path.request(Bytes::from_static(HOLD.as_bytes())))
+                    .await
+                    .ok()?;
                 if !resp.status().is_success() {
                     return None;
                 }
