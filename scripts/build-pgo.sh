@@ -190,11 +190,14 @@ if ! compgen -G "$raw/*.profraw" >/dev/null; then
   echo "build-pgo: the training wrote no profile" >&2
   exit 1
 fi
-"$profdata" merge -o "$work/merged.profdata" "$raw"
+if ! "$profdata" merge -o "$work/merged.profdata" "$raw"; then
+  echo "build-pgo: $profdata cannot read the profiles of rustc's LLVM ($(rustc -vV | sed -n 's/^LLVM version: //p')); rustup component add llvm-tools, or set LLVM_PROFDATA" >&2
+  exit 1
+fi
 # Named by its content: cargo rebuilds when RUSTFLAGS change, not when a
 # file they name does.
 sum=$(sha256sum "$work/merged.profdata" | cut -c1-16)
-rm -f "$work"/*.profdata
+rm -f "$work"/sidecar-*.profdata
 mv "$work/merged.profdata" "$work/sidecar-$sum.profdata"
 
 echo "build-pgo: optimised sidecar" >&2

@@ -9,18 +9,18 @@
 //! neither formatting nor a syscall per request is paid while a client
 //! waits. The timer follows the traffic (`Pace::next_sleep`): about
 //! [`BATCH`] lines a wake, between [`FLUSH_EVERY`] under heavy load and
-//! [`IDLE_SLEEP`] at low rates and idle, so a line is written about
-//! [`IDLE_SLEEP`] after its request ended at the latest. A sender that finds the
-//! channel a quarter full wakes the writer at once (a burst after a quiet
-//! spell). When the channel is full (the writer is stuck on a slow
-//! stderr) entries are dropped and counted in
+//! [`IDLE_SLEEP`] at low rates and idle, so a line is written at the
+//! latest about [`IDLE_SLEEP`] after its request ended. A sender that
+//! finds the channel a quarter full wakes the writer at once (a burst
+//! after a quiet spell). When the channel is full (the writer is stuck on
+//! a slow stderr) entries are dropped and counted in
 //! `sluice_access_log_dropped_total`, instead of slowing requests down.
 //!
 //! Why: formatting the line through `tracing-subscriber`'s JSON formatter
 //! on the request path cost ≈25 k instructions and ≈40 allocations per
 //! request (callgrind, `tests/LOADBENCH.md`), a sixth of the sidecar's
 //! cost. Why the timer follows the traffic: a wake every 25 ms at
-//! 200 req/s cost ≈12 µs of CPU a request (`/proc/<pid>/task/*/schedstat`),
+//! 200 req/s cost ≈11 µs of CPU a request (`/proc/<pid>/task/*/schedstat`),
 //! each wake on an idle core dearer than the five lines it wrote. The lines
 //! keep the shape the JSON formatter gave them (`timestamp`, `level`,
 //! `fields`, `target`), so log pipelines need no change; they are written
