@@ -103,9 +103,14 @@ for kind in "${kinds[@]}"; do
   extra=""
   key=PGO_KEY
   path=""
+  models="{name: ${model[$kind]}, pricing: {inputPerMillion: \"1\", outputPerMillion: \"2\"}}"
   case $kind in
     bedrock) args+=(--region us-east-1); extra="bedrock: {region: us-east-1}"; key=PGO_AWS_PAIR ;;
-    openai) path=/v1 ;;
+    # The OpenAI mock serves embeddings too (the `embed` route).
+    openai)
+      path=/v1
+      models+=", {name: text-embedding-3-small, capabilities: [embeddings], pricing: {inputPerMillion: \"0.02\", outputPerMillion: \"0\"}}"
+      ;;
   esac
   start "$kind" "$drivers/mock-provider" "${args[@]}"
   addr=$(address "$kind")
@@ -119,7 +124,7 @@ spec:
   endpoint: http://$addr$path
   $extra
   credentials: {env: $key}
-  models: [{name: ${model[$kind]}, pricing: {inputPerMillion: "1", outputPerMillion: "2"}}]
+  models: [$models]
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: LLMRoute
@@ -132,20 +137,11 @@ done
 cat >>"$work/training.yaml" <<YAML
 ---
 apiVersion: sluice.dev/v1alpha1
-kind: Provider
-metadata: {name: embedder}
-spec:
-  type: openai
-  endpoint: http://$(address openai)/v1
-  credentials: {env: PGO_KEY}
-  models: [{name: text-embedding-3-small, capabilities: [embeddings], pricing: {inputPerMillion: "0.02", outputPerMillion: "0"}}]
----
-apiVersion: sluice.dev/v1alpha1
 kind: LLMRoute
 metadata: {name: embed}
 spec:
   model: embed
-  targets: [{providerRef: {name: embedder}, model: text-embedding-3-small}]
+  targets: [{providerRef: {name: openai}, model: text-embedding-3-small}]
 YAML
 
 echo "build-pgo: training" >&2
