@@ -89,9 +89,18 @@ struct RunFlags {
     /// Open-loop rates for non-stream requests, req/s, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "200,1000")]
     rates: Vec<f64>,
+    /// An open-loop round lasts at least this many requests' worth of
+    /// time (at 200 req/s, 1,000 samples: 5 s), so that its p99 is the
+    /// tenth-slowest request and not the third.
+    #[arg(long, default_value_t = 1000)]
+    tail_samples: usize,
     /// Connections of the closed-loop (max throughput) phase.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Rounds of the closed-loop phase (more than the others: a round's
+    /// rate moves with whatever else the two cores run).
+    #[arg(long, default_value_t = 10)]
+    max_rounds: usize,
     /// Open-loop rate of the stream (time to first byte) phase, req/s.
     #[arg(long, default_value_t = 200.0)]
     stream_rate: f64,
@@ -164,6 +173,8 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
     let opts = loadbench::Options {
         rounds: flags.rounds.max(1),
         round_secs: flags.round_secs,
+        tail_samples: flags.tail_samples,
+        max_rounds: flags.max_rounds.max(1),
         rates: flags.rates.clone(),
         connections: flags.connections.max(1),
         stream_rate: flags.stream_rate,

@@ -23,6 +23,8 @@ use report::{Check, Row, quantile_us};
 pub struct Options {
     pub rounds: usize,
     pub round_secs: f64,
+    pub tail_samples: usize,
+    pub max_rounds: usize,
     pub rates: Vec<f64>,
     pub connections: usize,
     pub stream_rate: f64,
@@ -88,17 +90,21 @@ where
         for k in 0..3 {
             let i = (r + k) % 3;
             let round = run(paths[i].clone()).await;
+            let mut latencies = round.latencies;
+            latencies.sort_unstable();
+            let at =
+                |p| quantile_us(&latencies, p).map_or_else(|| "–".into(), |v| format!("{v:.0}"));
             eprintln!(
-                "  {label} round {}/{rounds} {:<10} {:>6} ok {:>4} errors {:>8.0} req/s",
+                "  {label} round {}/{rounds} {:<10} {:>6} ok {:>4} errors {:>8.0} req/s  p50 {:>5} p99 {:>5} µs",
                 r + 1,
                 paths[i].name,
                 round.completed,
                 round.errors,
                 round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
+                at(0.5),
+                at(0.99),
             );
             let a = &mut acc[i];
-            let mut latencies = round.latencies;
-            latencies.sort_unstable();
             a.per_round.push(latencies);
             a.errors += round.errors;
             a.completed += round.completed;
@@ -235,7 +241,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     // (stat ticks, schedstat ns) per gateway over every phase: a cross-check.
     let mut cpu_total = [(0u64, 0u64); 3];
     let secs = opts.round_secs;
+    // An open-loop round at `rate`: long enough for `tail_samples`.
+    let open_secs = |rate: f64| secs.max(opts.tail_samples as f64 / rate);
     for &rate in &opts.rates {
+        let secs = open_secs(rate);
         eprintln!("loadbench: open loop at {rate} req/s, non-stream");
         let acc = alternate(&paths, opts.rounds, &format!("{rate}/s"), |p| async move {
             load::open_loop(&p, rate, secs, false).await
@@ -258,7 +267,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
 
     eprintln!("loadbench: closed loop, {} connections", opts.connections);
     let conns = opts.connections;
-    let acc = alternate(&paths, opts.rounds, "max", |p| async move {
+    let acc = alternate(&paths, opts.max_rounds, "max", |p| async move {
         load::closed_loop(&p, conns, secs).await
     })
     .await;
@@ -285,8 +294,9 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
 
     let stream_rate = opts.stream_rate;
     eprintln!("loadbench: open loop at {stream_rate} req/s, streams");
+    let stream_secs = open_secs(stream_rate);
     let acc = alternate(&paths, opts.rounds, "stream", |p| async move {
-        load::open_loop(&p, stream_rate, secs, true).await
+        load::open_loop(&p, stream_rate, stream_secs, true).await
     })
     .await;
     latency_rows(
@@ -353,9 +363,12 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut out = String::new();
     out.push_str(&format!(
         "loadbench {} — {cores} cores, load average {load_before} before, {load_after} after; \
-         {} rounds × {secs} s per path and phase; streams held: proxy {}/{}, sidecar {}/{}\n\n",
+         {} rounds per path and phase ({} closed-loop) of {secs} s, or of {} requests at a fixed rate; \
+         streams held: proxy {}/{}, sidecar {}/{}\n\n",
         started.format("%Y-%m-%d %H:%M UTC"),
         opts.rounds,
+        opts.max_rounds,
+        opts.tail_samples,
         held_proxy.opened,
         opts.streams,
         held_sidecar.opened,
