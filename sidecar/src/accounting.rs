@@ -175,14 +175,15 @@ impl Tracker {
         let cost = usage
             .zip(self.target.as_ref())
             .and_then(|(u, t)| cost(t, &u));
+        let took = self.started.elapsed();
         self.app.metrics.succeeded(
             self.op.as_str(),
             &labels,
-            self.started.elapsed().as_secs_f64(),
+            took.as_secs_f64(),
             usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
             cost.map(sluice_crds::Money::as_f64),
         );
-        let ms = self.started.elapsed().as_millis() as u64;
+        let ms = took.as_millis() as u64;
         self.app.access_log.record(access_log::Entry {
             input_tokens: usage.map(|u| u.prompt_tokens),
             output_tokens: usage.map(|u| u.completion_tokens),
