@@ -27,6 +27,13 @@ fn refuses_non_loopback_without_the_flag() {
 }
 
 #[test]
+fn refuses_zero_workers() {
+    let (ok, err) = run_to_exit(&["--config", FIXTURE, "--workers", "0"]);
+    assert!(!ok);
+    assert!(err.contains("--workers"), "{err}");
+}
+
+#[test]
 fn cluster_mode_names_what_it_is_missing() {
     let (ok, err) = run_to_exit(&[
         "--operator",
@@ -69,6 +76,8 @@ fn a_bad_config_is_refused_with_every_reason_and_no_secret() {
 
 #[tokio::test]
 async fn serves_the_fixture_from_a_process() {
+    // More than the default single worker: the other black-box tests run
+    // the default.
     let mut child = Command::new(BIN)
         .args([
             "--config",
@@ -77,6 +86,8 @@ async fn serves_the_fixture_from_a_process() {
             "127.0.0.1:0",
             "--admin",
             "127.0.0.1:0",
+            "--workers",
+            "2",
         ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -1,8 +1,9 @@
 //! The bare pass-through proxy, the floor the sidecar is measured against:
 //! hyper server → hyper-util pooled client → the upstream, bodies streamed
 //! frame by frame both ways, nothing parsed, nothing logged. What one more
-//! loopback hop costs, with the same runtime defaults as the sidecar
-//! (`Runtime::new()`: one worker per core) and `TCP_NODELAY` on both sides.
+//! loopback hop costs, with the same runtime shape as the sidecar's
+//! default (one worker thread: `sluice-sidecar --workers`) and
+//! `TCP_NODELAY` on both sides.
 
 use std::net::SocketAddr;
 
@@ -70,5 +71,9 @@ pub async fn serve(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<(
 }
 
 pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(serve(listen, upstream))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?
+        .block_on(serve(listen, upstream))
 }
