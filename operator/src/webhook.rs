@@ -286,6 +286,23 @@ fn is_quantity(s: &str) -> bool {
         && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
 }
 
+/// Runtime workers for a sidecar under `resources`: its CPU limit rounded
+/// up to whole CPUs (`1500m` → 2), 1 without a limit or below one CPU, at
+/// most 64.
+fn cpu_limit_workers(resources: &Value) -> u32 {
+    let Some(limit) = resources["limits"]["cpu"].as_str() else {
+        return 1;
+    };
+    let cores = match limit.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
+        None => limit.parse::<f64>(),
+    };
+    match cores {
+        Ok(c) if c.is_finite() && c > 1.0 => c.ceil().min(64.0) as u32,
+        _ => 1,
+    }
+}
+
 const TOKEN_DIR: &str = "/var/run/sluice/token";
 const CA_DIR: &str = "/var/run/sluice/ca";
 const STATE_DIR: &str = "/var/run/sluice/state";
@@ -299,6 +316,12 @@ fn sidecar_container(cfg: &Injection, resources: Value) -> Value {
         format!("--token-file={TOKEN_DIR}/token"),
         format!("--state-dir={STATE_DIR}"),
     ];
+    // One runtime worker per whole CPU of the limit (the sidecar's default
+    // is one), unless the chart's extra arguments set it.
+    let workers = cpu_limit_workers(&resources);
+    if workers > 1 && !cfg.extra_args.iter().any(|a| a.starts_with("--workers")) {
+        args.push(format!("--workers={workers}"));
+    }
     args.extend(cfg.extra_args.iter().cloned());
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "sluice-admin"}, "periodSeconds": 5, "failureThreshold": 3});
     json!({

@@ -239,6 +239,39 @@ fn resources_can_be_overridden_per_pod_and_bad_values_are_refused() {
 }
 
 #[test]
+fn the_cpu_limit_sets_the_sidecars_worker_threads() {
+    let workers = |annotations: Value| {
+        let (_, p) = run(&pod(
+            json!({"name": "w", "annotations": annotations}),
+            app(),
+        ));
+        sidecar(&p)["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .find_map(|a| a.strip_prefix("--workers="))
+            .map(str::to_owned)
+    };
+    // The chart's default limit is one CPU: the sidecar's default, one worker.
+    assert_eq!(workers(json!({})), None);
+    assert_eq!(
+        workers(json!({"sluice.dev/sidecar-cpu-limit": "500m"})),
+        None
+    );
+    assert_eq!(
+        workers(json!({"sluice.dev/sidecar-cpu-limit": "2"})).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        workers(json!({"sluice.dev/sidecar-cpu-limit": "1500m"})).as_deref(),
+        Some("2")
+    );
+    assert_eq!(cpu_limit_workers(&json!({"limits": {"cpu": "1000"}})), 64);
+    assert_eq!(cpu_limit_workers(&json!({"limits": {"memory": "1Gi"}})), 1);
+}
+
+#[test]
 fn malformed_reviews_are_errors_not_panics() {
     assert!(matches!(
         review(b"not json", &labels, &cfg()),
