@@ -207,10 +207,7 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
 /// The load generator's own runtime: one worker, so that it takes at most
 /// one core's share from the processes it measures.
 fn load_generator() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
+    loadbench::runtime(1)
 }
 
 fn drive(

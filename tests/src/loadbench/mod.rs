@@ -35,6 +35,15 @@ pub struct Options {
     pub stream_gap_ms: u64,
 }
 
+/// A process's own tokio runtime with `workers` worker threads (at least
+/// one): the load generator's, the upstream's and the bare proxy's.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+}
+
 fn sidecar_yaml(upstream: std::net::SocketAddr) -> String {
     format!(
         r#"apiVersion: sluice.dev/v1alpha1

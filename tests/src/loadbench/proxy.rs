@@ -71,9 +71,5 @@ pub async fn serve(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<(
 }
 
 pub fn run(listen: SocketAddr, upstream: SocketAddr) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?
-        .block_on(serve(listen, upstream))
+    super::runtime(1)?.block_on(serve(listen, upstream))
 }

@@ -127,9 +127,5 @@ async fn answer(req: Request<Incoming>, shape: Shape) -> Result<Response<Body>, 
 
 /// The upstream's own runtime: `threads` workers.
 pub fn run(listen: SocketAddr, shape: Shape, threads: usize) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?
-        .block_on(serve(listen, shape))
+    super::runtime(threads)?.block_on(serve(listen, shape))
 }
