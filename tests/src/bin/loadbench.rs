@@ -83,6 +83,14 @@ struct RunFlags {
     /// Rounds per phase; each round runs every path once, order rotated.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Fixed-rate rounds one path after another, as before 2026-11-22,
+    /// instead of the three paths taking turns within each round.
+    #[arg(long)]
+    sequential: bool,
+    /// In a fixed-rate round, how long each path's turn lasts before the
+    /// next path's, seconds.
+    #[arg(long, default_value_t = 0.5)]
+    turn_secs: f64,
     /// Length of one path's round, seconds.
     #[arg(long, default_value_t = 1.5)]
     round_secs: f64,
@@ -172,6 +180,8 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
     };
     let opts = loadbench::Options {
         rounds: flags.rounds.max(1),
+        sequential: flags.sequential,
+        turn_secs: flags.turn_secs,
         round_secs: flags.round_secs,
         tail_samples: flags.tail_samples,
         max_rounds: flags.max_rounds.max(1),
@@ -185,8 +195,11 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
         stream_gap_ms: flags.stream_gap_ms,
     };
     anyhow::ensure!(
-        opts.round_secs > 0.0 && opts.stream_rate > 0.0 && opts.rates.iter().all(|r| *r > 0.0),
-        "--round-secs, --rates and --stream-rate must be positive"
+        opts.round_secs > 0.0
+            && opts.turn_secs > 0.0
+            && opts.stream_rate > 0.0
+            && opts.rates.iter().all(|r| *r > 0.0),
+        "--round-secs, --turn-secs, --rates and --stream-rate must be positive"
     );
     let report = load_generator()?.block_on(async {
         tokio::select! {

@@ -149,37 +149,64 @@ impl Round {
 /// instant (finer than tokio's millisecond timer); each request then runs as
 /// a task on the generator's runtime.
 pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round {
-    let body = if stream {
-        path.stream.clone()
-    } else {
-        path.chat.clone()
-    };
+    open_loop_all(std::slice::from_ref(path), rate, (secs, secs), stream)
+        .await
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`open_loop`] on several paths taking turns: each path in turn gets its
+/// requests at `rate` for `turn_secs`, then the next path, in the order
+/// given, until every path has had `rate × secs` requests. Each path still
+/// sees the fixed rate while it is loaded and one path's requests never
+/// overlap another's (but at a turn's edge), and whatever else the machine
+/// does over the round hits every path alike. `turn_secs` of `secs` or more
+/// is one path's whole round after another.
+pub async fn open_loop_all(
+    paths: &[Path],
+    rate: f64,
+    (secs, turn_secs): (f64, f64),
+    stream: bool,
+) -> Vec<Round> {
+    let n = paths.len().max(1) as u64;
     let total = (rate * secs).round().max(1.0) as u64;
+    let turn = (rate * turn_secs).round().clamp(1.0, total as f64) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = Handle::current();
-    let cpu_before = sample(path);
+    let cpu_before: Vec<CpuSample> = paths.iter().map(sample).collect();
     let start = Instant::now() + Duration::from_millis(5);
     let dispatcher = {
-        let path = path.clone();
+        let paths = paths.to_vec();
         std::thread::spawn(move || {
-            for i in 0..total {
-                let due = start + interval.mul_f64(i as f64);
+            for slot in 0..total.div_ceil(turn) * turn * n {
+                let Some(k) = whose_slot(slot, turn, n, total) else {
+                    continue;
+                };
+                let Some(path) = paths.get(k) else {
+                    continue;
+                };
+                let due = start + interval.mul_f64(slot as f64);
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
                 }
                 let path = path.clone();
                 let tx = tx.clone();
-                let body = body.clone();
+                let body = if stream {
+                    path.stream.clone()
+                } else {
+                    path.chat.clone()
+                };
                 handle.spawn(async move {
-                    let _ = tx.send(path.call(body, due).await);
+                    let _ = tx.send((k, path.call(body, due).await));
                 });
             }
         })
     };
-    let mut round = Round::default();
-    while let Some(result) = rx.recv().await {
+    let mut rounds: Vec<Round> = paths.iter().map(|_| Round::default()).collect();
+    while let Some((k, result)) = rx.recv().await {
+        let round = &mut rounds[k];
         match result {
             Some((first, end)) => {
                 let d = if stream { first } else { end };
@@ -190,9 +217,23 @@ pub async fn open_loop(path: &Path, rate: f64, secs: f64, stream: bool) -> Round
         }
     }
     let _ = dispatcher.join();
-    round.elapsed = start.elapsed();
-    round.charge(&cpu_before, &sample(path));
-    round
+    // Each path was loaded for its turns: its share of the round.
+    let elapsed = start.elapsed() / n as u32;
+    for ((round, path), before) in rounds.iter_mut().zip(paths).zip(&cpu_before) {
+        round.elapsed = elapsed;
+        round.charge(before, &sample(path));
+    }
+    rounds
+}
+
+/// Which path's request slot `slot` of a turn-taking timeline is (slot `s`
+/// is due `s / rate` after the start): turn `slot / turn` belongs to path
+/// `(slot / turn) % paths`, and a path's last turn may be short of `turn`
+/// (its `total` requests sent), leaving slots to no one.
+fn whose_slot(slot: u64, turn: u64, paths: u64, total: u64) -> Option<usize> {
+    let path = (slot / turn) % paths;
+    let nth = (slot / (turn * paths)) * turn + slot % turn;
+    (nth < total).then_some(path as usize)
 }
 
 /// Closed loop: `connections` callers, each sending its next request as soon
@@ -308,4 +349,28 @@ pub async fn hold_streams(path: &Path, pid: u32, n: usize) -> anyhow::Result<Hel
         let _ = t.await;
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whose_slot;
+
+    #[test]
+    fn paths_take_whole_turns_in_order_and_each_gets_its_requests() {
+        // Three paths, turns of 4 requests, 10 requests each.
+        let (turn, paths, total): (u64, u64, u64) = (4, 3, 10);
+        let owners: Vec<Option<usize>> = (0..total.div_ceil(turn) * turn * paths)
+            .map(|s| whose_slot(s, turn, paths, total))
+            .collect();
+        let expected: Vec<Option<usize>> = [0, 1, 2, 0, 1, 2]
+            .iter()
+            .flat_map(|&p| [Some(p); 4])
+            .chain([Some(0), Some(0), None, None])
+            .chain([Some(1), Some(1), None, None])
+            .chain([Some(2), Some(2), None, None])
+            .collect();
+        assert_eq!(owners, expected);
+        // One path alone: every slot, in order, is its.
+        assert!((0..7).all(|s| whose_slot(s, 7, 1, 7) == Some(0)));
+    }
 }

@@ -1,8 +1,10 @@
 //! The sidecar load benchmark (issue 3, "Performance"): the same requests
 //! sent straight to a fast upstream, through a bare hyper proxy, and through
-//! the sidecar, the three paths alternated in short rounds so that whatever
-//! else the machine is doing hits all of them alike. Figures are reported as
-//! the sidecar's added cost over the bare proxy's. See `tests/LOADBENCH.md`.
+//! the sidecar, so that whatever else the machine is doing hits all of them
+//! alike: at a fixed rate the three paths' requests take turns within each
+//! round; for throughput the paths run one after another in short rounds,
+//! the order rotated. Figures are reported as the sidecar's added cost over
+//! the bare proxy's. See `tests/LOADBENCH.md`.
 
 pub mod load;
 pub mod net;
@@ -22,6 +24,10 @@ use report::{Check, Row, quantile_us};
 /// What to run; every knob is a flag of `loadbench run`.
 pub struct Options {
     pub rounds: usize,
+    /// Fixed-rate rounds one path at a time instead of in turns.
+    pub sequential: bool,
+    /// How long one path's turn lasts in a fixed-rate round, seconds.
+    pub turn_secs: f64,
     pub round_secs: f64,
     pub tail_samples: usize,
     pub max_rounds: usize,
@@ -87,8 +93,31 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Rounds of one kind, all three paths per round, the order rotated each
-/// round so that no path is always first after a pause.
+/// Adds one path's round to its totals, and prints it.
+fn record(acc: &mut Round, round: Round, label: &str, of: (usize, usize), name: &str) {
+    let mut latencies = round.latencies;
+    latencies.sort_unstable();
+    let at = |p| quantile_us(&latencies, p).map_or_else(|| "–".into(), |v| format!("{v:.0}"));
+    eprintln!(
+        "  {label} round {}/{} {name:<10} {:>6} ok {:>4} errors {:>8.0} req/s  p50 {:>5} p99 {:>5} µs",
+        of.0,
+        of.1,
+        round.completed,
+        round.errors,
+        round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
+        at(0.5),
+        at(0.99),
+    );
+    acc.per_round.push(latencies);
+    acc.errors += round.errors;
+    acc.completed += round.completed;
+    acc.elapsed += round.elapsed;
+    acc.cpu_ticks += round.cpu_ticks;
+    acc.cpu_ns += round.cpu_ns;
+}
+
+/// Rounds of one kind, all three paths per round one after another, the
+/// order rotated each round so that no path is always first after a pause.
 async fn alternate<F, Fut>(paths: &[Path; 3], rounds: usize, label: &str, run: F) -> [Round; 3]
 where
     F: Fn(Path) -> Fut,
@@ -99,51 +128,76 @@ where
         for k in 0..3 {
             let i = (r + k) % 3;
             let round = run(paths[i].clone()).await;
-            let mut latencies = round.latencies;
-            latencies.sort_unstable();
-            let at =
-                |p| quantile_us(&latencies, p).map_or_else(|| "–".into(), |v| format!("{v:.0}"));
-            eprintln!(
-                "  {label} round {}/{rounds} {:<10} {:>6} ok {:>4} errors {:>8.0} req/s  p50 {:>5} p99 {:>5} µs",
-                r + 1,
-                paths[i].name,
-                round.completed,
-                round.errors,
-                round.completed as f64 / round.elapsed.as_secs_f64().max(1e-9),
-                at(0.5),
-                at(0.99),
-            );
-            let a = &mut acc[i];
-            a.per_round.push(latencies);
-            a.errors += round.errors;
-            a.completed += round.completed;
-            a.elapsed += round.elapsed;
-            a.cpu_ticks += round.cpu_ticks;
-            a.cpu_ns += round.cpu_ns;
+            record(&mut acc[i], round, label, (r + 1, rounds), paths[i].name);
         }
     }
     acc
+}
+
+/// Fixed-rate rounds with the three paths taking short turns
+/// ([`load::open_loop_all`]), who goes first rotated each round; or, with
+/// `sequential`, [`alternate`]d rounds of one path at a time.
+async fn fixed_rate(
+    paths: &[Path; 3],
+    opts: &Options,
+    label: &str,
+    (rate, secs, stream): (f64, f64, bool),
+) -> [Round; 3] {
+    if opts.sequential {
+        return alternate(paths, opts.rounds, label, |p| async move {
+            load::open_loop(&p, rate, secs, stream).await
+        })
+        .await;
+    }
+    let mut acc: [Round; 3] = Default::default();
+    for r in 0..opts.rounds {
+        let order: [usize; 3] = std::array::from_fn(|k| (r + k) % 3);
+        let turns: Vec<Path> = order.iter().map(|&i| paths[i].clone()).collect();
+        let results = load::open_loop_all(&turns, rate, (secs, opts.turn_secs), stream).await;
+        for (&i, round) in order.iter().zip(results) {
+            record(
+                &mut acc[i],
+                round,
+                label,
+                (r + 1, opts.rounds),
+                paths[i].name,
+            );
+        }
+    }
+    acc
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// The median over rounds of each round's `p` quantile: one round that a
 /// neighbour's compile burst hit does not move it, where pooling every
 /// round's samples would hand that round most of the tail.
 fn q(r: &Round, p: f64) -> Option<f64> {
-    let mut per_round: Vec<f64> = r
-        .per_round
-        .iter()
-        .filter_map(|l| quantile_us(l, p))
-        .collect();
-    per_round.sort_by(f64::total_cmp);
-    match per_round.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(per_round[n / 2]),
-        n => Some((per_round[n / 2 - 1] + per_round[n / 2]) / 2.0),
-    }
+    median(
+        r.per_round
+            .iter()
+            .filter_map(|l| quantile_us(l, p))
+            .collect(),
+    )
 }
 
-fn minus(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    Some(a? - b?)
+/// What `path` adds to `direct` at quantile `p`: the median over rounds of
+/// the difference within each round, where both paths met the same machine.
+fn added(path: &Round, direct: &Round, p: f64) -> Option<f64> {
+    median(
+        path.per_round
+            .iter()
+            .zip(&direct.per_round)
+            .filter_map(|(a, d)| Some(quantile_us(a, p)? - quantile_us(d, p)?))
+            .collect(),
+    )
 }
 
 /// Schedstat nanoseconds when the kernel has them, else stat's ticks.
@@ -160,8 +214,9 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Latency rows for one set of rounds: absolute p50/p99, then what the proxy
-/// and the sidecar add to the direct path.
+/// Latency rows for one set of rounds: absolute p50/p99 (each the median
+/// over rounds), then what the proxy and the sidecar add to the direct path
+/// (the median over rounds of the difference within a round).
 fn latency_rows(rows: &mut Vec<Row>, what: &str, acc: &[Round; 3]) {
     for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
         let [d, x, s] = [q(&acc[0], p), q(&acc[1], p), q(&acc[2], p)];
@@ -175,8 +230,8 @@ fn latency_rows(rows: &mut Vec<Row>, what: &str, acc: &[Round; 3]) {
         rows.push(Row {
             metric: format!("**added** {what} {name} (µs)"),
             direct: None,
-            proxy: minus(x, d),
-            sidecar: minus(s, d),
+            proxy: added(&acc[1], &acc[0], p),
+            sidecar: added(&acc[2], &acc[0], p),
             check: Check::RatioAtMost(1.5),
         });
     }
@@ -255,10 +310,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     for &rate in &opts.rates {
         let secs = open_secs(rate);
         eprintln!("loadbench: open loop at {rate} req/s, non-stream");
-        let acc = alternate(&paths, opts.rounds, &format!("{rate}/s"), |p| async move {
-            load::open_loop(&p, rate, secs, false).await
-        })
-        .await;
+        let acc = fixed_rate(&paths, &opts, &format!("{rate}/s"), (rate, secs, false)).await;
         latency_rows(&mut rows, &format!("latency @{rate} req/s"), &acc);
         cpu_rows.push(Row {
             metric: format!("gateway CPU per request @{rate} req/s (µs)"),
@@ -304,10 +356,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let stream_rate = opts.stream_rate;
     eprintln!("loadbench: open loop at {stream_rate} req/s, streams");
     let stream_secs = open_secs(stream_rate);
-    let acc = alternate(&paths, opts.rounds, "stream", |p| async move {
-        load::open_loop(&p, stream_rate, stream_secs, true).await
-    })
-    .await;
+    let acc = fixed_rate(&paths, &opts, "stream", (stream_rate, stream_secs, true)).await;
     latency_rows(
         &mut rows,
         &format!("stream TTFB @{stream_rate} req/s"),
@@ -372,12 +421,17 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let mut out = String::new();
     out.push_str(&format!(
         "loadbench {} — {cores} cores, load average {load_before} before, {load_after} after; \
-         {} rounds per path and phase ({} closed-loop) of {secs} s, or of {} requests at a fixed rate; \
-         streams held: proxy {}/{}, sidecar {}/{}\n\n",
+         {} rounds per path and phase ({} closed-loop) of {secs} s, or of {} requests at a fixed rate \
+         ({}); streams held: proxy {}/{}, sidecar {}/{}\n\n",
         started.format("%Y-%m-%d %H:%M UTC"),
         opts.rounds,
         opts.max_rounds,
         opts.tail_samples,
+        if opts.sequential {
+            "one path at a time"
+        } else {
+            "the paths taking turns"
+        },
         held_proxy.opened,
         opts.streams,
         held_sidecar.opened,
