@@ -81,7 +81,7 @@ enum Command {
 #[derive(Args, Clone)]
 struct RunFlags {
     /// Rounds per phase; each round runs every path once, order rotated.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Fixed-rate rounds one path after another, as before 2026-11-22,
     /// instead of the three paths taking turns within each round.
