@@ -54,5 +54,5 @@ def q(v, p):
     return sorted(v)[min(len(v) - 1, int(len(v) * p))] if v else float("nan")
 
 print(f"port {port}: " + "; ".join(
-    f"{k} path n={len(v)} p50={q(v, .5):.0f} p90={q(v, .9):.0f} µs" for k, v in paths.items()))
+    f"{k} path n={len(v)} p50={q(v, .5):.0f} p90={q(v, .9):.0f} p99={q(v, .99):.0f} µs" for k, v in paths.items()))
 PY
