@@ -68,6 +68,11 @@ enum Command {
         /// The model asked for (a route of the gateway).
         #[arg(long, default_value = "bench")]
         model: String,
+        /// Open loop: also write every request's due time and latency
+        /// (microseconds, one request a line) to this file, to see when
+        /// the slow ones happened.
+        #[arg(long)]
+        latencies: Option<PathBuf>,
     },
     /// The bare pass-through proxy (a child of `run`).
     Proxy {
@@ -159,7 +164,16 @@ fn main() -> ExitCode {
             rate,
             stream,
             model,
-        }) => drive(target, secs, connections, rate, stream, &model),
+            latencies,
+        }) => drive(
+            target,
+            secs,
+            connections,
+            rate,
+            stream,
+            &model,
+            latencies.as_deref(),
+        ),
         Some(Command::Proxy { listen, upstream }) => loadbench::proxy::run(listen, upstream),
         Some(Command::Run(flags)) => bench(flags),
         None => bench(cli.run),
@@ -230,6 +244,7 @@ fn drive(
     rate: Option<f64>,
     stream: bool,
     model: &str,
+    dump: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         secs > 0.0 && rate.is_none_or(|r| r > 0.0),
@@ -243,6 +258,15 @@ fn drive(
             None => loadbench::load::closed_loop(&path, connections.max(1), secs).await,
         })
     })?;
+    if let Some(file) = dump {
+        let lines: String = round
+            .due
+            .iter()
+            .zip(&round.latencies)
+            .map(|(due, l)| format!("{} {}\n", due / 1000, l / 1000))
+            .collect();
+        std::fs::write(file, lines)?;
+    }
     let mut latencies = round.latencies;
     latencies.sort_unstable();
     let q = |p| {

@@ -113,6 +113,9 @@ pub struct Round {
     /// Nanoseconds, per successful request: to the end (non-stream) or to
     /// the first body byte (stream), from the scheduled send time.
     pub latencies: Vec<u64>,
+    /// Open loop: each latency's request, when it was due (nanoseconds
+    /// after the round's start), in the same order.
+    pub due: Vec<u64>,
     /// Once rounds are added up: each round's latencies, sorted.
     pub per_round: Vec<Vec<u64>>,
     pub errors: u64,
@@ -198,19 +201,21 @@ pub async fn open_loop_all(
                 } else {
                     path.chat.clone()
                 };
+                let at = (due - start).as_nanos() as u64;
                 handle.spawn(async move {
-                    let _ = tx.send((k, path.call(body, due).await));
+                    let _ = tx.send((k, at, path.call(body, due).await));
                 });
             }
         })
     };
     let mut rounds: Vec<Round> = paths.iter().map(|_| Round::default()).collect();
-    while let Some((k, result)) = rx.recv().await {
+    while let Some((k, at, result)) = rx.recv().await {
         let round = &mut rounds[k];
         match result {
             Some((first, end)) => {
                 let d = if stream { first } else { end };
                 round.latencies.push(d.as_nanos() as u64);
+                round.due.push(at);
                 round.completed += 1;
             }
             None => round.errors += 1,
