@@ -35,8 +35,8 @@ upstream=$(sed -n 's/^listening //p' "$out/upstream.out")
 
 port=$((20000 + RANDOM % 20000))
 case $tool in
-  # DUMP_INSTR=yes: costs per instruction address (which code lines and
-  # pages a request runs: tests/LOADBENCH.md, "Low rates").
+  # DUMP_INSTR=yes: costs per instruction address; scripts/code-lines.py
+  # counts the code lines the requests ran (tests/LOADBENCH.md).
   callgrind) vg=(valgrind --tool=callgrind --callgrind-out-file="$out/$what.callgrind.%p" --dump-instr="${DUMP_INSTR:-no}") ;;
   dhat) vg=(valgrind --tool=dhat --dhat-out-file="$out/$what.dhat.json") ;;
   *) echo "tool: callgrind or dhat" >&2; exit 2 ;;
