@@ -277,28 +277,42 @@ fn resources(cfg: &Injection, annotations: &BTreeMap<String, String>) -> Result<
 /// Whether `s` is a resource quantity: a decimal number with an optional
 /// SI or binary suffix.
 fn is_quantity(s: &str) -> bool {
+    quantity(s).is_some()
+}
+
+/// The value of a resource quantity in base units (`1500m` → 1.5,
+/// `64Mi` → 67108864), or `None` when `s` is not a decimal number with an
+/// optional SI or binary suffix.
+fn quantity(s: &str) -> Option<f64> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (number, suffix) = s.split_at(number_end);
-    !number.is_empty()
-        && number.parse::<f64>().is_ok()
-        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    number.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// Runtime workers for a sidecar under `resources`: its CPU limit rounded
 /// up to whole CPUs (`1500m` → 2), 1 without a limit or below one CPU, at
 /// most 64.
 fn cpu_limit_workers(resources: &Value) -> u32 {
-    let Some(limit) = resources["limits"]["cpu"].as_str() else {
-        return 1;
-    };
-    let cores = match limit.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map(|m| m / 1000.0),
-        None => limit.parse::<f64>(),
-    };
-    match cores {
-        Ok(c) if c.is_finite() && c > 1.0 => c.ceil().min(64.0) as u32,
+    match resources["limits"]["cpu"].as_str().and_then(quantity) {
+        Some(c) if c.is_finite() && c > 1.0 => c.ceil().min(64.0) as u32,
         _ => 1,
     }
 }

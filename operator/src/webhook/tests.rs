@@ -268,6 +268,8 @@ fn the_cpu_limit_sets_the_sidecars_worker_threads() {
         Some("2")
     );
     assert_eq!(cpu_limit_workers(&json!({"limits": {"cpu": "1000"}})), 64);
+    assert_eq!(cpu_limit_workers(&json!({"limits": {"cpu": "2k"}})), 64);
+    assert_eq!(cpu_limit_workers(&json!({"limits": {"cpu": "2.5"}})), 3);
     assert_eq!(cpu_limit_workers(&json!({"limits": {"memory": "1Gi"}})), 1);
 }
 
