@@ -123,6 +123,20 @@ struct RunFlags {
     /// The sidecar binary (default: `sluice-sidecar` beside this binary).
     #[arg(long)]
     sidecar: Option<PathBuf>,
+    /// An A/A control run: a second bare proxy where the sidecar goes. The
+    /// ratios it reports are the benchmark's own noise, the yardstick for
+    /// reading the sidecar's (tests/LOADBENCH.md, "The benchmark's own noise").
+    #[arg(long)]
+    control: bool,
+    /// Run the bare proxy from this executable's own file instead of a
+    /// copy, so that it shares its code's pages and cache lines with the
+    /// load generator and the upstream (the way before 2026-11-22 11:50).
+    #[arg(long)]
+    shared_proxy_binary: bool,
+    /// Also write every fixed-rate request's latency to this directory
+    /// (`path round nanoseconds` lines, a file per phase).
+    #[arg(long)]
+    samples_dir: Option<PathBuf>,
     /// RUST_LOG for the sidecar; `info` (its default) keeps the access log on.
     #[arg(long, default_value = "info")]
     sidecar_log: String,
@@ -204,6 +218,9 @@ fn bench(flags: RunFlags) -> anyhow::Result<()> {
         stream_rate: flags.stream_rate,
         streams: flags.streams,
         sidecar_bin,
+        control: flags.control,
+        samples_dir: flags.samples_dir.clone(),
+        shared_proxy_binary: flags.shared_proxy_binary,
         sidecar_log: flags.sidecar_log.clone(),
         upstream_threads: flags.upstream_threads,
         stream_gap_ms: flags.stream_gap_ms,

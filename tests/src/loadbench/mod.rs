@@ -3,7 +3,7 @@
 //! the sidecar, so that whatever else the machine is doing hits all of them
 //! alike: at a fixed rate the three paths' requests take turns within each
 //! round; for throughput the paths run one after another in short rounds,
-//! the order rotated. Figures are reported as the sidecar's added cost over
+//! in every order in turn. Figures are reported as the sidecar's added cost over
 //! the bare proxy's. See `tests/LOADBENCH.md`.
 
 pub mod load;
@@ -36,6 +36,14 @@ pub struct Options {
     pub stream_rate: f64,
     pub streams: usize,
     pub sidecar_bin: PathBuf,
+    /// A second bare proxy in the sidecar's place (an A/A run).
+    pub control: bool,
+    /// Run the bare (and control) proxy from loadbench's own file rather
+    /// than a copy: its code then shares the load generator's and the
+    /// upstream's pages and cache lines (the way before 2026-11-22 11:50).
+    pub shared_proxy_binary: bool,
+    /// Write every fixed-rate request's latency here, a file per phase.
+    pub samples_dir: Option<PathBuf>,
     pub sidecar_log: String,
     pub upstream_threads: usize,
     pub stream_gap_ms: u64,
@@ -116,8 +124,27 @@ fn record(acc: &mut Round, round: Round, label: &str, of: (usize, usize), name: 
     acc.cpu_ns += round.cpu_ns;
 }
 
-/// Rounds of one kind, all three paths per round one after another, the
-/// order rotated each round so that no path is always first after a pause.
+/// The order of the three paths in round `r`: all six orders in turn, so
+/// that each path goes first after a pause as often as the others, and
+/// follows each other path as often as the other way round. (Rotating one
+/// order — 0 1 2, 1 2 0, 2 0 1 — kept one succession: with turns repeating
+/// within a round, the sidecar always followed the bare proxy and the
+/// bare proxy always followed the direct path, whose processes run the
+/// same code the proxy runs.)
+fn order(r: usize) -> [usize; 3] {
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 0, 2],
+        [2, 0, 1],
+        [0, 2, 1],
+        [1, 2, 0],
+        [2, 1, 0],
+    ];
+    ORDERS[r % ORDERS.len()]
+}
+
+/// Rounds of one kind, all three paths per round one after another, in
+/// the [`order`] of the round.
 async fn alternate<F, Fut>(paths: &[Path; 3], rounds: usize, label: &str, run: F) -> [Round; 3]
 where
     F: Fn(Path) -> Fut,
@@ -125,8 +152,7 @@ where
 {
     let mut acc: [Round; 3] = Default::default();
     for r in 0..rounds {
-        for k in 0..3 {
-            let i = (r + k) % 3;
+        for i in order(r) {
             let round = run(paths[i].clone()).await;
             record(&mut acc[i], round, label, (r + 1, rounds), paths[i].name);
         }
@@ -135,7 +161,7 @@ where
 }
 
 /// Fixed-rate rounds with the three paths taking short turns
-/// ([`load::open_loop_all`]), who goes first rotated each round; or, with
+/// ([`load::open_loop_all`]), in the [`order`] of the round; or, with
 /// `sequential`, [`alternate`]d rounds of one path at a time.
 async fn fixed_rate(
     paths: &[Path; 3],
@@ -151,7 +177,7 @@ async fn fixed_rate(
     }
     let mut acc: [Round; 3] = Default::default();
     for r in 0..opts.rounds {
-        let order: [usize; 3] = std::array::from_fn(|k| (r + k) % 3);
+        let order = order(r);
         let turns: Vec<Path> = order.iter().map(|&i| paths[i].clone()).collect();
         let results = load::open_loop_all(&turns, rate, (secs, opts.turn_secs), stream).await;
         for (&i, round) in order.iter().zip(results) {
@@ -200,6 +226,25 @@ fn added(path: &Round, direct: &Round, p: f64) -> Option<f64> {
     )
 }
 
+/// With `--samples-dir`: a phase's latencies as `path round nanoseconds`
+/// lines (path 0 direct, 1 bare proxy, 2 the sidecar or control proxy),
+/// for estimators other than the report's to be tried on the same runs.
+fn write_samples(opts: &Options, phase: &str, acc: &[Round; 3]) -> std::io::Result<()> {
+    let Some(dir) = &opts.samples_dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut out = String::new();
+    for (path, r) in acc.iter().enumerate() {
+        for (round, lat) in r.per_round.iter().enumerate() {
+            for ns in lat {
+                out.push_str(&format!("{path} {round} {ns}\n"));
+            }
+        }
+    }
+    std::fs::write(dir.join(format!("{phase}.txt")), out)
+}
+
 /// Schedstat nanoseconds when the kernel has them, else stat's ticks.
 fn cpu_us_per_request(r: &Round, tick_us: f64) -> Option<f64> {
     let us = if r.cpu_ns > 0 {
@@ -243,7 +288,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let started = chrono::Utc::now();
     let tick_us = 1e6 / net::ticks_per_second();
     anyhow::ensure!(
-        opts.sidecar_bin.is_file(),
+        opts.control || opts.sidecar_bin.is_file(),
         "no sidecar binary at {} (cargo build --release -p sluice-sidecar, or pass --sidecar)",
         opts.sidecar_bin.display()
     );
@@ -259,28 +304,48 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         ],
     )
     .await?;
-    let (proxy, proxy_addr) = Proc::own(
-        "bare proxy",
-        &[
-            "proxy".into(),
-            "--upstream".into(),
-            upstream_addr.to_string(),
-        ],
-    )
-    .await?;
     let dir = std::env::temp_dir().join(format!("loadbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let proxy_args = [
+        "proxy".into(),
+        "--upstream".into(),
+        upstream_addr.to_string(),
+    ];
+    // The control proxy always runs from a copy: with
+    // `--shared-proxy-binary` an A/A run then measures what sharing the
+    // load generator's code is worth to the bare proxy.
+    let start_proxy = |name, shared: bool| {
+        let (dir, args) = (&dir, &proxy_args);
+        async move {
+            if shared {
+                Proc::own(name, args).await
+            } else {
+                Proc::own_copy(dir, name, args).await
+            }
+        }
+    };
+    let (proxy, proxy_addr) = start_proxy("bare proxy", opts.shared_proxy_binary).await?;
     let config = dir.join("sidecar.yaml");
     std::fs::write(&config, sidecar_yaml(upstream_addr))?;
     let (listen, admin) = (
         sluice_tests::ports::free_port(),
         sluice_tests::ports::free_port(),
     );
-    let sidecar = Proc::sidecar(&opts.sidecar_bin, &config, listen, admin, &opts.sidecar_log)
-        .await
-        .context("starting the sidecar")?;
+    let (sidecar, listen) = if opts.control {
+        start_proxy("control proxy", false).await?
+    } else {
+        let proc = Proc::sidecar(&opts.sidecar_bin, &config, listen, admin, &opts.sidecar_log)
+            .await
+            .context("starting the sidecar")?;
+        (proc, listen)
+    };
+    let third = if opts.control {
+        "control proxy"
+    } else {
+        "sidecar"
+    };
     eprintln!(
-        "loadbench: upstream pid {} on {upstream_addr}, bare proxy pid {} on {proxy_addr}, sidecar pid {} on {listen}",
+        "loadbench: upstream pid {} on {upstream_addr}, bare proxy pid {} on {proxy_addr}, {third} pid {} on {listen}",
         upstream.pid, proxy.pid, sidecar.pid
     );
 
@@ -291,7 +356,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     let paths = [
         Path::new("direct", upstream_addr, None)?,
         Path::new("bare proxy", proxy_addr, Some(proxy.pid))?,
-        Path::new("sidecar", listen, Some(sidecar.pid))?,
+        Path::new(third, listen, Some(sidecar.pid))?,
     ];
     eprintln!("loadbench: warm-up");
     for p in &paths {
@@ -311,6 +376,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         let secs = open_secs(rate);
         eprintln!("loadbench: open loop at {rate} req/s, non-stream");
         let acc = fixed_rate(&paths, &opts, &format!("{rate}/s"), (rate, secs, false)).await;
+        write_samples(&opts, &format!("rate-{rate}"), &acc)?;
         latency_rows(&mut rows, &format!("latency @{rate} req/s"), &acc);
         cpu_rows.push(Row {
             metric: format!("gateway CPU per request @{rate} req/s (µs)"),
@@ -357,6 +423,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     eprintln!("loadbench: open loop at {stream_rate} req/s, streams");
     let stream_secs = open_secs(stream_rate);
     let acc = fixed_rate(&paths, &opts, "stream", (stream_rate, stream_secs, true)).await;
+    write_samples(&opts, "stream", &acc)?;
     latency_rows(
         &mut rows,
         &format!("stream TTFB @{stream_rate} req/s"),
@@ -422,7 +489,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     out.push_str(&format!(
         "loadbench {} — {cores} cores, load average {load_before} before, {load_after} after; \
          {} rounds per path and phase ({} closed-loop) of {secs} s, or of {} requests at a fixed rate \
-         ({}); streams held: proxy {}/{}, sidecar {}/{}\n\n",
+         ({}); streams held: proxy {}/{}, {third} {}/{}{}{}\n\n",
         started.format("%Y-%m-%d %H:%M UTC"),
         opts.rounds,
         opts.max_rounds,
@@ -436,15 +503,52 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         opts.streams,
         held_sidecar.opened,
         opts.streams,
+        if opts.shared_proxy_binary {
+            "; the bare proxy runs from loadbench's own file"
+        } else {
+            ""
+        },
+        if opts.control {
+            ". A/A control: the third column is a second bare proxy, so its \
+             ratios are the benchmark's own noise"
+        } else {
+            ""
+        },
     ));
-    out.push_str(&report::table(&rows));
+    out.push_str(&report::table(&rows, third));
     out.push_str(&format!(
         "\nGateway CPU over all timed phases, /proc stat utime+stime vs per-thread schedstat: \
-         bare proxy {:.2} s vs {:.2} s, sidecar {:.2} s vs {:.2} s.\n",
+         bare proxy {:.2} s vs {:.2} s, {third} {:.2} s vs {:.2} s.\n",
         cpu_total[1].0 as f64 * tick_us / 1e6,
         cpu_total[1].1 as f64 / 1e9,
         cpu_total[2].0 as f64 * tick_us / 1e6,
         cpu_total[2].1 as f64 / 1e9,
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order;
+
+    #[test]
+    fn six_rounds_give_every_path_every_place_and_every_predecessor() {
+        let mut first = [0; 3];
+        // follows[a][b]: turns of `a` right after turns of `b` (turns repeat
+        // within a round, so the last path is followed by the first).
+        let mut follows = [[0; 3]; 3];
+        for r in 0..6 {
+            let o = order(r);
+            first[o[0]] += 1;
+            for k in 0..3 {
+                follows[o[(k + 1) % 3]][o[k]] += 1;
+            }
+        }
+        assert_eq!(first, [2, 2, 2]);
+        for (a, row) in follows.iter().enumerate() {
+            for (b, &n) in row.iter().enumerate() {
+                assert_eq!(n, if a == b { 0 } else { 3 }, "{a} after {b}");
+            }
+        }
+    }
 }

@@ -48,7 +48,30 @@ pub struct Proc {
 impl Proc {
     /// Starts `loadbench <args>` and waits for its `listening ADDR` line.
     pub async fn own(name: &'static str, args: &[String]) -> anyhow::Result<(Proc, SocketAddr)> {
-        let exe = std::env::current_exe()?;
+        Self::own_from(&std::env::current_exe()?, name, args).await
+    }
+
+    /// [`Proc::own`] from a copy of this executable written into `dir`:
+    /// a gateway with code pages of its own, as any real gateway has,
+    /// instead of the very pages the load generator and the upstream run
+    /// (one file mapped by three processes is one copy in memory and in
+    /// the CPU's caches; tests/LOADBENCH.md, "The benchmark's own noise").
+    pub async fn own_copy(
+        dir: &Path,
+        name: &'static str,
+        args: &[String],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let copy = dir.join(format!("loadbench-{}", name.replace(' ', "-")));
+        std::fs::copy(std::env::current_exe()?, &copy)
+            .with_context(|| format!("copying loadbench to {}", copy.display()))?;
+        Self::own_from(&copy, name, args).await
+    }
+
+    async fn own_from(
+        exe: &Path,
+        name: &'static str,
+        args: &[String],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::piped())

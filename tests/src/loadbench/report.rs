@@ -74,9 +74,14 @@ fn yes(ok: bool) -> String {
     if ok { "yes".into() } else { "**no**".into() }
 }
 
-pub fn table(rows: &[Row]) -> String {
+/// The table; `third` names the last path (the sidecar, or the control
+/// proxy of an A/A run).
+pub fn table(rows: &[Row], third: &str) -> String {
     let mut out = String::new();
-    out.push_str("| metric | direct | bare proxy | sidecar | sidecar ÷ proxy | target | met |\n");
+    let _ = writeln!(
+        out,
+        "| metric | direct | bare proxy | {third} | {third} ÷ proxy | target | met |"
+    );
     out.push_str("|---|---:|---:|---:|---:|---|---|\n");
     for row in rows {
         let ratio = match row.check {
@@ -121,6 +126,6 @@ mod tests {
             sidecar: Some(50.0),
             check: Check::RatioAtMost(1.5),
         };
-        assert!(table(&[row]).contains("n/a"));
+        assert!(table(&[row], "sidecar").contains("n/a"));
     }
 }
