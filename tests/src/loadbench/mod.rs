@@ -304,8 +304,10 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         ],
     )
     .await?;
-    let dir = std::env::temp_dir().join(format!("loadbench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    // Removed when dropped, however `run` ends: it holds the sidecar's
+    // configuration and the proxies' copies of this executable.
+    let tmp = tempfile::Builder::new().prefix("loadbench-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let proxy_args = [
         "proxy".into(),
         "--upstream".into(),
@@ -483,7 +485,7 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
     sidecar.stop().await;
     proxy.stop().await;
     upstream.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
 
     let mut out = String::new();
     out.push_str(&format!(
