@@ -85,7 +85,8 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct RunFlags {
-    /// Rounds per phase; each round runs every path once, order rotated.
+    /// Rounds per phase; each round runs every path, the rounds taking the
+    /// six orders of the three paths in turn.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Fixed-rate rounds one path after another, as before 2026-11-22,

@@ -333,18 +333,18 @@ pub async fn run(opts: Options) -> anyhow::Result<String> {
         sluice_tests::ports::free_port(),
         sluice_tests::ports::free_port(),
     );
+    let third = if opts.control {
+        "control proxy"
+    } else {
+        "sidecar"
+    };
     let (sidecar, listen) = if opts.control {
-        start_proxy("control proxy", false).await?
+        start_proxy(third, false).await?
     } else {
         let proc = Proc::sidecar(&opts.sidecar_bin, &config, listen, admin, &opts.sidecar_log)
             .await
             .context("starting the sidecar")?;
         (proc, listen)
-    };
-    let third = if opts.control {
-        "control proxy"
-    } else {
-        "sidecar"
     };
     eprintln!(
         "loadbench: upstream pid {} on {upstream_addr}, bare proxy pid {} on {proxy_addr}, {third} pid {} on {listen}",
